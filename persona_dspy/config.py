@@ -1,0 +1,88 @@
+"""One ``Settings`` object: every store is reached by a URI, a path or ``:memory:``.
+
+Switching from the embedded defaults to a server is a setting, never a code change::
+
+    PERSONA_DSPY_LM=openai/gpt-4o-mini
+    PERSONA_DSPY_QDRANT=http://qdrant:6333
+    PERSONA_DSPY_MLFLOW_TRACKING_URI=http://mlflow:5000
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_LM = "embedded/qwen2.5-coder-1.5b-instruct-q4_k_m"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "persona_dspy"
+
+
+class Settings(BaseSettings):
+    """Where the LM, the memory store and the tracking store live."""
+
+    model_config = SettingsConfigDict(env_prefix="PERSONA_DSPY_", extra="ignore")
+
+    lm: str = Field(EMBEDDED_LM, description="'embedded/...' for the in-process model, or any LiteLLM model string")
+    api_base: str | None = Field(None, description="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
+    api_key: SecretStr | None = Field(None, description="API key for the LM; never logged")
+    lm_temperature: float = 0.0
+    lm_max_tokens: int = 384
+    lm_num_retries: int = 2
+    state_dir: Path = Field(default_factory=default_state_dir)
+    qdrant: str | None = Field(None, description="':memory:', a folder path or a URL; default <state_dir>/qdrant")
+    qdrant_api_key: SecretStr | None = None
+    collection: str = "persona_episodes"
+    mlflow_tracking_uri: str | None = Field(None, description="default sqlite:///<state_dir>/mlflow.db")
+    experiment: str = "persona_dspy"
+    embedded_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    embedded_ctx: int = 8192
+
+    @field_validator("state_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def is_embedded_lm(self) -> bool:
+        return self.lm.startswith("embedded/")
+
+    @property
+    def qdrant_location(self) -> str:
+        return self.qdrant or str(self.state_dir / "qdrant")
+
+    @property
+    def qdrant_is_server(self) -> bool:
+        return self.qdrant_location.startswith(("http://", "https://"))
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+
+def set_environment_guards(state_dir: Path | None = None) -> None:
+    """Environment the stack needs to stay offline and out of the working directory.
+
+    Must run before litellm / textgrad / mlflow are imported; ``persona_dspy/__init__`` calls it.
+    Values already set by the user win.
+    """
+    state = Path(state_dir) if state_dir else Path(os.environ.get("PERSONA_DSPY_STATE_DIR", default_state_dir()))
+    defaults = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "TEXTGRAD_LOG_DIR": str(state / "textgrad_logs"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "DSPY_CACHEDIR": str(state / "dspy_cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

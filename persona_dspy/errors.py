@@ -1,0 +1,95 @@
+"""One exception hierarchy: every error says what went wrong and what to do next.
+
+The CLI maps each class to a one-line message and a distinct exit code (see ``EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+
+class PersonaDSPyError(Exception):
+    """Base class of every error persona_dspy raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigurationError(PersonaDSPyError):
+    """A setting is missing or inconsistent."""
+
+    exit_code = 2
+
+
+class ModelWeightsError(PersonaDSPyError):
+    """The embedded model's weights are missing or corrupt."""
+
+    exit_code = 3
+
+
+class UnknownUserError(PersonaDSPyError):
+    """No data for this user in the store asked."""
+
+    exit_code = 4
+
+    def __init__(self, user_id: str, where: str = "episodic memory") -> None:
+        self.user_id = user_id
+        super().__init__(
+            f"unknown user {user_id!r}: no interactions in {where}. "
+            "Ingest the user's history first (persona-dspy ingest FILE) or check the id."
+        )
+
+
+class EmptyHistoryError(PersonaDSPyError):
+    """A user exists but has too few interactions for the operation."""
+
+    exit_code = 5
+
+
+class MalformedInteractionError(PersonaDSPyError):
+    """An input record is invalid; nothing of its batch was written."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, line: int | None = None, record_id: str | None = None,
+                 field: str | None = None, source: str | None = None) -> None:
+        self.line, self.record_id, self.field, self.source = line, record_id, field, source
+        where = []
+        if source:
+            where.append(str(source))
+        if line is not None:
+            where.append(f"line {line}")
+        if record_id is not None:
+            where.append(f"record {record_id!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"malformed interaction ({prefix}): {message}" if prefix else
+                         f"malformed interaction: {message}")
+
+
+class StoreUnavailableError(PersonaDSPyError):
+    """The Qdrant store cannot be opened or reached."""
+
+    exit_code = 7
+
+
+class TrackingUnavailableError(PersonaDSPyError):
+    """The MLflow tracking store cannot be reached; no persona alias was moved."""
+
+    exit_code = 8
+
+
+class LMOutputError(PersonaDSPyError):
+    """The LM failed or returned unusable output after bounded retries."""
+
+    exit_code = 9
+
+
+class BudgetExceededError(PersonaDSPyError):
+    """A compile hit its LM-call or token budget; production was not moved."""
+
+    exit_code = 10
+
+
+class PersonaNotFoundError(PersonaDSPyError):
+    """No such persona version or alias in the registry."""
+
+    exit_code = 11

@@ -1,0 +1,144 @@
+"""Semantic memory: a compact profile of a user's stable preferences, distilled by the LM.
+
+Each profile version records the *watermark* (latest episode time it was built from), so a read
+bounded by ``before`` only sees profiles built from episodes strictly earlier (no leakage).
+Updates are incremental: the previous profile plus the episodes since its watermark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dspy
+from pydantic import BaseModel
+
+from persona_dspy.errors import EmptyHistoryError, LMOutputError
+from persona_dspy.signatures.tasks import TaskSpec, get_task
+from persona_dspy.tools import render_episode
+
+if TYPE_CHECKING:
+    from persona_dspy.memory.episodic import EpisodicMemory
+
+MAX_PROFILE_CHARS = 700
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.*\S)")
+
+
+class DistillProfile(dspy.Signature):
+    """Write this user's stable preferences as 2 to 5 short bullet lines starting with "- ". State only what the interactions show (tastes, habits, how they rate or label); no advice."""
+
+    interactions: str = dspy.InputField(desc="the user's interactions, each with what the user answered")
+    previous_profile: str = dspy.InputField(desc="the profile so far; keep what still holds")
+    profile: str = dspy.OutputField(desc="2-5 lines, each starting with '- '")
+
+
+class Profile(BaseModel):
+    user_id: str
+    text: str
+    version: int
+    watermark: float
+    n_episodes: int
+    created_at: float
+
+
+def clean_profile(raw: str | None) -> str | None:
+    """Bullet lines of a usable profile, or None when the LM output is not one."""
+    if not raw:
+        return None
+    bullets = [m.group(1).strip() for line in raw.splitlines() if (m := _BULLET.match(line))]
+    bullets = [b for b in bullets if 3 <= len(b) <= 200][:5]
+    if not bullets:
+        return None
+    return "\n".join(f"- {b}" for b in bullets)[:MAX_PROFILE_CHARS]
+
+
+class SemanticMemory:
+    """Per-user profile versions, kept in memory and (when ``store_dir`` is set) in one JSON file per user."""
+
+    def __init__(self, episodic: EpisodicMemory, store_dir: str | Path | None = None, *,
+                 task: str | TaskSpec = "generic", max_episodes: int = 30, retries: int = 2) -> None:
+        self.episodic = episodic
+        self.store_dir = Path(store_dir) if store_dir else None
+        self.task = get_task(task)
+        self.max_episodes = max_episodes
+        self.retries = retries
+        self._versions: dict[str, list[Profile]] = {}
+        self._lock = threading.Lock()
+        self.distill = dspy.Predict(DistillProfile)
+
+    def __deepcopy__(self, memo: dict) -> "SemanticMemory":
+        return self  # a store, not a parameter: copies of an agent share it
+
+    def _path(self, user_id: str) -> Path | None:
+        if self.store_dir is None:
+            return None
+        return self.store_dir / f"{hashlib.sha1(user_id.encode()).hexdigest()[:16]}.json"
+
+    def versions(self, user_id: str) -> list[Profile]:
+        with self._lock:
+            if user_id not in self._versions:
+                path = self._path(user_id)
+                loaded = [Profile(**p) for p in json.loads(path.read_text())] if path and path.exists() else []
+                self._versions[user_id] = loaded
+            return list(self._versions[user_id])
+
+    def get(self, user_id: str, before: float | None = None) -> Profile | None:
+        """The newest profile built only from episodes strictly before ``before``."""
+        usable = [p for p in self.versions(user_id) if before is None or p.watermark < before]
+        return max(usable, key=lambda p: (p.watermark, p.version)) if usable else None
+
+    def update(self, user_id: str, before: float | None = None) -> Profile:
+        """Distill (or extend) the profile from the episodes before ``before``; one LM call when there is news.
+
+        Garbage LM output is retried ``retries`` times, then ``LMOutputError``; the stored
+        profile is left as it was.
+        """
+        previous = self.get(user_id, before)
+        history = self.episodic.history(user_id, before=before)
+        new = [it for it in history if previous is None or it.timestamp > previous.watermark]
+        if not history:
+            raise EmptyHistoryError(f"user {user_id!r} has no interactions before {before}; nothing to distill")
+        if not new and previous is not None:
+            return previous
+        shown = new[-self.max_episodes:]
+        lines = "\n".join(render_episode(self.task, it) for it in shown)
+        text = None
+        for attempt in range(self.retries + 1):
+            config = {"rollout_id": attempt, "temperature": 0.7} if attempt else {}
+            raw = self.distill(interactions=lines, previous_profile=previous.text if previous else "(none)",
+                               config=config).profile
+            text = clean_profile(raw)
+            if text:
+                break
+        if text is None:
+            raise LMOutputError(f"the LM returned no usable profile for user {user_id!r} after {self.retries + 1} "
+                                "attempts; the previous profile is kept. Try a stronger LM (PERSONA_DSPY_LM).")
+        profile = Profile(user_id=user_id, text=text, version=len(self.versions(user_id)) + 1,
+                          watermark=shown[-1].timestamp, n_episodes=len(history), created_at=time.time())
+        self._save(profile)
+        return profile
+
+    def _save(self, profile: Profile) -> None:
+        with self._lock:
+            versions = self._versions.setdefault(profile.user_id, [])
+            versions.append(profile)
+            path = self._path(profile.user_id)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps([p.model_dump() for p in versions]))
+                tmp.replace(path)
+
+    def forget(self, user_id: str) -> int:
+        with self._lock:
+            n = len(self._versions.pop(user_id, []))
+            path = self._path(user_id)
+            if path is not None and path.exists():
+                n = max(n, len(json.loads(path.read_text())))
+                path.unlink()
+            return n

@@ -1,0 +1,101 @@
+"""The TextGrad graph of one alignment step: persona -> replay -> preference loss.
+
+Two custom autograd functions keep the step at ``n + 2`` LM calls (n replays, one loss, one TGD
+update) instead of TextGrad's naive ``4n + 1``:
+
+* ``PreferenceLoss`` critiques *all* replayed interactions in one LM call, and phrases the
+  critique as feedback on the persona, so its backward passes the critique on unchanged;
+* ``Replay`` runs the DSPy agent (its own LM calls, memory bounded by each interaction's time)
+  and its backward hands the transcript's feedback to the persona, with the transcript as context.
+
+``loss.backward()`` and ``textgrad.TGD(...).step()`` are TextGrad's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import textgrad as tg
+from textgrad.autograd import Function
+from textgrad.engine import EngineLM
+
+from persona_dspy.data.records import Interaction
+from persona_dspy.optimizers import prompts
+
+PERSONA_ROLE = "persona: the system prompt telling the assistant how this specific user answers"
+TRANSCRIPT_ROLE = "the assistant's replayed answers next to the user's real answers"
+
+
+class PersonaVariable(tg.Variable):
+    """The trainable persona. Shown in full to the optimizer (TextGrad abbreviates long variables)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text, requires_grad=True, role_description=PERSONA_ROLE)
+
+    def get_short_value(self, n_words_offset: int = 10) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ReplayCase:
+    """One replayed interaction: what the agent answered with the current persona, and the truth."""
+
+    interaction: Interaction
+    predicted: str | None
+    score: float
+
+    def line(self, index: int, compact: Callable[[str], str]) -> str:
+        task = compact(self.interaction.input)
+        if len(task) > 300:
+            task = task[:297] + "..."
+        said = self.predicted if self.predicted is not None else "(invalid answer)"
+        return (f"{index}. Task: {task}\n   Assistant answered: {said}\n"
+                f"   User really answered: {self.interaction.output}")
+
+
+def transcript(cases: list[ReplayCase], compact: Callable[[str], str]) -> str:
+    return "\n".join(case.line(i, compact) for i, case in enumerate(cases, start=1))
+
+
+class Replay(Function):
+    """persona -> transcript of replayed interactions. The replay itself is done by the caller (DSPy)."""
+
+    def forward(self, persona: tg.Variable, cases: list[ReplayCase], compact: Callable[[str], str]) -> tg.Variable:
+        out = tg.Variable(transcript(cases, compact), predecessors=[persona], requires_grad=True,
+                          role_description=TRANSCRIPT_ROLE)
+        out.set_grad_fn(tg.autograd.function.BackwardContext(self.backward, persona=persona, out=out))
+        return out
+
+    def backward(self, persona: tg.Variable, out: tg.Variable, backward_engine: EngineLM) -> None:
+        for grad in out.gradients:
+            feedback = tg.Variable(grad.value, requires_grad=False, role_description=f"feedback to the {PERSONA_ROLE}")
+            persona.gradients.add(feedback)
+            persona.gradients_context[feedback] = {
+                "context": out.value, "response_desc": TRANSCRIPT_ROLE, "variable_desc": PERSONA_ROLE}
+
+
+class PreferenceLoss(Function):
+    """The textual loss: one LM critique of the whole replay against what the user really did."""
+
+    def __init__(self, engine: EngineLM, contract: str) -> None:
+        super().__init__()
+        self.engine = engine
+        self.contract = contract
+
+    def forward(self, persona: tg.Variable, replay: tg.Variable) -> tg.Variable:
+        prompt = prompts.LOSS_PROMPT.format(persona=persona.value, contract=self.contract, transcript=replay.value)
+        critique = self.engine(prompt, system_prompt=prompts.LOSS_SYSTEM)
+        loss = tg.Variable(critique, predecessors=[replay], requires_grad=True,
+                           role_description="critique of the persona from the replayed interactions")
+        loss.set_grad_fn(tg.autograd.function.BackwardContext(self.backward, replay=replay, loss=loss))
+        return loss
+
+    def backward(self, replay: tg.Variable, loss: tg.Variable, backward_engine: EngineLM) -> None:
+        replay.gradients.add(tg.Variable(loss.value, requires_grad=False,
+                                         role_description=f"feedback to {TRANSCRIPT_ROLE}"))
+
+
+def tgd_optimizer(persona: PersonaVariable, engine: EngineLM, constraints: list[str]) -> tg.TGD:
+    return tg.TGD(parameters=[persona], engine=engine, constraints=constraints,
+                  optimizer_system_prompt=prompts.TGD_SYSTEM)

@@ -1,0 +1,40 @@
+"""What a compile produced: plain records shared by the optimizer (producer) and tracking (consumer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Step(BaseModel):
+    """One iteration: the persona it started from, how it replayed, the loss, and the rewrite."""
+
+    iteration: int
+    persona: str
+    train_score: float
+    predictions: list[str | None]
+    loss: str = ""
+    updated_persona: str | None = None
+
+
+class CompileResult(BaseModel):
+    """Everything a compile did, for tracking and for the fleet report."""
+
+    user_id: str
+    optimizer: str = "PersonaOptimizer"
+    params: dict[str, Any]
+    initial_persona: str
+    candidate_persona: str
+    production_persona: str
+    steps: list[Step] = Field(default_factory=list)
+    val_ids: list[str] = Field(default_factory=list)
+    val_score_production: float | None = None
+    val_score_candidate: float | None = None
+    promoted: bool = False
+    reason: str = ""
+    lm_calls: int = 0
+    tokens: int = 0
+    wall_time: float = 0.0
+    data_watermark: float | None = None
+    version: int | None = None

@@ -1,0 +1,87 @@
+"""Personalized actions: tools bound to ONE user and ONE time bound.
+
+A tool object is built per call with the user's id and ``before``; nothing it returns can come
+from another user or from the future (the store filters on both, see ``EpisodicMemory``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import dspy
+
+from persona_dspy.data.records import Interaction
+from persona_dspy.errors import UnknownUserError
+from persona_dspy.signatures.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from persona_dspy.memory.episodic import EpisodicMemory
+    from persona_dspy.memory.semantic import SemanticMemory
+
+MAX_EPISODE_CHARS = 220
+
+
+def render_episode(task: TaskSpec, it: Interaction) -> str:
+    text = task.compact(it.input)
+    if len(text) > MAX_EPISODE_CHARS:
+        text = text[: MAX_EPISODE_CHARS - 3] + "..."
+    return f"- {text} -> {it.output[:MAX_EPISODE_CHARS]}"
+
+
+class UserTools:
+    """The personalized actions of one user at one point in time."""
+
+    def __init__(self, user_id: str, task: TaskSpec, *, memory: EpisodicMemory | None,
+                 semantic: SemanticMemory | None = None, before: float | None = None) -> None:
+        self.user_id, self.task, self.memory, self.semantic, self.before = user_id, task, memory, semantic, before
+
+    def recall_episodes(self, query: str, k: int = 4) -> str:
+        """The user's k past interactions most similar to `query`, each with what the user answered."""
+        if self.memory is None:
+            return "(no memory)"
+        try:
+            episodes = self.memory.recall(self.user_id, self.task.compact(query), k=k, before=self.before)
+        except UnknownUserError:
+            return "(no past interactions)"
+        return "\n".join(render_episode(self.task, e.interaction) for e in episodes) or "(no past interactions)"
+
+    def recent_interactions(self, n: int = 5) -> str:
+        """The user's n most recent interactions, oldest first."""
+        if self.memory is None:
+            return "(no memory)"
+        try:
+            items = self.memory.recent(self.user_id, n, before=self.before)
+        except UnknownUserError:
+            return "(no past interactions)"
+        return "\n".join(render_episode(self.task, it) for it in items) or "(no past interactions)"
+
+    def read_profile(self) -> str:
+        """The user's semantic profile: short statements of stable preferences."""
+        if self.semantic is None:
+            return ""
+        profile = self.semantic.get(self.user_id, before=self.before)
+        return profile.text if profile else ""
+
+    def answer_statistics(self) -> str:
+        """How this user answered so far: rating mean and histogram, or label counts."""
+        if self.memory is None or self.task.kind == "text":
+            return ""
+        try:
+            history = self.memory.history(self.user_id, before=self.before)
+        except UnknownUserError:
+            return ""
+        answers = [a for a in (self.task.parse(it.output) for it in history) if a is not None]
+        if not answers:
+            return ""
+        if self.task.kind == "rating":
+            values = [float(a) for a in answers]
+            hist = Counter(answers)
+            top = ", ".join(f"{k}: {v}" for k, v in sorted(hist.items(), key=lambda kv: float(kv[0])))
+            return f"{len(values)} past ratings, mean {sum(values) / len(values):.2f} (counts {top})"
+        counts = Counter(answers).most_common(5)
+        return f"{len(answers)} past answers; most frequent: " + ", ".join(f"{k} ({v})" for k, v in counts)
+
+    def as_dspy_tools(self) -> list[dspy.Tool]:
+        return [dspy.Tool(f) for f in (self.recall_episodes, self.recent_interactions, self.read_profile,
+                                       self.answer_statistics)]

@@ -1,0 +1,126 @@
+"""Persona versions in MLflow's prompt registry: one prompt per user, aliases ``candidate`` / ``production``."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from persona_dspy.errors import PersonaNotFoundError
+
+CANDIDATE, PRODUCTION = "candidate", "production"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def prompt_name(user_id: str) -> str:
+    """A stable, valid registry name for a user: readable prefix + hash (ids may hold any character)."""
+    readable = _UNSAFE.sub("-", user_id).strip("-.")[:40] or "user"
+    return f"persona.{readable}.{hashlib.sha1(user_id.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class PersonaVersion:
+    user_id: str
+    name: str
+    version: int
+    text: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    commit_message: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"prompts:/{self.name}/{self.version}"
+
+
+def _is_missing(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE") or \
+        "not found" in str(exc).lower() or "does not exist" in str(exc).lower()
+
+
+class PersonaRegistry:
+    """Reads and moves persona versions. Callers wrap store failures (see ``Tracking``)."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
+
+    def _version(self, user_id: str, pv) -> PersonaVersion:
+        return PersonaVersion(user_id=user_id, name=pv.name, version=int(pv.version), text=pv.template,
+                              aliases=tuple(getattr(pv, "aliases", ()) or ()), tags=dict(pv.tags or {}),
+                              commit_message=pv.commit_message)
+
+    def get(self, user_id: str, alias_or_version: str | int = PRODUCTION) -> PersonaVersion | None:
+        name = prompt_name(user_id)
+        try:
+            if isinstance(alias_or_version, int) or str(alias_or_version).isdigit():
+                pv = self.client.get_prompt_version(name, int(alias_or_version))
+            else:
+                pv = self.client.get_prompt_version_by_alias(name, str(alias_or_version))
+        except MlflowException as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        return self._version(user_id, pv) if pv is not None else None
+
+    def history(self, user_id: str) -> list[PersonaVersion]:
+        name = prompt_name(user_id)
+        try:
+            if self.client.get_prompt(name) is None:
+                return []
+            versions = list(self.client.search_prompt_versions(name, max_results=1000))
+        except MlflowException as exc:
+            if _is_missing(exc):
+                return []
+            raise
+        out = [self._version(user_id, pv) for pv in versions]
+        aliases = self._aliases(name)
+        out = [PersonaVersion(**{**v.__dict__, "aliases": tuple(a for a, ver in aliases.items() if ver == v.version)})
+               for v in out]
+        return sorted(out, key=lambda v: v.version)
+
+    def _aliases(self, name: str) -> dict[str, int]:
+        prompt = self.client.get_prompt(name)
+        found: dict[str, int] = {}
+        for alias in (CANDIDATE, PRODUCTION):
+            try:
+                found[alias] = int(self.client.get_prompt_version_by_alias(name, alias).version)
+            except MlflowException:
+                continue
+        return found if prompt is not None else {}
+
+    def register(self, user_id: str, text: str, *, commit_message: str, tags: dict[str, str]) -> PersonaVersion:
+        """A new immutable version with alias ``candidate``; the same text as the latest is not registered twice."""
+        name = prompt_name(user_id)
+        versions = self.history(user_id)
+        if versions and versions[-1].text == text:
+            latest = versions[-1]
+        else:
+            pv = self.client.register_prompt(name=name, template=text, commit_message=commit_message,
+                                             tags={"user_id": user_id, **tags})
+            latest = self._version(user_id, pv)
+        self.client.set_prompt_alias(name, CANDIDATE, latest.version)
+        return latest
+
+    def promote(self, user_id: str, version: int) -> None:
+        if self.get(user_id, version) is None:
+            raise PersonaNotFoundError(f"user {user_id!r} has no persona version {version}; nothing was moved. "
+                                       f"See `persona-dspy personas history {user_id}`.")
+        self.client.set_prompt_alias(prompt_name(user_id), PRODUCTION, version)
+
+    def forget(self, user_id: str) -> int:
+        """Delete every persona version of the user; returns how many."""
+        name = prompt_name(user_id)
+        versions = self.history(user_id)
+        for alias in (CANDIDATE, PRODUCTION):
+            try:
+                self.client.delete_prompt_alias(name, alias)
+            except MlflowException:
+                pass
+        for v in versions:
+            self.client.delete_prompt_version(name, str(v.version))
+        if versions:
+            self.client.delete_prompt(name)
+        return len(versions)
