@@ -83,6 +83,9 @@ def set_environment_guards(state_dir: Path | None = None) -> None:
         "DSPY_CACHEDIR": str(state / "dspy_cache"),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # fail in seconds, not minutes, when a tracking server is down (MLflow's default backs off ~2 min)
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

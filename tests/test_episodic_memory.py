@@ -119,21 +119,21 @@ def test_same_folder_shared_in_process_and_persisted(tmp_path: Path, embedder: O
 
 def test_folder_locked_by_another_process(tmp_path: Path, embedder: OnnxEmbedder) -> None:
     folder = tmp_path / "locked"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    script = textwrap.dedent(f"""
         import time
         from qdrant_client import QdrantClient
         client = QdrantClient(path={str(folder)!r})
         print("ready", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        with pytest.raises(StoreUnavailableError, match="one process") as err:
-            EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder).count()
-        assert str(folder) in str(err.value) and "PERSONA_DSPY_QDRANT" in str(err.value)
-    finally:
-        holder.kill()
-        holder.wait()
+    """)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+            with pytest.raises(StoreUnavailableError, match="one process") as err:
+                EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder).count()
+            assert str(folder) in str(err.value) and "PERSONA_DSPY_QDRANT" in str(err.value)
+        finally:
+            holder.kill()
 
 
 def test_unreachable_server(embedder: OnnxEmbedder) -> None:

@@ -1,5 +1,6 @@
 """The embedded llama.cpp engine: request mapping and errors (fake server), plus one real-model call."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from dspy.utils.exceptions import ContextWindowExceededError
 
 from persona_dspy.config import Settings
 from persona_dspy.lm import build_lm
-from persona_dspy.lm.embedded import LlamaCppEngine
+from persona_dspy.lm.embedded import AsyncLlamaCppEngine, LlamaCppEngine
 
 
 class FakeServer:
@@ -69,10 +70,6 @@ def test_real_model_predict_with_usage_and_chat_adapter_parsing() -> None:
 
 
 def test_async_calls_and_saved_state_reuse_the_shared_engine() -> None:
-    import asyncio
-
-    from persona_dspy.lm.embedded import AsyncLlamaCppEngine
-
     engine = LlamaCppEngine.shared(Path("/nonexistent-shared.gguf"))
     engine._server = FakeServer(OK)
     lm = dspy.LM("local/m", engine=engine, async_engine=AsyncLlamaCppEngine(engine), cache=False)

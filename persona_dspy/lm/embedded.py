@@ -77,10 +77,6 @@ class LlamaCppEngine:
                 _shared[path] = cls(path, **options)
             return _shared[path]
 
-    @property
-    def loaded(self) -> bool:
-        return self._server is not None
-
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """One OpenAI-style chat completion (the llama.cpp server's JSON, ``timings`` included)."""
         body = {"seed": self.seed, "cache_prompt": True, **body, "stream": False}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import textgrad as tg
-from textgrad.autograd import Function
+from textgrad.autograd.function import BackwardContext, Function
 from textgrad.engine import EngineLM
 
 from persona_dspy.data.records import Interaction
@@ -64,7 +64,7 @@ class Replay(Function):
     def forward(self, persona: tg.Variable, cases: list[ReplayCase], compact: Callable[[str], str]) -> tg.Variable:
         out = tg.Variable(transcript(cases, compact), predecessors=[persona], requires_grad=True,
                           role_description=TRANSCRIPT_ROLE)
-        out.set_grad_fn(tg.autograd.function.BackwardContext(self.backward, persona=persona, out=out))
+        out.set_grad_fn(BackwardContext(self.backward, persona=persona, out=out))
         return out
 
     def backward(self, persona: tg.Variable, out: tg.Variable, backward_engine: EngineLM) -> None:
@@ -88,7 +88,7 @@ class PreferenceLoss(Function):
         critique = self.engine(prompt, system_prompt=prompts.LOSS_SYSTEM)
         loss = tg.Variable(critique, predecessors=[replay], requires_grad=True,
                            role_description="critique of the persona from the replayed interactions")
-        loss.set_grad_fn(tg.autograd.function.BackwardContext(self.backward, replay=replay, loss=loss))
+        loss.set_grad_fn(BackwardContext(self.backward, replay=replay, loss=loss))
         return loss
 
     def backward(self, replay: tg.Variable, loss: tg.Variable, backward_engine: EngineLM) -> None:

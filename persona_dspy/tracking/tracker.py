@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import getpass
 import json
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -28,12 +29,12 @@ from persona_dspy.tracking.registry import CANDIDATE, PRODUCTION, PersonaRegistr
 _STORE_ERRORS = (MlflowException, OSError, ConnectionError)
 
 
-def _redact_uri(uri: str) -> str:
-    """Drop credentials from a URI before it appears in any message."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+
+
+def _redact_uri(text: str) -> str:
+    """Drop credentials (``user:password@``) from any URI in ``text`` before it is shown or logged."""
+    return _CREDENTIALS.sub("://***@", text)
 
 
 class Tracking:
@@ -58,7 +59,7 @@ class Tracking:
         except _STORE_ERRORS as exc:
             raise TrackingUnavailableError(
                 f"MLflow store {_redact_uri(self.tracking_uri)} failed while {doing}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}. No persona alias was moved. Check that the "
+                f"{_redact_uri(str(exc).splitlines()[0][:200]) if str(exc) else ''}. No persona alias was moved. Check that the "
                 "tracking server is up (or the sqlite path is writable) and retry; set "
                 "PERSONA_DSPY_MLFLOW_TRACKING_URI to change stores.") from exc
 

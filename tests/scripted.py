@@ -1,0 +1,24 @@
+"""Deterministic rules for the scripted LM used by unit tests.
+
+The agent's answer depends on the persona it is given, so tests can see a persona change
+propagate to answers: a persona mentioning "harsh" answers ``LOW``; otherwise ``HIGH``.
+"""
+
+from __future__ import annotations
+
+from persona_dspy.optimizers import prompts
+
+LOW, HIGH = "1.0", "4.0"
+CRITIQUE = "- The user rates movies harshly, mostly 1 or 2 stars; the persona should say the user is a harsh rater."
+NEW_PERSONA = "This user is a harsh critic who rates most movies low (1 to 2 stars)."
+
+
+def rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    if system.startswith(prompts.LOSS_SYSTEM[:40]):
+        return CRITIQUE
+    if system.startswith(prompts.TGD_SYSTEM[:40]):
+        return f"<IMPROVED_VARIABLE>{NEW_PERSONA}</IMPROVED_VARIABLE>"
+    if "profile" in system and "previous_profile" in system:
+        return {"profile": "- rates low\n- likes comedies"}
+    return {"answer": LOW if "harsh" in system else HIGH}

@@ -1,0 +1,75 @@
+"""Records and loaders: precise errors with line numbers, nothing returned from a bad file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from persona_dspy.data import load_interactions, load_sample_users, load_shared
+from persona_dspy.errors import MalformedInteractionError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write(tmp_path: Path, lines: list[str | bytes]) -> Path:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines) + b"\n")
+    return path
+
+
+def rec(i: int, **kw) -> str:
+    base = {"user_id": "u1", "id": f"i{i}", "input": f"task {i}", "output": "4.0", "timestamp": float(i)}
+    return json.dumps({**base, **kw})
+
+
+def test_plain_jsonl_loads_in_file_order(tmp_path):
+    items = load_interactions(write(tmp_path, [rec(1), rec(2)]))
+    assert [i.id for i in items] == ["i1", "i2"]
+
+
+@pytest.mark.parametrize("bad, field", [
+    ("{not json", None),
+    (json.dumps({"user_id": "u1", "id": "x", "output": "1", "timestamp": 1}), "input"),
+    (json.dumps({"user_id": "u1", "id": "x", "input": "a", "output": "1", "timestamp": "yesterday"}), "timestamp"),
+    (json.dumps([1, 2]), None),
+])
+def test_malformed_line_is_reported_with_its_line_number(tmp_path, bad, field):
+    with pytest.raises(MalformedInteractionError) as exc:
+        load_interactions(write(tmp_path, [rec(1), bad]))
+    assert exc.value.line == 2
+    assert exc.value.field == field
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    with pytest.raises(MalformedInteractionError, match="duplicate") as exc:
+        load_interactions(write(tmp_path, [rec(1), rec(1, input="changed")]))
+    assert exc.value.line == 2
+
+
+def test_non_utf8_is_rejected(tmp_path):
+    with pytest.raises(MalformedInteractionError, match="UTF-8") as exc:
+        load_interactions(write(tmp_path, [rec(1), b'{"user_id": "u1", "id": "\xff"}']))
+    assert exc.value.line == 2
+
+
+def test_shared_schema_profile_becomes_past_and_query_is_held_out():
+    cases = load_shared(SHARED / "movielens" / "rating.jsonl")
+    assert len(cases) == 60
+    for case in cases:
+        assert case.query is not None
+        assert all(it.timestamp < case.query.timestamp for it in case.interactions)
+        assert case.query.id not in {it.id for it in case.interactions}
+
+
+def test_lamp_profiles_get_positional_time():
+    case = load_shared(SHARED / "lamp" / "lamp2n.jsonl")[0]
+    assert [it.timestamp for it in case.interactions] == sorted(it.timestamp for it in case.interactions)
+    assert case.query.timestamp > case.interactions[-1].timestamp
+    assert case.query.output in {"business", "politics", "food & drink"} or case.query.output
+
+
+def test_bundled_sample_users_load():
+    users = load_sample_users()
+    assert len(users) == 6 and all(len(u) >= 10 for u in users)

@@ -1,0 +1,32 @@
+"""Task contracts: answers are validated against the label set / rating scale and scored in [0, 1]."""
+
+import pytest
+
+from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
+
+
+@pytest.mark.parametrize("raw, parsed", [
+    ("food & drink", "food & drink"), ("Food & Drink.", "food & drink"), ("I'd say politics", "politics"),
+    ("culture & arts or politics", None), ("cooking", None), ("", None),
+])
+def test_lamp2n_labels_are_validated(raw, parsed):
+    assert TASKS["LaMP-2N"].parse(raw) == parsed
+
+
+@pytest.mark.parametrize("raw, parsed", [("4", "4.0"), ("3.7 stars", "3.5"), ("9", "5.0"), ("zero", None)])
+def test_movielens_ratings_are_parsed_and_clipped(raw, parsed):
+    assert TASKS["movielens_rating"].parse(raw) == parsed
+
+
+def test_scores():
+    rating = TASKS["movielens_rating"]
+    assert rating.score("5.0", "5.0") == 1.0
+    assert rating.score("0.5", "5.0") == 0.0
+    assert rating.score("nonsense", "5.0") == 0.0  # invalid answers score as the worst
+    assert TASKS["LaMP-1"].score("[2]", "[2]") == 1.0 and TASKS["LaMP-1"].score("[1]", "[2]") == 0.0
+
+
+def test_task_instructions_are_the_shared_default_persona_only():
+    # the persona is the signature's instructions; task specifics live in the fields
+    for task in TASKS.values():
+        assert task.signature.instructions == DEFAULT_PERSONA
