@@ -64,6 +64,9 @@ class OnnxEmbedder:
         self._input_names: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict) -> "OnnxEmbedder":
+        return self  # stateless apart from the loaded model: share it
+
     def _load(self) -> tuple[ort.InferenceSession, Tokenizer]:
         with self._lock:
             if self._session is None or self._tokenizer is None:

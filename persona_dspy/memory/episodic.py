@@ -126,19 +126,19 @@ def _validate(records: Iterable[Interaction | Mapping[str, Any]]) -> list[Intera
     for pos, rec in enumerate(records):
         if not isinstance(rec, Interaction):
             if not isinstance(rec, Mapping):
-                raise MalformedInteractionError(f"expected an Interaction, got {type(rec).__name__}", line=pos)
+                raise MalformedInteractionError(f"item {pos}: expected an Interaction, got {type(rec).__name__}")
             try:
                 rec = Interaction.model_validate(rec)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 raise MalformedInteractionError(
-                    err["msg"], line=pos, record_id=str(rec.get("id")) if rec.get("id") is not None else None,
+                    f"item {pos}: {err['msg']}", record_id=str(rec.get("id")) if rec.get("id") is not None else None,
                     field=".".join(map(str, err["loc"])) or None,
                 ) from exc
         if rec.key in seen:
             raise MalformedInteractionError(
-                f"duplicate interaction for user {rec.user_id!r} (first at position {seen[rec.key]})",
-                line=pos, record_id=rec.id, field="id",
+                f"item {pos}: duplicate of item {seen[rec.key]} (same user {rec.user_id!r} and id)",
+                record_id=rec.id, field="id",
             )
         seen[rec.key] = pos
         items.append(rec)
@@ -229,6 +229,9 @@ class EpisodicMemory:
                     self._client.close()
                 self._client = None
             self._local_path, self._ready = None, False
+
+    def __deepcopy__(self, memo: dict) -> EpisodicMemory:
+        return self  # a store, not a parameter: copies of an agent share it
 
     def __enter__(self) -> EpisodicMemory:
         return self

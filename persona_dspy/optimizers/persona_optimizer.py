@@ -155,10 +155,10 @@ class PersonaOptimizer(Teleprompter):
             bar.set_postfix(score=f"{score:.2f}")
             if score >= 1.0:
                 break  # every replayed answer matches the user: nothing to learn from this batch
-            cases = [ops.ReplayCase(it, p, agent.task.score(p, it.output)) for it, p in zip(train, preds)]
+            cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
             budget.reserve(2, f"iteration {i + 1} loss and update")
             optimizer.zero_grad()
-            replay = ops.Replay()(persona, cases, agent.task.compact)
+            replay = ops.Replay()(persona, cases, agent.task)
             loss = loss_fn(persona, replay)
             step.loss = loss.value
             loss.backward(engine)

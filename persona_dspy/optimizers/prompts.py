@@ -3,8 +3,8 @@
 LOSS_SYSTEM = (
     "You review a persona: the instructions an assistant follows to answer exactly as one specific user would. "
     "Compare the assistant's answers with the user's real answers and say what the persona gets wrong about "
-    "this user. Answer with at most 4 short bullet points of concrete feedback on the persona "
-    "(for example how high or low the user rates, which topics or labels the user prefers). "
+    "this user. Focus on systematic differences (for example: the user rates lower than the assistant thinks, "
+    "or prefers certain labels). Answer with at most 4 short bullet points of concrete feedback on the persona. "
     "Do not rewrite the persona."
 )
 

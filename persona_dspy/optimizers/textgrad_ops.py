@@ -13,7 +13,7 @@ update) instead of TextGrad's naive ``4n + 1``:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass
 
 import textgrad as tg
@@ -22,6 +22,10 @@ from textgrad.engine import EngineLM
 
 from persona_dspy.data.records import Interaction
 from persona_dspy.optimizers import prompts
+from persona_dspy.signatures.tasks import TaskSpec
+
+# TextGrad logs every prompt at INFO to stderr and a file; the compile's texts are in its MLflow run instead.
+logging.getLogger("textgrad").setLevel(logging.WARNING)
 
 PERSONA_ROLE = "persona: the system prompt telling the assistant how this specific user answers"
 TRANSCRIPT_ROLE = "the assistant's replayed answers next to the user's real answers"
@@ -45,24 +49,41 @@ class ReplayCase:
     predicted: str | None
     score: float
 
-    def line(self, index: int, compact: Callable[[str], str]) -> str:
-        task = compact(self.interaction.input)
-        if len(task) > 300:
-            task = task[:297] + "..."
+    verdict: str
+
+    def line(self, index: int, task: TaskSpec) -> str:
+        text = task.compact(self.interaction.input)
+        if len(text) > 300:
+            text = text[:297] + "..."
         said = self.predicted if self.predicted is not None else "(invalid answer)"
-        return (f"{index}. Task: {task}\n   Assistant answered: {said}\n"
-                f"   User really answered: {self.interaction.output}")
+        return (f"{index}. Task: {text}\n   Assistant answered: {said}\n"
+                f"   User really answered: {self.interaction.output} ({self.verdict})")
 
 
-def transcript(cases: list[ReplayCase], compact: Callable[[str], str]) -> str:
-    return "\n".join(case.line(i, compact) for i, case in enumerate(cases, start=1))
+def replay_case(task: TaskSpec, interaction: Interaction, predicted: str | None) -> ReplayCase:
+    return ReplayCase(interaction, predicted, task.score(predicted, interaction.output),
+                      task.compare(predicted, interaction.output))
+
+
+def transcript(cases: list[ReplayCase], task: TaskSpec) -> str:
+    lines = [case.line(i, task) for i, case in enumerate(cases, start=1)]
+    if task.kind == "rating":
+        deltas = [float(c.predicted) - float(task.parse(c.interaction.output))
+                  for c in cases if c.predicted is not None and task.parse(c.interaction.output) is not None]
+        if deltas:
+            mean = sum(deltas) / len(deltas)
+            lines.append(f"On average the assistant rated {abs(mean):.1f} {'higher' if mean > 0 else 'lower'} "
+                         "than the user." if mean else "On average the assistant's ratings were right.")
+    else:
+        lines.append(f"{sum(c.score == 1.0 for c in cases)} of {len(cases)} answers matched the user.")
+    return "\n".join(lines)
 
 
 class Replay(Function):
     """persona -> transcript of replayed interactions. The replay itself is done by the caller (DSPy)."""
 
-    def forward(self, persona: tg.Variable, cases: list[ReplayCase], compact: Callable[[str], str]) -> tg.Variable:
-        out = tg.Variable(transcript(cases, compact), predecessors=[persona], requires_grad=True,
+    def forward(self, persona: tg.Variable, cases: list[ReplayCase], task: TaskSpec) -> tg.Variable:
+        out = tg.Variable(transcript(cases, task), predecessors=[persona], requires_grad=True,
                           role_description=TRANSCRIPT_ROLE)
         out.set_grad_fn(BackwardContext(self.backward, persona=persona, out=out))
         return out

@@ -83,6 +83,18 @@ class TaskSpec:
             return 1.0 - abs(float(p) - float(g)) / (hi - lo)
         return float(p.lower() == g.lower())
 
+    def compare(self, predicted: str | None, gold: str) -> str:
+        """The task metric in words, for the textual loss: "match", "too high by 1.5", "wrong label"."""
+        p, g = self.parse(predicted), self.parse(gold)
+        if p is None:
+            return "invalid answer (outside the output contract)"
+        if g is None or self.kind == "text":
+            return "compare by meaning"
+        if self.kind == "rating":
+            delta = float(p) - float(g)
+            return "match" if delta == 0 else f"too {'high' if delta > 0 else 'low'} by {abs(delta):g}"
+        return "match" if p.lower() == g.lower() else "wrong label"
+
     def compact(self, text: str) -> str:
         """The task text without its boilerplate instructions, for compact prompts and retrieval."""
         for marker in self.prompt_markers:

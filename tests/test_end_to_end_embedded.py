@@ -1,0 +1,34 @@
+"""End to end on the REAL embedded model: a tiny compile (n=1, one iteration) with real stores."""
+
+from __future__ import annotations
+
+import dspy
+
+from persona_dspy import Settings
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.data import load_sample_users
+from persona_dspy.lm import build_lm
+from persona_dspy.memory import EpisodicMemory
+from persona_dspy.optimizers import PersonaOptimizer
+from persona_dspy.tracking import Tracking
+
+
+def test_tiny_compile_on_the_embedded_model(tmp_path, embedder, mlflow_uri):
+    history = load_sample_users()[3]  # user 163: 14 past ratings
+    settings = Settings(qdrant=":memory:", state_dir=tmp_path)
+    tracking = Tracking(settings, tracking_uri=mlflow_uri)
+    with EpisodicMemory(settings, embedder=embedder) as memory:
+        memory.add(history.interactions)
+        student = PersonaAgent(history.task, user_id=history.user_id, memory=memory)
+        optimizer = PersonaOptimizer(n_recent=1, iterations=1, n_val=1, tracking=tracking, max_lm_calls=12)
+        with dspy.context(lm=build_lm(Settings())):
+            compiled = optimizer.compile(student, trainset=history)
+            answer = compiled(task=history.query.input, before=history.query.timestamp)
+    result = compiled.compile_result
+    assert result.lm_calls >= 2 and result.tokens > 0
+    assert len(result.steps) == 1 and result.steps[0].predictions[0] is not None
+    assert answer.valid, answer.raw_answer  # the real model keeps the rating contract
+    assert result.version is not None
+    assert tracking.load_persona(history.user_id, "candidate").text == result.candidate_persona
+    if result.promoted:
+        assert tracking.load_persona(history.user_id).text == result.candidate_persona
