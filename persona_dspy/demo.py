@@ -27,12 +27,6 @@ class DemoRow:
     seconds: float
 
 
-def _usage_totals(usage) -> tuple[int, int]:
-    calls = sum(len(v) for v in usage.usage_data.values())
-    tokens = sum(int(e.get("total_tokens") or 0) for v in usage.usage_data.values() for e in v)
-    return calls, tokens
-
-
 def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iterations: int = 1, n_val: int = 2,
              lm: dspy.BaseLM | None = None, histories: list[UserHistory] | None = None,
              echo=print) -> list[DemoRow]:
@@ -40,7 +34,7 @@ def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iteration
     align a persona per user, score again. The query is never ingested (no leakage)."""
     from persona_dspy.lm import build_lm
     from persona_dspy.memory import EpisodicMemory
-    from persona_dspy.optimizers import PersonaOptimizer
+    from persona_dspy.optimizers import PersonaOptimizer, usage_totals
     from persona_dspy.tracking import Tracking
 
     histories = (histories or load_sample_users())[:users]
@@ -66,7 +60,7 @@ def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iteration
                 before = agent(task=q.input, before=q.timestamp).answer
                 compiled = optimizer.compile(agent, trainset=history)
                 after = compiled(task=q.input, before=q.timestamp).answer
-            calls, tokens = _usage_totals(usage)
+            calls, tokens = usage_totals(usage)
             res = compiled.compile_result
             row = DemoRow(history.user_id, q.output, before, agent.task.score(before, q.output), after,
                           agent.task.score(after, q.output), res.promoted, res.version, calls, tokens,

@@ -1,5 +1,6 @@
-"""Optimizers of the persona. Importing ``PersonaOptimizer`` imports TextGrad (a few seconds)."""
+"""Optimizers of the persona. TextGrad (a few seconds to import) loads at the first compile."""
 
+from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer, usage_totals
 from persona_dspy.optimizers.persona_optimizer import PersonaOptimizer
 
-__all__ = ["PersonaOptimizer"]
+__all__ = ["PersonaOptimizer", "GatedPersonaOptimizer", "Budget", "usage_totals"]

@@ -1,0 +1,184 @@
+"""What every persona optimizer shares: the split, the budget, the replay, the gate, the tracking.
+
+A subclass only implements ``_align(agent, train, budget, result) -> persona``; the rest (a new
+agent, the student untouched, the gate on held-back interactions, registration and promotion)
+is the same for PersonaOptimizer and the GEPA / MIPROv2 baselines, so their results compare.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from dspy.teleprompt import Teleprompter
+
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.data.records import Interaction, UserHistory
+from persona_dspy.errors import BudgetExceededError, EmptyHistoryError
+from persona_dspy.results import CompileResult
+
+if TYPE_CHECKING:
+    from persona_dspy.tracking.tracker import Tracking
+
+MAX_PERSONA_CHARS = 1200
+
+
+def usage_totals(usage: Any) -> tuple[int, int]:
+    """(LM calls, tokens) recorded by a ``dspy.track_usage()`` tracker."""
+    calls = sum(len(v) for v in usage.usage_data.values())
+    tokens = sum(int(e.get("total_tokens") or 0) for v in usage.usage_data.values() for e in v)
+    return calls, tokens
+
+
+class Budget:
+    """Counts LM calls and tokens through DSPy's usage tracking; raises before the cap is crossed."""
+
+    def __init__(self, usage: Any, max_calls: int | None, max_tokens: int | None) -> None:
+        self.usage, self.max_calls, self.max_tokens = usage, max_calls, max_tokens
+
+    @property
+    def calls(self) -> int:
+        return usage_totals(self.usage)[0]
+
+    @property
+    def tokens(self) -> int:
+        return usage_totals(self.usage)[1]
+
+    @property
+    def remaining_calls(self) -> int | None:
+        return None if self.max_calls is None else self.max_calls - self.calls
+
+    def reserve(self, calls: int, what: str) -> None:
+        if self.max_calls is not None and self.calls + calls > self.max_calls:
+            raise BudgetExceededError(
+                f"{what} needs {calls} more LM call(s) but {self.calls} of max_lm_calls={self.max_calls} are used; "
+                "production was not moved. Raise max_lm_calls or lower n_recent / iterations.")
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            raise BudgetExceededError(
+                f"{self.tokens} tokens used, max_tokens={self.max_tokens}; production was not moved. "
+                "Raise max_tokens or lower n_recent / iterations.")
+
+
+class GatedPersonaOptimizer(Teleprompter):
+    """``compile(agent, trainset=history) -> PersonaAgent``: align on the latest ``n_recent``
+    interactions, gate on the ``n_val`` before them (or ``valset``), register, promote if not worse.
+
+    The returned agent carries the production persona after the compile (the candidate if it
+    was promoted) and ``compile_result``; the student is never modified.
+    """
+
+    name = "GatedPersonaOptimizer"
+
+    def __init__(self, n_recent: int = 3, *, n_val: int = 2, margin: float = 0.0, max_lm_calls: int | None = 40,
+                 max_tokens: int | None = None, max_persona_chars: int = MAX_PERSONA_CHARS,
+                 seed_from_profile: bool = False, tracking: Tracking | None = None, progress: bool = False) -> None:
+        super().__init__()
+        if n_recent < 1 or n_val < 0:
+            raise ValueError("n_recent must be >= 1 and n_val >= 0")
+        self.n_recent, self.n_val, self.margin = n_recent, n_val, margin
+        self.max_lm_calls, self.max_tokens, self.max_persona_chars = max_lm_calls, max_tokens, max_persona_chars
+        self.seed_from_profile = seed_from_profile
+        self.tracking = tracking
+        self.progress = progress
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"n_recent": self.n_recent, "n_val": self.n_val, "margin": self.margin,
+                "max_lm_calls": self.max_lm_calls, "max_tokens": self.max_tokens,
+                "max_persona_chars": self.max_persona_chars, "seed_from_profile": self.seed_from_profile}
+
+    @abstractmethod
+    def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
+        """Return the candidate persona; record steps in ``result``."""
+
+    def compile(self, student: PersonaAgent, *, trainset: Sequence[Interaction] | UserHistory,
+                teacher: Any = None, valset: Sequence[Interaction] | None = None, **kwargs: Any) -> PersonaAgent:
+        train, val = self.split(student.user_id, trainset, valset)
+        started = time.perf_counter()
+        production = self.tracking.production_persona(student.user_id) if self.tracking else None
+        production_text = production or student.persona
+        result = CompileResult(user_id=student.user_id, optimizer=self.name, params=self.params,
+                               initial_persona=student.persona, candidate_persona=student.persona,
+                               production_persona=production_text, val_ids=[it.id for it in val],
+                               data_watermark=max(it.timestamp for it in train))
+        agent = student.deepcopy()
+        with dspy.track_usage() as usage:
+            budget = Budget(usage, self.max_lm_calls, self.max_tokens)
+            try:
+                if self.seed_from_profile:
+                    agent.persona = self._seed(agent, min(it.timestamp for it in train + val), budget)
+                    result.initial_persona = agent.persona
+                agent.persona = self._align(agent, train, budget, result)
+                result.candidate_persona = agent.persona
+                self._gate(agent, production_text, val, budget, result)
+            finally:
+                result.lm_calls, result.tokens = budget.calls, budget.tokens
+                result.wall_time = time.perf_counter() - started
+        if self.tracking is not None:
+            result.version = self.tracking.record(result)
+        if not result.promoted:
+            agent.persona = production_text  # what serving uses; the candidate stays in the result
+        agent.compile_result = result
+        agent._compiled = True
+        return agent
+
+    def split(self, user_id: str, trainset: Sequence[Interaction] | UserHistory,
+              valset: Sequence[Interaction] | None = None) -> tuple[list[Interaction], list[Interaction]]:
+        """(latest ``n_recent`` interactions, the ``n_val`` just before them or ``valset``), in time order."""
+        items = list(trainset.interactions if isinstance(trainset, UserHistory) else trainset)
+        if not items:
+            raise EmptyHistoryError(f"user {user_id!r} has an empty trainset; ingest interactions first")
+        foreign = [it.id for it in items if it.user_id != user_id]
+        if foreign:
+            raise ValueError(f"trainset holds interactions of other users (ids {foreign[:3]}); "
+                             f"compile one user at a time (agent user {user_id!r})")
+        items.sort(key=lambda it: (it.timestamp, it.id))
+        needed = self.n_recent + (0 if valset is not None else self.n_val)
+        if len(items) < needed:
+            raise EmptyHistoryError(
+                f"user {user_id!r} has {len(items)} interactions; n_recent={self.n_recent} + n_val={self.n_val} "
+                f"needs {needed} (the latest n to replay and the ones before them to gate on). "
+                "Lower n_recent / n_val or pass a valset.")
+        train = items[-self.n_recent:]
+        if valset is not None:
+            val = sorted(valset, key=lambda it: (it.timestamp, it.id))
+        else:
+            val = items[len(items) - self.n_recent - self.n_val:len(items) - self.n_recent]
+        return train, val
+
+    def replay(self, agent: PersonaAgent, items: list[Interaction], budget: Budget,
+               what: str) -> tuple[float, list[str | None]]:
+        """Answer ``items`` with the agent's persona; memory is bounded by each item's own time (no leakage)."""
+        budget.reserve(len(items), what)
+        preds = [agent(task=it.input, before=it.timestamp).answer for it in items]
+        scores = [agent.task.score(p, it.output) for p, it in zip(preds, items)]
+        return sum(scores) / len(scores), preds
+
+    def _seed(self, agent: PersonaAgent, before: float, budget: Budget) -> str:
+        """The persona plus the user's semantic profile built from episodes before every replayed one."""
+        if agent.semantic is None:
+            return agent.persona
+        budget.reserve(1, "profile seed")
+        profile = agent.semantic.update(agent.user_id, before=before)
+        return f"{agent.persona}\nWhat is known about this user:\n{profile.text}"[: self.max_persona_chars]
+
+    def _gate(self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget,
+              result: CompileResult) -> None:
+        candidate_text = agent.persona
+        if candidate_text == production_text:
+            result.reason = "the persona did not change"
+            return
+        if not val:
+            result.reason = "no held-back interactions to gate on; candidate registered, production not moved"
+            return
+        agent.persona = production_text
+        result.val_score_production, _ = self.replay(agent, val, budget, "gate (production)")
+        agent.persona = candidate_text
+        result.val_score_candidate, _ = self.replay(agent, val, budget, "gate (candidate)")
+        result.promoted = result.val_score_candidate >= result.val_score_production - self.margin
+        result.reason = (f"candidate {result.val_score_candidate:.3f} vs production "
+                         f"{result.val_score_production:.3f} on {len(val)} held-back interactions "
+                         f"(margin {self.margin})")
