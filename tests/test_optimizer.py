@@ -1,0 +1,141 @@
+"""PersonaOptimizer with the scripted LM: leakage, budget, garbage output, determinism, baselines."""
+
+from __future__ import annotations
+
+import re
+
+import dspy
+import pytest
+
+from persona_dspy import BudgetExceededError, LMOutputError, Settings
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.data import Interaction, UserHistory
+from persona_dspy.lm.scripted import ScriptedLM
+from persona_dspy.memory import EpisodicMemory
+from persona_dspy.optimizers import PersonaOptimizer, prompts
+from persona_dspy.signatures import DEFAULT_PERSONA
+from persona_dspy.tracking import Tracking
+
+from scripted import NEW_PERSONA, rule
+
+TASK_FIELD = re.compile(r"\[\[ ## task ## \]\]\n(.*?)\n", re.S)
+
+
+def free_text_history(user_id: str, n: int = 7) -> UserHistory:
+    items = [Interaction(user_id=user_id, id=f"q{i}", input=f"question number {i} about topic {i}",
+                         output=f"SECRET-ANSWER-{user_id}-{i}", timestamp=100.0 + i) for i in range(n)]
+    return UserHistory(user_id=user_id, interactions=tuple(items))
+
+
+@pytest.fixture
+def memory(tmp_path, embedder):
+    mem = EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder)
+    yield mem
+    mem.close()
+
+
+@pytest.fixture
+def tracking(mlflow_uri, tmp_path):
+    return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
+
+
+def test_no_replayed_interaction_sees_its_own_or_a_later_answer(memory):
+    history = free_text_history("leaky")
+    memory.add(history.interactions)
+    lm = ScriptedLM(rule)
+    student = PersonaAgent("generic", user_id="leaky", memory=memory, k=10)
+    with dspy.context(lm=lm):
+        PersonaOptimizer(n_recent=3, iterations=2, n_val=2).compile(student, trainset=history)
+    by_input = {it.input: it for it in history.interactions}
+    replays = 0
+    for messages in lm.prompts:
+        text = "\n".join(m["content"] for m in messages)
+        match = TASK_FIELD.search(messages[-1]["content"])
+        if not match or match.group(1).strip() not in by_input:
+            continue
+        replays += 1
+        current = by_input[match.group(1).strip()]
+        for it in history.interactions:
+            if it.timestamp >= current.timestamp:
+                assert it.output not in text, f"{it.id}'s answer leaked into the replay of {current.id}"
+        assert any(it.output in text for it in history.interactions if it.timestamp < current.timestamp)
+    assert replays == 3 * 2 + 2 * 2  # two iterations of 3 replays, then the gate
+
+
+def test_budget_exceeded_stops_and_moves_nothing(memory, tracking):
+    history = free_text_history("budget")
+    memory.add(history.interactions)
+    lm = ScriptedLM(rule)
+    student = PersonaAgent("movielens_rating", user_id="budget", memory=memory)
+    with dspy.context(lm=lm), pytest.raises(BudgetExceededError, match="max_lm_calls=4"):
+        PersonaOptimizer(n_recent=3, iterations=3, max_lm_calls=4, tracking=tracking).compile(student, trainset=history)
+    assert len(lm.prompts) <= 4
+    assert tracking.history("budget") == []
+
+
+def test_garbage_update_raises_lm_output_error_and_moves_nothing(memory, tracking):
+    history = free_text_history("garbage")
+    memory.add(history.interactions)
+
+    def garbage(messages):
+        if messages[0]["content"].startswith(prompts.TGD_SYSTEM[:40]):
+            return "I cannot help with that."
+        return rule(messages)
+
+    lm = ScriptedLM(garbage)
+    student = PersonaAgent("movielens_rating", user_id="garbage", memory=memory)
+    with dspy.context(lm=lm), pytest.raises(LMOutputError, match="unusable twice"):
+        PersonaOptimizer(n_recent=2, iterations=1, tracking=tracking).compile(student, trainset=history)
+    assert sum(m[0]["content"].startswith(prompts.TGD_SYSTEM[:40]) for m in lm.prompts) == 2  # one retry
+    assert tracking.history("garbage") == [] and student.persona == DEFAULT_PERSONA
+
+
+def test_compile_is_deterministic_with_a_scripted_lm(memory):
+    history = free_text_history("det")
+    memory.add(history.interactions)
+    results = []
+    for _ in range(2):
+        with dspy.context(lm=ScriptedLM(rule)):
+            compiled = PersonaOptimizer(n_recent=2, iterations=2).compile(
+                PersonaAgent("movielens_rating", user_id="det", memory=memory), trainset=history)
+        r = compiled.compile_result
+        results.append((r.candidate_persona, [s.model_dump() for s in r.steps], r.lm_calls, r.tokens))
+    assert results[0] == results[1]
+    assert results[0][0] == NEW_PERSONA
+
+
+def test_early_stop_when_every_replay_matches(memory):
+    items = [Interaction(user_id="easy", id=f"m{i}", input=f"movie: Film {i} genres: Drama", output="4.0",
+                         timestamp=10.0 + i, task="movielens_rating") for i in range(6)]
+    memory.add(items)
+    lm = ScriptedLM(rule)  # answers 4.0 with the default persona: already right
+    with dspy.context(lm=lm):
+        compiled = PersonaOptimizer(n_recent=3, iterations=3).compile(
+            PersonaAgent("movielens_rating", user_id="easy", memory=memory), trainset=items)
+    result = compiled.compile_result
+    assert len(result.steps) == 1 and result.steps[0].train_score == 1.0
+    assert result.lm_calls == 3 and result.reason == "the persona did not change"
+
+
+def test_history_shorter_than_n_is_a_specific_error(memory):
+    from persona_dspy import EmptyHistoryError
+
+    items = free_text_history("short", n=3).interactions
+    with pytest.raises(EmptyHistoryError, match="n_recent=3"):
+        PersonaOptimizer(n_recent=3).compile(PersonaAgent(user_id="short", memory=memory), trainset=items)
+
+
+def test_persona_memorizing_an_answer_is_redacted(memory):
+    history = free_text_history("memo")
+    memory.add(history.interactions)
+    leaked = history.interactions[-1].output
+
+    def memorize(messages):
+        if messages[0]["content"].startswith(prompts.TGD_SYSTEM[:40]):
+            return f"<IMPROVED_VARIABLE>The user answered {leaked} last time.</IMPROVED_VARIABLE>"
+        return rule(messages)
+
+    with dspy.context(lm=ScriptedLM(memorize)):
+        compiled = PersonaOptimizer(n_recent=2, iterations=1).compile(
+            PersonaAgent("generic", user_id="memo", memory=memory), trainset=history)
+    assert leaked not in compiled.compile_result.candidate_persona
