@@ -22,3 +22,12 @@ def rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
     if "profile" in system and "previous_profile" in system:
         return {"profile": "- rates low\n- likes comedies"}
     return {"answer": LOW if "harsh" in system else HIGH}
+
+
+def rule_with_dspy_optimizers(messages: list[dict[str, str]]) -> str | dict[str, str]:
+    """``rule`` plus GEPA's reflection and MIPROv2's instruction proposals, both answering NEW_PERSONA."""
+    system = messages[0]["content"]
+    for field in ("new_instruction", "proposed_instruction"):
+        if f"`{field}`" in system:
+            return {field: NEW_PERSONA}
+    return rule(messages)

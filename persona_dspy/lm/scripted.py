@@ -6,6 +6,7 @@ it receives (leakage tests assert on them), and can be given a latency to emulat
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -14,11 +15,15 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 
+_JSON_ADAPTER_MARK = "Outputs will be a JSON object"
+
 Rule = Callable[[list[dict[str, str]]], "str | dict[str, Any]"]
 
 
-def format_fields(fields: dict[str, Any]) -> str:
-    """An answer in DSPy's ChatAdapter format."""
+def format_fields(fields: dict[str, Any], *, as_json: bool = False) -> str:
+    """An answer in DSPy's ChatAdapter format, or JSONAdapter's when ``as_json``."""
+    if as_json:
+        return json.dumps(fields)
     body = "\n\n".join(f"[[ ## {k} ## ]]\n{v}" for k, v in fields.items())
     return f"{body}\n\n[[ ## completed ## ]]"
 
@@ -41,7 +46,8 @@ class ScriptedEngine:
         with self._lock:
             self.prompts.append(messages)
         out = self.rule(messages)
-        text = format_fields(out) if isinstance(out, dict) else str(out)
+        as_json = bool(messages) and _JSON_ADAPTER_MARK in messages[0]["content"]
+        text = format_fields(out, as_json=as_json) if isinstance(out, dict) else str(out)
         if self.latency:
             time.sleep(self.latency)
         n_in = sum(len(m["content"].split()) for m in messages)

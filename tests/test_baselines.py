@@ -1,0 +1,43 @@
+"""GEPA and MIPROv2 optimize the persona of a PersonaAgent (scripted LM), through the same gate."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+
+from persona_dspy import Settings
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.data import Interaction
+from persona_dspy.lm.scripted import ScriptedLM
+from persona_dspy.memory import EpisodicMemory
+from persona_dspy.optimizers.baselines import GEPABaseline, MIPROv2Baseline
+from persona_dspy.signatures import DEFAULT_PERSONA
+
+from scripted import NEW_PERSONA, rule_with_dspy_optimizers
+
+
+@pytest.fixture
+def harsh_user(tmp_path, embedder):
+    items = [Interaction(user_id="h", id=f"m{i}", input=f"movie: Film {i} genres: Comedy", output="1.0",
+                         timestamp=50.0 + i, task="movielens_rating") for i in range(7)]
+    mem = EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder)
+    mem.add(items)
+    yield mem, items
+    mem.close()
+
+
+@pytest.mark.parametrize("optimizer_cls", [GEPABaseline, MIPROv2Baseline])
+def test_dspy_optimizer_rewrites_only_the_persona(harsh_user, optimizer_cls):
+    memory, items = harsh_user
+    student = PersonaAgent("movielens_rating", user_id="h", memory=memory)
+    lm = ScriptedLM(rule_with_dspy_optimizers)
+    with dspy.context(lm=lm):
+        compiled = optimizer_cls(n_recent=3, n_val=2, max_lm_calls=60).compile(student, trainset=items)
+    result = compiled.compile_result
+    assert student.persona == DEFAULT_PERSONA
+    assert result.optimizer == optimizer_cls.name
+    assert result.candidate_persona == NEW_PERSONA and compiled.persona == NEW_PERSONA
+    assert result.promoted and result.val_score_candidate == 1.0
+    # the task contract (fields) is untouched: only the instructions changed
+    assert compiled.respond.signature.fields.keys() == student.respond.signature.fields.keys()
+    assert result.lm_calls == len(lm.prompts) <= 60
