@@ -2,39 +2,62 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import dspy
 
 from persona_dspy.signatures.tasks import DEFAULT_PERSONA, TaskSpec, get_task
-from persona_dspy.tools import UserTools
+from persona_dspy.tools import UserTools, bound, late_bound_tools
 
 if TYPE_CHECKING:
     from persona_dspy.memory.episodic import EpisodicMemory
     from persona_dspy.memory.semantic import SemanticMemory
 
+Mode = Literal["pipeline", "react"]
+
 
 class PersonaAgent(dspy.Module):
     """Answers a task as one user would, from that user's memory, guided by that user's persona.
 
-    The persona is the *only* per-user trainable text: it is set with ``signature.with_instructions``
-    on each predictor, never by mutating a shared Signature class, so two users' agents never share
-    a persona. Memory reads are bound to ``user_id`` and, when given, to ``before`` (no leakage).
+    - ``mode="pipeline"`` (default, one LM call): retrieve similar episodes, the profile and answer
+      statistics, then answer.
+    - ``mode="react"``: a ``dspy.ReAct`` loop that chooses among the personalized actions
+      (recall_episodes, recent_interactions, read_profile, answer_statistics); the persona tells it
+      which to use.
+
+    The persona is the *only* per-user text: it is set with ``signature.with_instructions`` on each
+    predictor, never by mutating a shared Signature class, so two users' agents never share a
+    persona. Tools are bound to ``user_id`` and to ``before`` on every call (no leakage).
     """
 
     def __init__(self, task: str | TaskSpec = "generic", *, user_id: str, memory: EpisodicMemory | None = None,
-                 semantic: SemanticMemory | None = None, persona: str | None = None, k: int = 4) -> None:
+                 semantic: SemanticMemory | None = None, persona: str | None = None, k: int = 4,
+                 mode: Mode = "pipeline", max_iters: int = 4) -> None:
         super().__init__()
+        if mode not in ("pipeline", "react"):
+            raise ValueError(f"mode must be 'pipeline' or 'react', not {mode!r}")
         self.task = get_task(task)
         self.user_id = user_id
         self.memory = memory
         self.semantic = semantic
         self.k = k
-        self.respond = dspy.Predict(self.task.signature.with_instructions(persona or DEFAULT_PERSONA))
+        self.mode = mode
+        initial = (persona or DEFAULT_PERSONA).strip()
+        signature = self.task.signature.with_instructions(initial)
+        if mode == "pipeline":
+            self.respond = dspy.Predict(signature)
+        else:
+            self.respond = dspy.ReAct(signature.delete("profile").delete("history"), tools=late_bound_tools(),
+                                      max_iters=max_iters)
+        # what each predictor's instructions hold besides the persona (ReAct's tool protocol)
+        self._suffixes = {name: p.signature.instructions[len(initial):] for name, p in self.named_predictors()}
 
     @property
     def persona(self) -> str:
-        texts = {p.signature.instructions for _, p in self.named_predictors()}
+        texts = set()
+        for name, predictor in self.named_predictors():
+            text, suffix = predictor.signature.instructions, self._suffixes[name]
+            texts.add(text[: len(text) - len(suffix)] if suffix and text.endswith(suffix) else text)
         if len(texts) != 1:
             raise RuntimeError(f"predictors disagree on the persona ({len(texts)} different texts)")
         return texts.pop()
@@ -43,25 +66,27 @@ class PersonaAgent(dspy.Module):
     def persona(self, text: str) -> None:
         if not text or not text.strip():
             raise ValueError("a persona must be non-empty text")
-        for _, predictor in self.named_predictors():
-            predictor.signature = predictor.signature.with_instructions(text.strip())
+        for name, predictor in self.named_predictors():
+            predictor.signature = predictor.signature.with_instructions(text.strip() + self._suffixes[name])
 
     def tools(self, before: float | None = None) -> UserTools:
         """The personalized actions of this agent's user, bounded to strictly before ``before``."""
         return UserTools(self.user_id, self.task, memory=self.memory, semantic=self.semantic, before=before)
 
     def context(self, task: str, before: float | None = None) -> dict[str, str]:
-        """Retrieve-then-answer: the profile and history fields the predictor reads."""
+        """Retrieve-then-answer: the profile and history fields the pipeline predictor reads."""
         tools = self.tools(before)
         profile = "\n".join(x for x in (tools.read_profile(), tools.answer_statistics()) if x) or "(unknown)"
         return {"profile": profile, "history": tools.recall_episodes(task, k=self.k)}
 
     def forward(self, task: str, before: float | None = None) -> dspy.Prediction:
-        context = self.context(task, before)
         compact = self.task.compact(task)
-        pred = self.respond(task=compact, **context)
-        answer = self.task.parse(pred.answer)
-        if answer is None:  # one retry outside the contract, then the worst score (as LaMP does)
-            pred = self.respond(task=compact, **context, config={"rollout_id": 1, "temperature": 0.7})
+        with bound(self.tools(before)):
+            inputs = {"task": compact, **(self.context(task, before) if self.mode == "pipeline" else {})}
+            pred = self.respond(**inputs)
             answer = self.task.parse(pred.answer)
-        return dspy.Prediction(answer=answer, raw_answer=pred.answer, valid=answer is not None, **context)
+            if answer is None:  # one retry outside the contract, then the worst score (as LaMP does)
+                pred = self.respond(**inputs, config={"rollout_id": 1, "temperature": 0.7})
+                answer = self.task.parse(pred.answer)
+        extra = {k: v for k, v in inputs.items() if k != "task"}
+        return dspy.Prediction(answer=answer, raw_answer=pred.answer, valid=answer is not None, **extra)

@@ -7,6 +7,9 @@ from another user or from the future (the store filters on both, see ``EpisodicM
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import dspy
@@ -83,5 +86,43 @@ class UserTools:
         return f"{len(answers)} past answers; most frequent: " + ", ".join(f"{k} ({v})" for k, v in counts)
 
     def as_dspy_tools(self) -> list[dspy.Tool]:
-        return [dspy.Tool(f) for f in (self.recall_episodes, self.recent_interactions, self.read_profile,
-                                       self.answer_statistics)]
+        return [dspy.Tool(getattr(self, name)) for name in ACTIONS]
+
+
+ACTIONS = ("recall_episodes", "recent_interactions", "read_profile", "answer_statistics")
+
+_BOUND: ContextVar[UserTools | None] = ContextVar("persona_dspy_bound_tools", default=None)
+
+
+@contextmanager
+def bound(tools: UserTools) -> Iterator[UserTools]:
+    """Bind the late-bound tools (``late_bound_tools``) to one user and time bound for this call.
+
+    A ``ContextVar`` keeps the binding per thread (and per asyncio task), so agents of different
+    users answering concurrently never see each other's tools.
+    """
+    token = _BOUND.set(tools)
+    try:
+        yield tools
+    finally:
+        _BOUND.reset(token)
+
+
+def _current() -> UserTools:
+    tools = _BOUND.get()
+    if tools is None:
+        raise RuntimeError("a personalized tool was called outside `bound(...)`: no user and time bound are set")
+    return tools
+
+
+def late_bound_tools() -> list[dspy.Tool]:
+    """The personalized actions as ``dspy.Tool``s for a long-lived ``dspy.ReAct``: each call
+    dispatches to the ``UserTools`` bound for the current call (see ``bound``)."""
+    out = []
+    for name in ACTIONS:
+        tool = dspy.Tool(getattr(UserTools, name))
+        tool.args.pop("self", None)
+        tool.arg_types.pop("self", None)
+        tool.func = lambda *, _name=name, **kwargs: getattr(_current(), _name)(**kwargs)
+        out.append(tool)
+    return out

@@ -32,3 +32,18 @@ def test_tiny_compile_on_the_embedded_model(tmp_path, embedder, mlflow_uri):
     assert tracking.load_persona(history.user_id, "candidate").text == result.candidate_persona
     if result.promoted:
         assert tracking.load_persona(history.user_id).text == result.candidate_persona
+
+
+def test_embedded_model_answers_a_lamp2n_query_with_a_valid_label(tmp_path, embedder):
+    from pathlib import Path
+
+    from persona_dspy.data import load_shared
+    from persona_dspy.signatures import LAMP2N_LABELS
+
+    case = load_shared(Path(__file__).resolve().parents[2] / "shared" / "data" / "lamp" / "lamp2n.jsonl")[0]
+    with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as memory:
+        memory.add(case.interactions)
+        agent = PersonaAgent("LaMP-2N", user_id=case.user_id, memory=memory)
+        with dspy.context(lm=build_lm(Settings())):
+            pred = agent(task=case.query.input, before=case.query.timestamp)
+    assert pred.answer in LAMP2N_LABELS, pred.raw_answer
