@@ -14,13 +14,14 @@ if TYPE_CHECKING:
     from persona_dspy.memory.semantic import SemanticMemory
 
 Mode = Literal["pipeline", "react"]
+PIPELINE_ACTIONS = ("read_profile", "answer_statistics", "recall_episodes")
 
 
 class PersonaAgent(dspy.Module):
     """Answers a task as one user would, from that user's memory, guided by that user's persona.
 
-    - ``mode="pipeline"`` (default, one LM call): retrieve similar episodes, the profile and answer
-      statistics, then answer.
+    - ``mode="pipeline"`` (default, one LM call): run the ``actions`` (by default the profile, the
+      answer statistics and the k most similar episodes), then answer.
     - ``mode="react"``: a ``dspy.ReAct`` loop that chooses among the personalized actions
       (recall_episodes, recent_interactions, read_profile, answer_statistics); the persona tells it
       which to use.
@@ -32,7 +33,8 @@ class PersonaAgent(dspy.Module):
 
     def __init__(self, task: str | TaskSpec = "generic", *, user_id: str, memory: EpisodicMemory | None = None,
                  semantic: SemanticMemory | None = None, persona: str | None = None, k: int = 4,
-                 mode: Mode = "pipeline", max_iters: int = 4) -> None:
+                 mode: Mode = "pipeline", max_iters: int = 4,
+                 actions: tuple[str, ...] = PIPELINE_ACTIONS) -> None:
         super().__init__()
         if mode not in ("pipeline", "react"):
             raise ValueError(f"mode must be 'pipeline' or 'react', not {mode!r}")
@@ -42,6 +44,10 @@ class PersonaAgent(dspy.Module):
         self.semantic = semantic
         self.k = k
         self.mode = mode
+        unknown = set(actions) - {"read_profile", "answer_statistics", "recall_episodes", "recent_interactions"}
+        if unknown:
+            raise ValueError(f"unknown pipeline actions {sorted(unknown)}")
+        self.actions = tuple(actions)
         initial = (persona or DEFAULT_PERSONA).strip()
         signature = self.task.signature.with_instructions(initial)
         if mode == "pipeline":
@@ -76,8 +82,11 @@ class PersonaAgent(dspy.Module):
     def context(self, task: str, before: float | None = None) -> dict[str, str]:
         """Retrieve-then-answer: the profile and history fields the pipeline predictor reads."""
         tools = self.tools(before)
-        profile = "\n".join(x for x in (tools.read_profile(), tools.answer_statistics()) if x) or "(unknown)"
-        return {"profile": profile, "history": tools.recall_episodes(task, k=self.k)}
+        profile = [getattr(tools, a)() for a in self.actions if a in ("read_profile", "answer_statistics")]
+        history = [tools.recall_episodes(task, k=self.k) if a == "recall_episodes" else tools.recent_interactions(self.k)
+                   for a in self.actions if a in ("recall_episodes", "recent_interactions")]
+        return {"profile": "\n".join(x for x in profile if x) or "(unknown)",
+                "history": "\n".join(x for x in history if x) or "(none)"}
 
     def forward(self, task: str, before: float | None = None) -> dspy.Prediction:
         compact = self.task.compact(task)

@@ -36,6 +36,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from persona_dspy.data import load_shared
+    from persona_dspy.evaluation import evaluate, format_report
+    from persona_dspy.lm import build_lm
+    from persona_dspy.memory import EpisodicMemory, SemanticMemory
+
+    settings = _settings(args)
+    cases = load_shared(args.data, limit_users=args.users)
+    lm = None if args.method == "trivial" else build_lm(settings)
+    with EpisodicMemory(settings.model_copy(update={"qdrant": ":memory:"})) as memory:
+        report = evaluate(cases, args.method, memory=memory, lm=lm, k=args.k, n_recent=args.n_recent,
+                          iterations=args.iterations, max_lm_calls=args.max_lm_calls,
+                          semantic_factory=lambda: SemanticMemory(memory, task=cases[0].task))
+    print(format_report(report))
+    if args.out:
+        args.out.write_text(report.model_dump_json(indent=1))
+        print(f"per-case results written to {args.out}")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from persona_dspy.data import load_interactions, load_shared
     from persona_dspy.memory import EpisodicMemory
@@ -85,6 +105,22 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    from persona_dspy.tracking import Tracking, compare_runs, format_runs
+
+    rows = compare_runs(Tracking(_settings(args), experiment=args.experiment), args.user)
+    print(format_runs(rows) if rows else "no compile runs" + (f" of user {args.user!r}" if args.user else ""))
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from persona_dspy.tracking import Tracking
+
+    synced = Tracking(_settings(args)).sync_pending()
+    print(f"{len(synced)} pending compile(s) recorded" + "".join(f"\n  {u}: v{v}" for u, v in synced))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-dspy", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -100,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-recent", type=int, default=2)
     demo.add_argument("--iterations", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="run a method on a data file in the shared schema")
+    evaluate.add_argument("--data", type=Path, required=True, help="JSONL with id, task, user_id, input, output, profile")
+    evaluate.add_argument("--method", required=True, help="none, icl, rag, profile, persona, persona+align, gepa, trivial")
+    evaluate.add_argument("--users", type=int, help="only the first K users")
+    evaluate.add_argument("--k", type=int, default=4, help="episodes in the prompt (icl, rag, persona)")
+    evaluate.add_argument("--n-recent", type=int, default=3)
+    evaluate.add_argument("--iterations", type=int, default=2)
+    evaluate.add_argument("--max-lm-calls", type=int, default=20, help="per-user budget of the aligning methods")
+    evaluate.add_argument("--out", type=Path, help="write per-case results as JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     ingest = sub.add_parser("ingest", parents=[common], help="add interactions (JSONL) to episodic memory")
     ingest.add_argument("file", type=Path)
@@ -121,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     forget = sub.add_parser("forget", parents=[common], help="delete a user's points, persona versions and runs")
     forget.add_argument("user")
     forget.set_defaults(func=cmd_forget)
+
+    runs = sub.add_parser("runs", help="compile runs in MLflow")
+    rsub = runs.add_subparsers(dest="runs_command", required=True)
+    compare = rsub.add_parser("compare", parents=[common], help="a table of compile runs: params, scores, cost")
+    compare.add_argument("--user")
+    compare.add_argument("--experiment", help="MLflow experiment (default: the configured one)")
+    compare.set_defaults(func=cmd_runs_compare)
+
+    sync = sub.add_parser("sync", parents=[common], help="record compiles kept while the MLflow store was down")
+    sync.set_defaults(func=cmd_sync)
     return parser
 
 

@@ -1,0 +1,199 @@
+"""Evaluation on per-user data: methods (baselines and PersonaAgent), LaMP's metrics, and a leakage guard.
+
+Each case is a ``UserHistory`` with a held-out ``query``: its past interactions are ingested
+(time-bounded), the method answers the query, and nothing of the query's answer may reach memory,
+persona or prompt (checked at run time, see ``LeakageError``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dspy
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.data.records import UserHistory
+from persona_dspy.errors import PersonaDSPyError
+from persona_dspy.signatures.tasks import TaskSpec, get_task
+
+METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
+"""``trivial`` is the user's majority label (label tasks) or mean past rating (rating tasks); no LM."""
+
+_ACTIONS = {"none": (), "icl": ("recent_interactions",), "rag": ("recall_episodes",), "profile": ("read_profile",),
+            "persona": ("read_profile", "answer_statistics", "recall_episodes"),
+            "persona+align": ("read_profile", "answer_statistics", "recall_episodes"),
+            "gepa": ("read_profile", "answer_statistics", "recall_episodes")}
+
+
+class LeakageError(PersonaDSPyError):
+    """The held-out answer reached memory, persona or an LM prompt: the evaluation is invalid."""
+
+    exit_code = 12
+
+
+class CaseResult(BaseModel):
+    case_id: str
+    user_id: str
+    method: str
+    truth: str
+    prediction: str | None
+    score: float
+    lm_calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    iteration_scores: list[float] = Field(default_factory=list)
+    promoted: bool | None = None
+
+
+class EvaluationReport(BaseModel):
+    task: str
+    method: str
+    metrics: dict[str, float]
+    cases: list[CaseResult]
+
+    @property
+    def per_case_cost(self) -> dict[str, float]:
+        n = max(1, len(self.cases))
+        return {"lm_calls": sum(c.lm_calls for c in self.cases) / n, "tokens": sum(c.tokens for c in self.cases) / n,
+                "seconds": sum(c.seconds for c in self.cases) / n}
+
+
+# -- metrics -------------------------------------------------------------------------------------
+def worst_error(task: TaskSpec, truth: str) -> float:
+    g = float(task.parse(truth))
+    lo, hi = task.scale
+    return max(abs(g - lo), abs(hi - g))
+
+
+def metrics(task: TaskSpec, truths: Sequence[str], predictions: Sequence[str | None]) -> dict[str, float]:
+    """LaMP's metrics: accuracy and macro-F1 over the whole label set; MAE and RMSE for ratings
+    (an invalid answer counts as the worst possible error)."""
+    if not truths:
+        return {}
+    if task.kind == "rating":
+        errors = [abs(float(p) - float(task.parse(t))) if task.parse(p) is not None else worst_error(task, t)
+                  for t, p in zip(truths, (task.parse(x) for x in predictions))]
+        return {"mae": sum(errors) / len(errors), "rmse": math.sqrt(sum(e * e for e in errors) / len(errors))}
+    gold = [task.parse(t) for t in truths]
+    pred = [task.parse(p) for p in predictions]
+    out = {"accuracy": sum(g == p for g, p in zip(gold, pred)) / len(gold)}
+    if task.kind == "label":
+        f1s = []
+        for label in task.labels:
+            tp = sum(g == label and p == label for g, p in zip(gold, pred))
+            fp = sum(g != label and p == label for g, p in zip(gold, pred))
+            fn = sum(g == label and p != label for g, p in zip(gold, pred))
+            f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        out["macro_f1"] = sum(f1s) / len(f1s)
+    return out
+
+
+def trivial_answer(task: TaskSpec, case: UserHistory) -> str | None:
+    answers = [a for a in (task.parse(it.output) for it in case.interactions) if a is not None]
+    if not answers:
+        return None
+    if task.kind == "rating":
+        return task.parse(str(sum(float(a) for a in answers) / len(answers)))
+    return Counter(answers).most_common(1)[0][0]
+
+
+# -- the leakage guard ---------------------------------------------------------------------------
+def check_no_leak(case: UserHistory, memory: Any, prompts: list[str], persona: str | None = None) -> None:
+    """Memory holds nothing at or after the query, nor the query; free-text answers appear in no prompt."""
+    q = case.query
+    stored = memory.history(case.user_id)
+    late = [it.id for it in stored if it.timestamp >= q.timestamp or it.id == q.id]
+    if late:
+        raise LeakageError(f"memory of {case.user_id!r} holds interactions at/after the query {q.id!r}: {late[:3]}")
+    if get_task(q.task).kind == "text" and len(q.output) >= 8:
+        if persona and q.output in persona:
+            raise LeakageError(f"the persona contains the held-out answer of {q.id!r}")
+        if any(q.output in p for p in prompts):
+            raise LeakageError(f"the held-out answer of {q.id!r} appeared in an LM prompt")
+
+
+def _prompt_texts(entries: list[dict[str, Any]]) -> list[str]:
+    texts = []
+    for entry in entries:
+        for m in entry.get("messages") or []:
+            content = m.get("content") if isinstance(m, dict) else None
+            texts.append(content if isinstance(content, str) else str(content))
+        if entry.get("prompt"):
+            texts.append(str(entry["prompt"]))
+    return texts
+
+
+# -- running a method ----------------------------------------------------------------------------
+def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy.BaseLM | None,
+             semantic_factory: Callable[[], Any] | None = None, k: int = 4, n_recent: int = 3,
+             iterations: int = 2, n_val: int = 2, max_lm_calls: int = 20, progress: bool = True) -> EvaluationReport:
+    """Run ``method`` on every case; each case's past is ingested just before and forgotten after."""
+    from persona_dspy.optimizers import PersonaOptimizer, usage_totals
+    from persona_dspy.optimizers.baselines import GEPABaseline
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not cases:
+        raise ValueError("no cases to evaluate")
+    task = get_task(cases[0].task)
+    results: list[CaseResult] = []
+    for case in tqdm(cases, desc=f"{task.name} {method}", disable=not progress):
+        q = case.query
+        started = time.perf_counter()
+        memory.forget(case.user_id)
+        memory.add(case.interactions)
+        history_mark = len(lm.history) if lm is not None else 0
+        result = CaseResult(case_id=q.id, user_id=case.user_id, method=method, truth=q.output, prediction=None,
+                            score=0.0)
+        persona = None
+        with dspy.context(lm=lm), dspy.track_usage() as usage:
+            if method == "trivial":
+                result.prediction = trivial_answer(task, case)
+            else:
+                semantic = semantic_factory() if semantic_factory and "read_profile" in _ACTIONS[method] else None
+                if semantic is not None:
+                    semantic.update(case.user_id, before=q.timestamp)
+                agent = PersonaAgent(task, user_id=case.user_id, memory=memory, semantic=semantic, k=k,
+                                     actions=_ACTIONS[method])
+                if method in ("persona+align", "gepa"):
+                    cls = PersonaOptimizer if method == "persona+align" else GEPABaseline
+                    kwargs = {"iterations": iterations} if method == "persona+align" else {}
+                    agent = cls(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **kwargs).compile(
+                        agent, trainset=case)
+                    result.iteration_scores = [s.train_score for s in agent.compile_result.steps]
+                    result.promoted = agent.compile_result.promoted
+                persona = agent.persona
+                result.prediction = agent(task=q.input, before=q.timestamp).answer
+        result.lm_calls, result.tokens = usage_totals(usage)
+        result.score = task.score(result.prediction, q.output)
+        result.seconds = time.perf_counter() - started
+        check_no_leak(case, memory, _prompt_texts(lm.history[history_mark:]) if lm is not None else [], persona)
+        memory.forget(case.user_id)
+        results.append(result)
+    return EvaluationReport(task=task.name, method=method, cases=results,
+                            metrics=metrics(task, [c.truth for c in results], [c.prediction for c in results]))
+
+
+def per_user_spread(report: EvaluationReport) -> float:
+    """Standard deviation of the per-case score (the per-user variance the benchmark reports)."""
+    scores = [c.score for c in report.cases]
+    return statistics.pstdev(scores) if len(scores) > 1 else 0.0
+
+
+def format_report(report: EvaluationReport) -> str:
+    lines = [f"{report.task} / {report.method}: {len(report.cases)} cases"]
+    lines += [f"  {name}: {value:.3f}" for name, value in report.metrics.items()]
+    cost = report.per_case_cost
+    lines.append(f"  per user: {cost['lm_calls']:.1f} LM calls, {cost['tokens']:.0f} tokens, {cost['seconds']:.1f} s")
+    lines.append(f"  per-user score spread (std): {per_user_spread(report):.3f}")
+    for c in report.cases:
+        lines.append(f"    {c.user_id:<24} truth {c.truth!s:<16.16} pred {c.prediction!s:<16.16} score {c.score:.2f} "
+                     f"calls {c.lm_calls} tokens {c.tokens} {c.seconds:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Evaluation: metrics on known inputs, malformed files, and the leakage guard (scripted LM)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from persona_dspy import MalformedInteractionError, Settings
+from persona_dspy.cli import main
+from persona_dspy.data import Interaction, UserHistory, load_shared
+from persona_dspy.evaluation import LeakageError, check_no_leak, evaluate, metrics, trivial_answer
+from persona_dspy.lm.scripted import ScriptedLM
+from persona_dspy.memory import EpisodicMemory
+from persona_dspy.signatures import TASKS
+
+from scripted import rule
+
+
+def test_label_metrics_on_known_inputs():
+    task = TASKS["LaMP-1"]
+    m = metrics(task, ["[1]", "[1]", "[2]", "[2]"], ["[1]", "[2]", "[2]", None])
+    assert m["accuracy"] == 0.5
+    # [1]: tp=1 fp=0 fn=1 -> 2/3 ; [2]: tp=1 fp=1 fn=1 -> 1/2
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_macro_f1_averages_over_the_whole_label_set():
+    m = metrics(TASKS["LaMP-2N"], ["sports"], ["sports"])
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == pytest.approx(1 / 15)
+
+
+def test_rating_metrics_count_invalid_answers_as_worst():
+    task = TASKS["movielens_rating"]
+    m = metrics(task, ["4.0", "2.0", "5.0"], ["3.0", "2.0", "garbage"])
+    errors = [1.0, 0.0, 4.5]
+    assert m["mae"] == pytest.approx(sum(errors) / 3)
+    assert m["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 3))
+
+
+def test_trivial_baseline_is_majority_or_mean():
+    def hist(task, outs):
+        items = tuple(Interaction(user_id="u", id=str(i), input="x", output=o, timestamp=i, task=task)
+                      for i, o in enumerate(outs))
+        return UserHistory(user_id="u", interactions=items)
+    assert trivial_answer(TASKS["LaMP-2N"], hist("LaMP-2N", ["sports", "politics", "sports"])) == "sports"
+    assert trivial_answer(TASKS["movielens_rating"], hist("movielens_rating", ["1.0", "2.0", "2.5"])) == "2.0"
+
+
+def free_text_cases(n_users: int = 2) -> list[UserHistory]:
+    cases = []
+    for u in range(n_users):
+        past = tuple(Interaction(user_id=f"u{u}", id=f"p{i}", input=f"question {i} of user {u}",
+                                 output=f"past-answer-{u}-{i}", timestamp=float(i)) for i in range(6))
+        query = Interaction(user_id=f"u{u}", id="q", input=f"the held-out question of user {u}",
+                            output=f"HELD-OUT-ANSWER-{u}", timestamp=10.0)
+        cases.append(UserHistory(user_id=f"u{u}", interactions=past, query=query))
+    return cases
+
+
+@pytest.fixture
+def memory(tmp_path, embedder):
+    with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as mem:
+        yield mem
+
+
+@pytest.mark.parametrize("method", ["none", "icl", "rag", "persona", "persona+align"])
+def test_held_out_answer_never_reaches_a_prompt(memory, method):
+    cases = free_text_cases()
+    lm = ScriptedLM(rule)
+    report = evaluate(cases, method, memory=memory, lm=lm, n_recent=2, iterations=1, n_val=1, progress=False)
+    prompts = lm.all_prompt_text()
+    assert "HELD-OUT-ANSWER" not in prompts
+    assert "the held-out question of user 0" in prompts  # the query itself was asked
+    if method in ("icl", "rag", "persona"):
+        assert "past-answer-0-" in prompts  # personalization did read the past
+    assert len(report.cases) == 2 and all(c.lm_calls >= 1 for c in report.cases)
+    assert memory.count() == 0  # every case's past is forgotten after it
+
+
+def test_leakage_guard_fires_when_the_answer_is_in_memory(memory):
+    case = free_text_cases(1)[0]
+    memory.add(case.interactions)
+    memory.add([case.query])  # the mistake the guard exists for
+    with pytest.raises(LeakageError, match="at/after the query"):
+        check_no_leak(case, memory, [])
+    with pytest.raises(LeakageError, match="prompt"):
+        memory.forget(case.user_id)
+        memory.add(case.interactions)
+        check_no_leak(case, memory, [f"... {case.query.output} ..."])
+
+
+def test_evaluate_command_rejects_a_malformed_file_with_its_line(tmp_path, capsys):
+    good = json.dumps({"id": "1", "task": "LaMP-1", "user_id": "u", "input": "x", "output": "[1]", "profile": []})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(good + "\n" + '{"id": "2", "task": "LaMP-1"\n')
+    code = main(["evaluate", "--data", str(path), "--method", "none", "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == MalformedInteractionError.exit_code
+    assert "line 2" in err and "Traceback" not in err
