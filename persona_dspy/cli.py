@@ -71,6 +71,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    from persona_dspy.fleet import compile_users
+    from persona_dspy.optimizers import PersonaOptimizer
+
+    users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
+    optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
+                                 max_lm_calls=args.max_lm_calls)
+    report = compile_users(users, optimizer, settings=_settings(args), workers=args.workers, backend=args.backend,
+                           resume=args.resume, verbose=args.verbose)
+    print(report.format())
+    return 1 if report.failed else 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from persona_dspy.tracking import Tracking
 
@@ -152,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("file", type=Path)
     ingest.add_argument("--shared", action="store_true", help="the file is in the shared LaMP-style schema")
     ingest.set_defaults(func=cmd_ingest)
+
+    fleet = sub.add_parser("compile", parents=[common], help="compile the persona of many users (concurrent, resumable)")
+    fleet.add_argument("--users", default="all", help="'all' (every user in episodic memory) or u1,u2,...")
+    fleet.add_argument("--workers", type=int, default=4)
+    fleet.add_argument("--backend", choices=["threads", "ray"], default="threads")
+    fleet.add_argument("--resume", action="store_true", help="skip users this fleet's journal lists as finished")
+    fleet.add_argument("--n-recent", type=int, default=3)
+    fleet.add_argument("--iterations", type=int, default=3)
+    fleet.add_argument("--n-val", type=int, default=2)
+    fleet.add_argument("--max-lm-calls", type=int, default=40, help="per-user budget")
+    fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")
+    fleet.set_defaults(func=cmd_compile)
 
     personas = sub.add_parser("personas", help="persona versions in the registry")
     psub = personas.add_subparsers(dest="personas_command", required=True)

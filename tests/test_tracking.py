@@ -1,25 +1,54 @@
-"""Persona registry and runs on a real sqlite MLflow store."""
+"""Persona registry and runs, with the same assertions on a real sqlite store and a real ``mlflow server``."""
 
 from __future__ import annotations
 
+import dspy
 import pytest
+from mlflow.entities import ViewType
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from persona_dspy import Settings, TrackingUnavailableError
+from persona_dspy.cli import main
 from persona_dspy.errors import PersonaNotFoundError
 from persona_dspy.results import CompileResult, Step
-from persona_dspy.tracking import PRODUCTION, Tracking, prompt_name
+from persona_dspy.tracking import CANDIDATE, PRODUCTION, Tracking, compare_runs, compile_id, prompt_name
 
 
-def result(user: str, text: str, promoted: bool) -> CompileResult:
-    return CompileResult(user_id=user, params={"n_recent": 2}, initial_persona="base", candidate_persona=text,
-                         production_persona="base", promoted=promoted, reason="test", lm_calls=3, tokens=10,
+def result(user: str, text: str, promoted: bool, production: str = "base") -> CompileResult:
+    return CompileResult(user_id=user, params={"n_recent": 2, "iterations": 2}, initial_persona="base",
+                         candidate_persona=text, production_persona=production, promoted=promoted, reason="test",
+                         lm_calls=3, tokens=10, wall_time=1.5, data_watermark=1700000000.0, val_ids=["i1", "i2"],
                          val_score_candidate=0.5, val_score_production=0.4,
-                         steps=[Step(iteration=1, persona="base", train_score=0.2, predictions=["1.0"])])
+                         steps=[Step(iteration=1, persona="base", train_score=0.2, predictions=["1.0"],
+                                     loss="too high by 2", updated_persona="mid"),
+                                Step(iteration=2, persona="mid", train_score=0.6, predictions=["2.0"])])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _server_starts_while_sqlite_tests_run(mlflow_server):
+    """Requesting the server here starts it before the first test; server-backed tests wait for it."""
+
+
+@pytest.fixture(scope="module", params=["sqlite", "server"])
+def store_uri(request, mlflow_uri, mlflow_server) -> str:
+    return mlflow_uri if request.param == "sqlite" else mlflow_server.wait().uri
 
 
 @pytest.fixture
-def tracking(mlflow_uri, tmp_path):
+def tracking(store_uri, tmp_path):
+    """On both backends: registry round trips and what a run holds."""
+    return Tracking(Settings(state_dir=tmp_path), tracking_uri=store_uri)
+
+
+@pytest.fixture
+def local(mlflow_uri, tmp_path):
+    """On the sqlite store only: behaviours that do not depend on the transport."""
     return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
+
+
+def user_runs(tracking: Tracking, user: str, view: int = ViewType.ACTIVE_ONLY) -> list:
+    return [r for r in tracking.client.search_runs([tracking.experiment_id()], run_view_type=view, max_results=1000)
+            if r.data.tags.get("user_id") == user]
 
 
 def test_prompt_names_are_valid_and_distinct():
@@ -28,16 +57,51 @@ def test_prompt_names_are_valid_and_distinct():
     assert all(n.replace(".", "").replace("-", "").replace("_", "").isalnum() for n in names)
 
 
+# -- round trips on both backends -------------------------------------------------------------------
 def test_promoted_version_loads_back_by_alias(tracking):
     v = tracking.record(result("reg-u1", "persona one", promoted=True))
-    assert tracking.load_persona("reg-u1", PRODUCTION).version == v
-    assert tracking.load_persona("reg-u1", PRODUCTION).text == "persona one"
+    loaded = tracking.load_persona("reg-u1", PRODUCTION)
+    assert (loaded.version, loaded.text) == (v, "persona one")
+    assert set(tracking.history("reg-u1")[-1].aliases) == {CANDIDATE, PRODUCTION}
 
 
-def test_same_candidate_twice_is_not_registered_twice(tracking):
-    v1 = tracking.record(result("reg-u2", "same text", promoted=True))
-    v2 = tracking.record(result("reg-u2", "same text", promoted=True))
-    assert v1 == v2 and len(tracking.history("reg-u2")) == 1
+def test_unpromoted_candidate_does_not_move_production(tracking):
+    v1 = tracking.record(result("reg-u8", "good", promoted=True))
+    v2 = tracking.record(result("reg-u8", "worse", promoted=False))
+    assert tracking.load_persona("reg-u8", CANDIDATE).version == v2
+    assert tracking.load_persona("reg-u8", PRODUCTION).version == v1
+
+
+def test_same_candidate_twice_is_not_registered_twice(local):
+    first, second = result("reg-u2", "same text", promoted=True), result("reg-u2", "same text", promoted=True)
+    second.tokens += 1  # another compile that found the same text
+    assert local.record(first) == local.record(second)
+    assert len(local.history("reg-u2")) == 1 and len(user_runs(local, "reg-u2")) == 2
+
+
+def test_retried_record_of_one_compile_creates_no_second_run(local):
+    compiled = result("reg-u9", "retried", promoted=True)
+    assert local.record(compiled) == local.record(compiled.model_copy())
+    assert len(user_runs(local, "reg-u9")) == 1
+
+
+def test_run_holds_tags_params_metrics_and_persona_artifacts(tracking):
+    compiled = result("reg-u10", "line one\nline two\n", promoted=True)
+    version = tracking.record(compiled)
+    (run,) = user_runs(tracking, "reg-u10")
+    tags, params = run.data.tags, run.data.params
+    assert (tags["optimizer"], tags["data_watermark"], tags["persona_version"]) == (
+        "PersonaOptimizer", "1700000000.0", str(version))
+    assert tags["compile_id"] == compile_id(compiled) and tags["promoted"] == "true"
+    assert (params["n_recent"], params["iterations"], params["val_ids"]) == ("2", "2", "i1,i2")
+    history = tracking.client.get_metric_history(run.info.run_id, "train_score")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.2), (2, 0.6)]
+    assert run.data.metrics["val_score_candidate"] == 0.5 and run.data.metrics["lm_calls"] == 3
+    files = {f.path for f in tracking.client.list_artifacts(run.info.run_id, "personas")}
+    assert {"personas/step_1.txt", "personas/step_2.txt", "personas/step_1_critique.txt",
+            "personas/candidate_vs_production.diff"} <= files
+    diff = tracking.client.download_artifacts(run.info.run_id, "personas/candidate_vs_production.diff")
+    assert "-base" in open(diff).read() and "+line two" in open(diff).read()
 
 
 def test_rollback_moves_production_to_previous_promoted_version(tracking):
@@ -57,19 +121,82 @@ def test_rollback_to_missing_version_moves_nothing(tracking):
     assert tracking.load_persona("reg-u4").version == v
 
 
-def test_forget_removes_one_user_only(tracking):
+def test_forget_leaves_nothing_of_the_user_and_everything_of_others(tracking):
     tracking.record(result("reg-u5", "mine", promoted=True))
     tracking.record(result("reg-u6", "theirs", promoted=True))
+    (mine,), (theirs,) = user_runs(tracking, "reg-u5"), user_runs(tracking, "reg-u6")
     counts = tracking.forget("reg-u5")
-    assert counts == {"persona_versions": 1, "runs": 1}
-    assert tracking.history("reg-u5") == []
-    assert tracking.load_persona("reg-u6").text == "theirs"
+    assert (counts["persona_versions"], counts["runs"]) == (1, 1) and counts["artifact_files"] >= 8
+    assert tracking.history("reg-u5") == [] and user_runs(tracking, "reg-u5") == []
+    purged = user_runs(tracking, "reg-u5", ViewType.ALL) == []
+    assert purged != bool(counts["runs_awaiting_gc"])  # purged on sqlite; deleted, awaiting `mlflow gc`, on a server
+    repo = lambda run: get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking.tracking_uri)  # noqa: E731
+    assert repo(mine).list_artifacts() == []
+    assert len(repo(theirs).list_artifacts()) == 2
+    assert tracking.load_persona("reg-u6").text == "theirs" and len(user_runs(tracking, "reg-u6")) == 1
 
 
-def test_unreachable_store_is_a_clear_error(tmp_path, monkeypatch):
+def test_compare_lists_each_run_with_scores_and_cost(local):
+    local.record(result("reg-u11", "a", promoted=True))
+    local.record(result("reg-u11", "b", promoted=False))
+    rows = compare_runs(local, "reg-u11")
+    assert [(r.persona_version, r.promoted) for r in rows] == [(1, True), (2, False)]
+    assert (rows[0].before, rows[0].after, rows[0].lm_calls, rows[0].tokens) == (0.4, 0.5, 3, 10)
+    assert rows[0].params == {"n_recent": "2", "iterations": "2"}
+
+
+# -- store down, then back ----------------------------------------------------------------------------
+def test_store_down_raises_before_any_alias_moves_and_keeps_the_candidate(mlflow_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    down = Tracking(Settings(state_dir=tmp_path), tracking_uri="http://user:secret@127.0.0.1:9/")
+    settings = Settings(state_dir=tmp_path)
+    down = Tracking(settings, tracking_uri="http://user:secret@127.0.0.1:9/")
     with pytest.raises(TrackingUnavailableError) as exc:
-        down.record(result("reg-u7", "x", promoted=True))
-    assert "secret" not in str(exc.value)
+        down.record(result("reg-u7", "kept while down", promoted=True))
+    assert "secret" not in str(exc.value) and "persona-dspy sync" in str(exc.value)
+    assert len(down.pending()) == 1
+
+    up = Tracking(settings, tracking_uri=mlflow_uri)
+    assert up.history("reg-u7") == []
+    assert up.sync_pending() == [("reg-u7", 1)]
+    assert up.load_persona("reg-u7").text == "kept while down" and up.pending() == []
+    assert up.sync_pending() == [] and len(user_runs(up, "reg-u7")) == 1
+
+
+def test_synced_compile_is_not_promoted_over_a_production_that_moved(mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    settings = Settings(state_dir=tmp_path)
+    with pytest.raises(TrackingUnavailableError):
+        Tracking(settings, tracking_uri="http://127.0.0.1:9/").record(result("reg-u12", "stale", promoted=True))
+    up = Tracking(settings, tracking_uri=mlflow_uri)
+    up.record(result("reg-u12", "newer", promoted=True))
+    up.sync_pending()
+    assert up.load_persona("reg-u12", PRODUCTION).text == "newer"
+    assert up.load_persona("reg-u12", CANDIDATE).text == "stale"
+
+
+def test_cli_sync_and_compare(mlflow_uri, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(TrackingUnavailableError):
+        Tracking(Settings(state_dir=tmp_path), tracking_uri="http://127.0.0.1:9/").record(
+            result("reg-u13", "from cli", promoted=True))
+    common = ["--state-dir", str(tmp_path), "--mlflow-tracking-uri", mlflow_uri]
+    assert main(["sync", *common]) == 0
+    assert main(["runs", "compare", "--user", "reg-u13", *common]) == 0
+    out = capsys.readouterr().out
+    assert "1 pending compile(s) recorded" in out and "reg-u13" in out and "v1" in out
+
+
+# -- tracing ------------------------------------------------------------------------------------------
+def test_traced_compile_run_holds_the_lm_calls_as_traces(mlflow_uri, tmp_path):
+    from dspy.utils.dummies import DummyLM
+
+    tracking = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri, trace=True)
+    with tracking.compile_run("reg-u14") as run_id, dspy.context(lm=DummyLM([{"answer": "4.0"}])):
+        dspy.Predict("question -> answer")(question="rating?")
+        tracking.record(result("reg-u14", "traced", promoted=True))
+    (run,) = user_runs(tracking, "reg-u14")
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    traces = tracking.client.search_traces(locations=[tracking.experiment_id()], run_id=run_id)
+    assert len(traces) >= 1
+    assert tracking.forget("reg-u14")["traces"] == len(traces)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import dspy
@@ -96,6 +97,12 @@ class GatedPersonaOptimizer(Teleprompter):
 
     def compile(self, student: PersonaAgent, *, trainset: Sequence[Interaction] | UserHistory,
                 teacher: Any = None, valset: Sequence[Interaction] | None = None, **kwargs: Any) -> PersonaAgent:
+        # tracking hook: with Tracking(trace=True) the compile's run is opened here and its LM calls are traced
+        with self.tracking.compile_run(student.user_id) if self.tracking is not None else nullcontext():
+            return self._compile(student, trainset, valset)
+
+    def _compile(self, student: PersonaAgent, trainset: Sequence[Interaction] | UserHistory,
+                 valset: Sequence[Interaction] | None) -> PersonaAgent:
         train, val = self.split(student.user_id, trainset, valset)
         started = time.perf_counter()
         production = self.tracking.production_persona(student.user_id) if self.tracking else None

@@ -48,8 +48,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         engine = DSPyEngine()
         persona = ops.PersonaVariable(agent.persona)
         constraints = [f"At most {self.max_persona_chars} characters.",
-                       f"Keep the task's output contract: {agent.task.contract()}",
-                       "Describe this user's preferences and answering habits; do not address the reviewer."]
+                       "Write it as instructions to the assistant about this user, starting with 'This user', "
+                       "stating the user's preferences and answering habits concretely.",
+                       f"Keep the task's output contract: {agent.task.contract()}"]
         optimizer = ops.tgd_optimizer(persona, engine, constraints)
         loss_fn = ops.PreferenceLoss(engine, agent.task.contract())
         bar = tqdm(range(self.iterations), desc=f"align {agent.user_id}", disable=not self.progress, leave=False)
@@ -83,7 +84,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 except IndexError:  # no <IMPROVED_VARIABLE> tag in the answer
                     persona.set_value(previous)
                     continue
-                text = self._redact(persona.value.strip(), train)
+                text = self._redact(persona.value.strip().strip("{}\"'` \n"), train)
                 if 20 <= len(text) <= self.max_persona_chars:
                     persona.set_value(text)
                     return text

@@ -1,11 +1,11 @@
 """The optimizer's prompts, kept compact: a 1.5B local model reads them at ~75 tokens/s."""
 
 LOSS_SYSTEM = (
-    "You review a persona: the instructions an assistant follows to answer exactly as one specific user would. "
-    "Compare the assistant's answers with the user's real answers and say what the persona gets wrong about "
-    "this user. Focus on systematic differences (for example: the user rates lower than the assistant thinks, "
-    "or prefers certain labels). Answer with at most 4 short bullet points of concrete feedback on the persona. "
-    "Do not rewrite the persona."
+    "You review a persona: the instructions that tell an assistant how one specific user answers. "
+    "Compare the assistant's answers with the user's real answers. Reply with at most 3 short bullet points: "
+    "what the user does differently from the assistant (for example 'The user rates about 1.5 stars lower than "
+    "the assistant' or 'The user picks sports, not politics'), and what the persona should tell the assistant "
+    "about this user (for example 'The persona should say the user is a harsh critic'). Do not rewrite the persona."
 )
 
 LOSS_PROMPT = (

@@ -2,24 +2,29 @@
 
 Order of writes for one compile: run (params, metrics, persona texts and diff, in few batched
 calls) -> registered version with alias ``candidate`` -> alias ``production`` only if the gate
-passed. A store failure raises ``TrackingUnavailableError`` before ``production`` moves.
+passed. A store failure raises ``TrackingUnavailableError`` before ``production`` moves and keeps
+the compile in ``<state_dir>/pending/`` for ``sync_pending``; runs carry a deterministic
+``compile_id`` so a retried record never creates a second run.
 """
 
 from __future__ import annotations
 
 import difflib
 import getpass
-import json
+import hashlib
 import re
+import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from persona_dspy.config import Settings
 from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
@@ -41,10 +46,13 @@ class Tracking:
     """One MLflow experiment per project; runs, persona registry, rollback. Thread-safe; no I/O in ``__init__``."""
 
     def __init__(self, settings: Settings | None = None, *, tracking_uri: str | None = None,
-                 experiment: str | None = None) -> None:
+                 experiment: str | None = None, trace: bool = False) -> None:
         self.settings = settings or Settings()
         self.tracking_uri = tracking_uri or self.settings.tracking_uri
         self.experiment = experiment or self.settings.experiment
+        self.trace = trace
+        self._open_runs: dict[str, str] = {}
+        self._traced, self._previous_uri = 0, ""
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._lock = threading.Lock()
@@ -85,7 +93,7 @@ class Tracking:
             exp = client.get_experiment_by_name(self.experiment)
             if exp is None:
                 try:
-                    exp_id = client.create_experiment(self.experiment)
+                    exp_id = client.create_experiment(self.experiment, artifact_location=self._artifact_location())
                 except MlflowException:  # created concurrently by another worker
                     exp_id = client.get_experiment_by_name(self.experiment).experiment_id
             else:
@@ -93,6 +101,13 @@ class Tracking:
         with self._lock:
             self._experiment_id = exp_id
         return exp_id
+
+    def _artifact_location(self) -> str | None:
+        """Next to a sqlite file (MLflow's default would be ``./mlruns`` in the working directory);
+        a tracking server chooses its own (``mlflow-artifacts:/``)."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        return None
 
     # -- personas -----------------------------------------------------------------------------
     def production_persona(self, user_id: str) -> str | None:
@@ -134,51 +149,282 @@ class Tracking:
             return self.registry.get(user_id, to_version)
 
     # -- runs ---------------------------------------------------------------------------------
+    @contextmanager
+    def compile_run(self, user_id: str) -> Iterator[str | None]:
+        """Wrap one compile. With ``trace=True`` the run is opened here, MLflow's DSPy autologging is on
+        and every LM call of the compile becomes a trace of this run; ``record`` then fills the same run.
+        Without tracing this does nothing (the run is created by ``record``) and yields ``None``.
+
+        Autologging and the fluent tracking URI are process-wide MLflow state: they are switched on
+        while at least one traced compile of this ``Tracking`` runs (the active run is per thread).
+        """
+        if not self.trace:
+            yield None
+            return
+        import mlflow
+        import mlflow.dspy
+
+        exp_id = self.experiment_id()
+        with self._lock:
+            if self._traced == 0:
+                self._previous_uri = mlflow.get_tracking_uri()
+                mlflow.set_tracking_uri(self.tracking_uri)
+                mlflow.dspy.autolog(log_traces=True, log_traces_from_compile=True, silent=True)
+            self._traced += 1
+        status = "FAILED"
+        try:
+            with self._store("opening a traced compile run"):
+                run = mlflow.start_run(experiment_id=exp_id, run_name=f"compile:{user_id}",
+                                       tags=_user_tags(user_id), nested=mlflow.active_run() is not None)
+            self._open_runs[user_id] = run.info.run_id
+            try:
+                yield run.info.run_id
+                status = "FINISHED"
+            finally:
+                self._open_runs.pop(user_id, None)
+                try:
+                    mlflow.flush_trace_async_logging()
+                    mlflow.end_run(status)
+                except _STORE_ERRORS:
+                    pass  # the run stays RUNNING in a store that went down; record() already raised
+        finally:
+            with self._lock:
+                self._traced -= 1
+                if self._traced == 0:
+                    mlflow.dspy.autolog(disable=True, silent=True)
+                    mlflow.set_tracking_uri(self._previous_uri)
+
     def record(self, result: CompileResult) -> int:
-        """Log the compile as a run, register its candidate, and promote it if the gate passed."""
+        """Log the compile as a run, register its candidate, and promote it if the gate passed.
+
+        Idempotent: a compile already recorded (same ``compile_id`` tag on a finished run) returns its
+        version without writing. When the store fails, the result is kept in ``<state_dir>/pending/``
+        for ``sync_pending`` and ``TrackingUnavailableError`` is raised; no alias was moved.
+        """
+        cid = compile_id(result)
+        try:
+            return self._record(result, cid)
+        except TrackingUnavailableError as exc:
+            kept = self._keep_pending(result, cid)
+            raise TrackingUnavailableError(f"{exc} The compile result was kept in {kept}; run `persona-dspy sync` "
+                                           "once the store is back to record it.") from exc.__cause__
+
+    @property
+    def pending_dir(self) -> Path:
+        return self.settings.state_dir / "pending"
+
+    def pending(self) -> list[Path]:
+        return sorted(self.pending_dir.glob("*.json"))
+
+    def sync_pending(self) -> list[tuple[str, int]]:
+        """Record the compiles kept while the store was down; returns ``(user_id, version)`` per compile.
+
+        A kept compile whose gate compared against a production persona that has moved since is
+        registered as ``candidate`` only (``promotion_skipped`` tag): the gate no longer holds.
+        """
+        synced = []
+        for path in self.pending():
+            result = CompileResult.model_validate_json(path.read_text(encoding="utf-8"))
+            synced.append((result.user_id, self._record(result, path.stem, recheck_gate=True)))
+            path.unlink()
+        return synced
+
+    def _keep_pending(self, result: CompileResult, cid: str) -> Path:
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        path = self.pending_dir / f"{cid}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(result.model_dump_json(indent=1), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def _record(self, result: CompileResult, cid: str, *, recheck_gate: bool = False) -> int:
         exp_id = self.experiment_id()
         with self._store("logging the compile run") as client:
-            run = client.create_run(exp_id, run_name=f"{result.optimizer}:{result.user_id}", tags={
-                "user_id": result.user_id, "optimizer": result.optimizer, "promoted": str(result.promoted).lower(),
-                "data_watermark": str(result.data_watermark), "persona_prompt": prompt_name(result.user_id)})
-            run_id = run.info.run_id
+            done = self._finished_run(client, exp_id, result.user_id, cid)
+            if done is not None:
+                return int(done.data.tags["persona_version"])
+            run_id = self._open_runs.get(result.user_id) or client.create_run(
+                exp_id, run_name=f"{result.optimizer}:{result.user_id}", tags=_user_tags(result.user_id)).info.run_id
             now = int(time.time() * 1000)
-            metrics = [Metric("train_score", s.train_score, now, s.iteration) for s in result.steps]
-            metrics += [Metric("loss_chars", len(s.loss), now, s.iteration) for s in result.steps]
-            finals = {"lm_calls": result.lm_calls, "tokens": result.tokens, "wall_time_s": result.wall_time,
-                      "val_score_production": result.val_score_production,
-                      "val_score_candidate": result.val_score_candidate, "promoted": float(result.promoted)}
-            metrics += [Metric(k, float(v), now, 0) for k, v in finals.items() if v is not None]
-            params = [Param(k, str(v)) for k, v in result.params.items()]
-            client.log_batch(run_id, metrics=metrics, params=params,
-                             tags=[RunTag("gate", result.reason[:5000])])
-            for step in result.steps:
-                client.log_text(run_id, step.persona, f"personas/step_{step.iteration}.txt")
-            diff = "".join(difflib.unified_diff(result.production_persona.splitlines(keepends=True),
-                                                result.candidate_persona.splitlines(keepends=True),
-                                                "production", "candidate"))
-            client.log_text(run_id, result.candidate_persona, "personas/candidate.txt")
-            client.log_text(run_id, diff or "(no change)\n", "personas/candidate_vs_production.diff")
-            client.log_text(run_id, json.dumps(result.model_dump(), indent=1), "compile_result.json")
+            client.log_batch(run_id, metrics=_metrics(result, now), params=_params(result),
+                             tags=[RunTag(k, v) for k, v in _run_tags(result, cid).items()])
+            with tempfile.TemporaryDirectory(prefix="persona_dspy_run_") as tmp:
+                _write_artifacts(result, Path(tmp))
+                client.log_artifacts(run_id, tmp)
             version = self.registry.register(result.user_id, result.candidate_persona, commit_message=result.reason[:500]
                                              or f"{result.optimizer} compile", tags={
-                "run_id": run_id, "promoted": str(result.promoted).lower(),
+                "run_id": run_id, "compile_id": cid, "promoted": str(result.promoted).lower(),
                 "val_score_candidate": str(result.val_score_candidate),
                 "val_score_production": str(result.val_score_production)})
-            client.set_tag(run_id, "persona_version", str(version.version))
-            if result.promoted:
+            promote = result.promoted
+            if promote and recheck_gate:
+                current = self.registry.get(result.user_id, PRODUCTION)
+                if current is not None and current.text != result.production_persona:
+                    promote = False
+                    client.set_tag(run_id, "promotion_skipped", "production moved while the result was pending")
+            if promote:
                 self.registry.promote(result.user_id, version.version)
+            client.log_batch(run_id, tags=[RunTag("persona_version", str(version.version)),
+                                           RunTag("promoted", str(promote).lower())])
             client.set_terminated(run_id, "FINISHED")
         return version.version
 
-    def forget(self, user_id: str) -> dict[str, int]:
-        """Delete the user's persona versions and runs; returns counts."""
+    def _user_runs(self, client: MlflowClient, exp_id: str, user_id: str, extra: str = "",
+                   view: int = ViewType.ACTIVE_ONLY) -> list:
+        """Runs of exactly this user (the filter uses the prompt name: safe characters only)."""
+        runs = client.search_runs([exp_id], filter_string=f"tags.persona_prompt = '{prompt_name(user_id)}'{extra}",
+                                  run_view_type=view, max_results=10000)
+        return [r for r in runs if r.data.tags.get("user_id") == user_id]
+
+    def _finished_run(self, client: MlflowClient, exp_id: str, user_id: str, cid: str):
+        for run in self._user_runs(client, exp_id, user_id, f" and tags.compile_id = '{cid}'"):
+            if run.info.status == "FINISHED" and "persona_version" in run.data.tags:
+                return run
+        return None
+
+    def last_compile(self, user_id: str) -> dict[str, Any] | None:
+        """The user's latest recorded compile: ``optimizer``, ``data_watermark`` (as logged), ``params``
+        (str values, as logged), ``persona_version``, ``promoted``, ``run_id``; None if never recorded.
+
+        What the fleet compares to skip a user whose data and optimizer params are unchanged.
+        """
         exp_id = self.experiment_id()
-        with self._store("forgetting a user") as client:
-            runs = client.search_runs([exp_id], filter_string=f"tags.user_id = '{user_id}'", max_results=10000)
-            for run in runs:
+        with self._store("reading the last compile") as client:
+            runs = client.search_runs([exp_id], filter_string=f"tags.persona_prompt = '{prompt_name(user_id)}' "
+                                      "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                      max_results=20)
+        for run in runs:
+            tags = run.data.tags
+            if tags.get("user_id") == user_id and "persona_version" in tags:
+                return {"run_id": run.info.run_id, "optimizer": tags.get("optimizer"),
+                        "data_watermark": tags.get("data_watermark"), "params": dict(run.data.params),
+                        "persona_version": int(tags["persona_version"]), "promoted": tags.get("promoted") == "true"}
+        return None
+
+    def discard_unfinished(self, user_id: str) -> int:
+        """Delete the user's runs that a killed process left unfinished (no ``persona_version``); returns
+        how many. Call it only when no other process is compiling this user (the fleet holds a lock)."""
+        exp_id = self.experiment_id()
+        with self._store("discarding unfinished runs") as client:
+            stale = [r for r in self._user_runs(client, exp_id, user_id, " and attributes.status = 'RUNNING'")
+                     if "persona_version" not in r.data.tags]
+            for run in stale:
                 client.delete_run(run.info.run_id)
-            return {"persona_versions": self.registry.forget(user_id), "runs": len(runs)}
+        return len(stale)
+
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Delete everything of the user in MLflow: runs (with their artifacts and traces), persona
+        versions, kept pending compiles. Returns counts.
+
+        On a sqlite store runs are purged (what ``mlflow gc`` does); a tracking server has no purge
+        over REST, so there runs are deleted with their artifacts and traces, and their metadata is
+        purged by ``mlflow gc`` on the server (counted as ``runs_awaiting_gc``).
+        """
+        exp_id = self.experiment_id()
+        counts = {"persona_versions": 0, "runs": 0, "artifact_files": 0, "traces": 0, "runs_awaiting_gc": 0,
+                  "pending": 0}
+        with self._store("forgetting a user") as client:
+            runs = self._user_runs(client, exp_id, user_id, view=ViewType.ALL)
+            store = _sql_store(client)
+            for run in runs:
+                run_id = run.info.run_id
+                counts["traces"] += self._delete_traces(client, exp_id, run_id)
+                repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.tracking_uri)
+                counts["artifact_files"] += _count_files(repo)
+                repo.delete_artifacts()
+                if store is not None:
+                    store._hard_delete_run(run_id)  # what `mlflow gc` does; no public API for it
+                else:
+                    if run.info.lifecycle_stage != "deleted":
+                        client.delete_run(run_id)
+                    counts["runs_awaiting_gc"] += 1
+            counts["runs"] = len(runs)
+            counts["persona_versions"] = self.registry.forget(user_id)
+        for path in self.pending():
+            if CompileResult.model_validate_json(path.read_text(encoding="utf-8")).user_id == user_id:
+                path.unlink()
+                counts["pending"] += 1
+        return counts
+
+    @staticmethod
+    def _delete_traces(client: MlflowClient, exp_id: str, run_id: str) -> int:
+        ids, token = [], None
+        while True:
+            page = client.search_traces(locations=[exp_id], run_id=run_id, include_spans=False, max_results=100,
+                                        page_token=token)
+            ids += [t.info.trace_id for t in page]
+            token = page.token
+            if not token:
+                break
+        for start in range(0, len(ids), 100):
+            client.delete_traces(exp_id, trace_ids=ids[start:start + 100])
+        return len(ids)
+
+
+def compile_id(result: CompileResult) -> str:
+    """A deterministic id of one compile's outcome: a retried ``record`` finds its earlier run by it."""
+    return hashlib.sha256(result.model_dump_json(exclude={"version"}).encode()).hexdigest()[:20]
+
+
+def _user_tags(user_id: str) -> dict[str, str]:
+    return {"user_id": user_id, "persona_prompt": prompt_name(user_id)}
+
+
+def _run_tags(result: CompileResult, cid: str) -> dict[str, str]:
+    return {**_user_tags(result.user_id), "optimizer": result.optimizer, "compile_id": cid,
+            "data_watermark": str(result.data_watermark), "gate": result.reason[:5000],
+            "mlflow.runName": f"{result.optimizer}:{result.user_id}"}
+
+
+def _params(result: CompileResult) -> list[Param]:
+    params = {"optimizer": result.optimizer, **result.params, "data_watermark": result.data_watermark,
+              "val_ids": ",".join(result.val_ids)}
+    return [Param(k, str(v)[:6000]) for k, v in params.items()]
+
+
+def _metrics(result: CompileResult, now: int) -> list[Metric]:
+    """Per-iteration (step = iteration) and final metrics."""
+    per_step = [Metric(key, float(value), now, s.iteration) for s in result.steps for key, value in (
+        ("train_score", s.train_score), ("loss_chars", len(s.loss)), ("persona_chars", len(s.persona)))]
+    finals = {"lm_calls": result.lm_calls, "tokens": result.tokens, "wall_time_s": result.wall_time,
+              "iterations_run": len(result.steps), "val_score_production": result.val_score_production,
+              "val_score_candidate": result.val_score_candidate, "promoted": float(result.promoted)}
+    return per_step + [Metric(k, float(v), now, 0) for k, v in finals.items() if v is not None]
+
+
+def _write_artifacts(result: CompileResult, folder: Path) -> None:
+    """Persona texts of every step, the critique that moved it, the diff against production, the record."""
+    personas = folder / "personas"
+    personas.mkdir()
+    texts = {"initial.txt": result.initial_persona, "production.txt": result.production_persona,
+             "candidate.txt": result.candidate_persona}
+    for step in result.steps:
+        texts[f"step_{step.iteration}.txt"] = step.persona
+        if step.loss:
+            texts[f"step_{step.iteration}_critique.txt"] = step.loss
+        if step.updated_persona is not None:
+            texts[f"step_{step.iteration}_updated.txt"] = step.updated_persona
+    diff = "".join(difflib.unified_diff(result.production_persona.splitlines(keepends=True),
+                                        result.candidate_persona.splitlines(keepends=True),
+                                        "production", "candidate"))
+    texts["candidate_vs_production.diff"] = diff or "(no change)\n"
+    for name, text in texts.items():
+        (personas / name).write_text(text, encoding="utf-8")
+    (folder / "compile_result.json").write_text(result.model_dump_json(indent=1), encoding="utf-8")
+
+
+def _sql_store(client: MlflowClient):
+    """The SQLAlchemy store behind a sqlite/database URI (None for a tracking server)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def _count_files(repo) -> int:
+    def walk(path: str | None) -> int:
+        return sum(walk(f.path) if f.is_dir else 1 for f in repo.list_artifacts(path))
+    return walk(None)
 
 
 __all__ = ["Tracking", "CANDIDATE", "PRODUCTION"]
