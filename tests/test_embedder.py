@@ -35,3 +35,10 @@ def test_batching_and_padding_do_not_change_vectors(embedder: OnnxEmbedder) -> N
 
 def test_long_text_is_truncated_not_rejected(embedder: OnnxEmbedder) -> None:
     assert embedder.embed(["word " * 5000]).shape == (1, DIM)
+
+
+def test_length_sorted_batches_keep_the_input_order(embedder: OnnxEmbedder) -> None:
+    texts = ["a long text " * 40, "tiny", "a medium sized sentence here", "x y", "another fairly long one " * 10]
+    batched = embedder.embed(texts, batch_size=2)
+    for text, vec in zip(texts, batched):
+        np.testing.assert_allclose(vec, embedder.embed([text])[0], atol=1e-4)

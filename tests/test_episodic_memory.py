@@ -1,5 +1,6 @@
 import persona_dspy  # noqa: F401
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -53,6 +54,10 @@ def test_changed_record_updates_in_place(mem: EpisodicMemory) -> None:
     assert mem.add([rec("alice", 1, output="revised answer")]) == 1
     assert mem.count() == 3
     assert [it.output for it in mem.history("alice")] == ["alice answer 0", "revised answer", "alice answer 2"]
+    moved = rec("alice", 2).model_copy(update={"input": "Which camera lens for bird photography?"})
+    assert mem.add([moved]) == 1  # a changed input is re-embedded, under the same point
+    assert mem.count() == 3
+    assert mem.recall("alice", "a telephoto lens to photograph birds", k=1)[0].interaction == moved
 
 
 def test_user_isolation(mem: EpisodicMemory) -> None:
@@ -115,6 +120,18 @@ def test_same_folder_shared_in_process_and_persisted(tmp_path: Path, embedder: O
     b.close()
     with EpisodicMemory(settings, embedder=embedder) as c:
         assert c.history("alice")[0] == rec("alice", 0)
+
+
+def test_folder_commits_in_wal_mode(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    # the default rollback journal fsyncs once per point (~70 points/s): see _fast_local_commits
+    folder = tmp_path / "q"
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder) as m:
+        m.add([rec("alice", i) for i in range(3)])
+        (db,) = folder.glob("collection/*/storage.sqlite")
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder) as m:
+        assert m.count("alice") == 3
 
 
 def test_folder_locked_by_another_process(tmp_path: Path, embedder: OnnxEmbedder) -> None:

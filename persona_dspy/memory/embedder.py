@@ -97,8 +97,12 @@ class OnnxEmbedder:
             return np.zeros((0, DIM), dtype=np.float32)
         session, tokenizer = self._load()
         out = np.empty((len(texts), DIM), dtype=np.float32)
+        # a batch is padded to its longest text: batching texts of similar length (and restoring the
+        # order) keeps one long review from making 63 short inputs cost 256 tokens each
+        order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
-            encodings = tokenizer.encode_batch(list(texts[start:start + batch_size]))
+            rows = order[start:start + batch_size]
+            encodings = tokenizer.encode_batch([texts[i] for i in rows])
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask}
@@ -108,7 +112,7 @@ class OnnxEmbedder:
             m = mask[..., None].astype(np.float32)
             pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            out[start:start + len(encodings)] = pooled / np.clip(norms, 1e-12, None)
+            out[rows] = pooled / np.clip(norms, 1e-12, None)
         return out
 
     def embed_one(self, text: str) -> np.ndarray:

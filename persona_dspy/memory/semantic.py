@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 from pydantic import BaseModel
 
 from persona_dspy.errors import EmptyHistoryError, LMOutputError
@@ -110,22 +111,26 @@ class SemanticMemory:
         text = None
         for attempt in range(self.retries + 1):
             config = {"rollout_id": attempt, "temperature": 0.7} if attempt else {}
-            raw = self.distill(interactions=lines, previous_profile=previous.text if previous else "(none)",
-                               config=config).profile
+            try:
+                raw = self.distill(interactions=lines, previous_profile=previous.text if previous else "(none)",
+                                   config=config).profile
+            except AdapterParseError:  # not even the output format: as unusable as a wrong profile
+                raw = None
             text = clean_profile(raw)
             if text:
                 break
         if text is None:
             raise LMOutputError(f"the LM returned no usable profile for user {user_id!r} after {self.retries + 1} "
                                 "attempts; the previous profile is kept. Try a stronger LM (PERSONA_DSPY_LM).")
-        profile = Profile(user_id=user_id, text=text, version=len(self.versions(user_id)) + 1,
-                          watermark=shown[-1].timestamp, n_episodes=len(history), created_at=time.time())
-        self._save(profile)
-        return profile
+        return self._save(user_id, text, watermark=shown[-1].timestamp, n_episodes=len(history))
 
-    def _save(self, profile: Profile) -> None:
+    def _save(self, user_id: str, text: str, *, watermark: float, n_episodes: int) -> Profile:
+        """Append a version (numbered under the lock, so concurrent updates never share one) and persist."""
+        self.versions(user_id)  # load what is on disk first
         with self._lock:
-            versions = self._versions.setdefault(profile.user_id, [])
+            versions = self._versions[user_id]
+            profile = Profile(user_id=user_id, text=text, version=max((p.version for p in versions), default=0) + 1,
+                              watermark=watermark, n_episodes=n_episodes, created_at=time.time())
             versions.append(profile)
             path = self._path(profile.user_id)
             if path is not None:
@@ -133,8 +138,10 @@ class SemanticMemory:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps([p.model_dump() for p in versions]))
                 tmp.replace(path)
+            return profile
 
     def forget(self, user_id: str) -> int:
+        """Delete every profile version of one user (memory and disk); returns how many there were."""
         with self._lock:
             n = len(self._versions.pop(user_id, []))
             path = self._path(user_id)
@@ -142,3 +149,11 @@ class SemanticMemory:
                 n = max(n, len(json.loads(path.read_text())))
                 path.unlink()
             return n
+
+    def forget_user(self, user_id: str) -> dict[str, int]:
+        """Forget a user everywhere memory holds them: profile versions and episodic points.
+
+        Profiles are distilled from the episodes, so deleting one without the other would keep
+        the user's data alive (or leave a profile of a history that no longer exists).
+        """
+        return {"profile_versions": self.forget(user_id), "qdrant_points": self.episodic.forget(user_id)}
