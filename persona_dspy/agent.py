@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 
+from persona_dspy.errors import LMOutputError, PersonaDSPyError
 from persona_dspy.signatures.tasks import DEFAULT_PERSONA, TaskSpec, get_task
 from persona_dspy.tools import UserTools, bound, late_bound_tools
 
@@ -89,13 +91,28 @@ class PersonaAgent(dspy.Module):
                 "history": "\n".join(x for x in history if x) or "(none)"}
 
     def forward(self, task: str, before: float | None = None) -> dspy.Prediction:
+        """Answer ``task``; an answer outside the contract (or unparsable output) is retried once, then
+        returned as ``answer=None`` (scored as the worst answer, as LaMP does). An LM that fails twice
+        raises ``LMOutputError``."""
         compact = self.task.compact(task)
+        raw, failure = None, None
         with bound(self.tools(before)):
             inputs = {"task": compact, **(self.context(task, before) if self.mode == "pipeline" else {})}
-            pred = self.respond(**inputs)
-            answer = self.task.parse(pred.answer)
-            if answer is None:  # one retry outside the contract, then the worst score (as LaMP does)
-                pred = self.respond(**inputs, config={"rollout_id": 1, "temperature": 0.7})
-                answer = self.task.parse(pred.answer)
+            for attempt in range(2):
+                config = {"config": {"rollout_id": attempt, "temperature": 0.7}} if attempt else {}
+                try:
+                    raw, failure = self.respond(**inputs, **config).answer, None
+                except AdapterParseError:  # empty or garbled output: an invalid answer
+                    raw, failure = None, None
+                except PersonaDSPyError:
+                    raise
+                except Exception as exc:  # the LM layer already applied its own bounded retries
+                    failure = exc
+                answer = self.task.parse(raw)
+                if answer is not None:
+                    break
+        if failure is not None:
+            raise LMOutputError(f"the LM failed twice answering for user {self.user_id!r} "
+                                f"({type(failure).__name__}: {str(failure)[:200]}). Check PERSONA_DSPY_LM.") from failure
         extra = {k: v for k, v in inputs.items() if k != "task"}
-        return dspy.Prediction(answer=answer, raw_answer=pred.answer, valid=answer is not None, **extra)
+        return dspy.Prediction(answer=answer, raw_answer=raw, valid=answer is not None, **extra)

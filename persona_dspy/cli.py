@@ -7,6 +7,7 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:  # store migrations and library chatter are not the user's business
+        for name in ("mlflow", "alembic", "textgrad", "LiteLLM", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except PersonaDSPyError as exc:

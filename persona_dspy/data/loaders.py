@@ -62,20 +62,30 @@ def _interaction(fields: dict[str, Any], *, source: str, line: int) -> Interacti
                                         field=field) from None
 
 
-def load_interactions(path: str | Path) -> list[Interaction]:
+def load_interactions(path: str | Path, *, require_time_order: bool = True) -> list[Interaction]:
     """A plain JSONL of interactions: ``{user_id, id, input, output, timestamp[, task, metadata]}`` per line.
 
-    Duplicate (user_id, id) pairs are rejected: re-ingesting the same record is idempotent,
-    but one file holding two versions of a record is ambiguous.
+    Duplicate (user_id, id) pairs are rejected: re-ingesting the same record is idempotent, but one
+    file holding two versions of a record is ambiguous. Each user's lines must be in time order
+    (``require_time_order``): an out-of-order line usually means a wrong timestamp, and timestamps
+    are what keeps the future out of memory.
     """
     out: list[Interaction] = []
     seen: dict[str, int] = {}
+    last: dict[str, tuple[float, int]] = {}
     for lineno, obj in _lines(Path(path)):
         it = _interaction(obj, source=str(path), line=lineno)
         if it.key in seen:
             raise MalformedInteractionError(f"duplicate id (first seen on line {seen[it.key]})", source=str(path),
                                             line=lineno, record_id=it.id, field="id")
+        previous = last.get(it.user_id)
+        if require_time_order and previous and it.timestamp < previous[0]:
+            raise MalformedInteractionError(
+                f"timestamp {it.timestamp} is earlier than line {previous[1]} of the same user ({previous[0]}); "
+                "sort the file by time or fix the timestamp", source=str(path), line=lineno, record_id=it.id,
+                field="timestamp")
         seen[it.key] = lineno
+        last[it.user_id] = (it.timestamp, lineno)
         out.append(it)
     return out
 

@@ -15,7 +15,7 @@ from dspy.clients.backend_selection import CLIENT_KEYS
 from dspy.lm15 import request_from_openai_chat
 from textgrad.engine import EngineLM
 
-from persona_dspy.errors import ConfigurationError
+from persona_dspy.errors import ConfigurationError, LMOutputError
 
 # Execution controls DSPy owns; they are not generation options of a Request.
 _NOT_GENERATION = CLIENT_KEYS | {"n", "rollout_id", "num_generations", "prompt_cache"}
@@ -61,7 +61,11 @@ class DSPyEngine(EngineLM):
                    if key not in _NOT_GENERATION and value is not None}
         messages = [{"role": "system", "content": system_prompt or self.system_prompt},
                     {"role": "user", "content": _text(prompt)}]
-        response = lm(request_from_openai_chat({"model": lm.model, "messages": messages, **options}))
+        try:
+            response = lm(request_from_openai_chat({"model": lm.model, "messages": messages, **options}))
+        except Exception as exc:  # the LM layer already applied its own bounded retries
+            raise LMOutputError(f"the LM call failed ({type(exc).__name__}: {str(exc)[:200]}); nothing was "
+                                "promoted. Check the LM (PERSONA_DSPY_LM, api_base, key) and retry.") from exc
         return response.text or ""
 
     def __call__(self, prompt: str | Sequence[Any], **kwargs: Any) -> str:

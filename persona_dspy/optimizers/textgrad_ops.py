@@ -21,6 +21,7 @@ from textgrad.autograd.function import BackwardContext, Function
 from textgrad.engine import EngineLM
 
 from persona_dspy.data.records import Interaction
+from persona_dspy.errors import LMOutputError
 from persona_dspy.optimizers import prompts
 from persona_dspy.signatures.tasks import TaskSpec
 
@@ -106,7 +107,12 @@ class PreferenceLoss(Function):
 
     def forward(self, persona: tg.Variable, replay: tg.Variable) -> tg.Variable:
         prompt = prompts.LOSS_PROMPT.format(persona=persona.value, contract=self.contract, transcript=replay.value)
-        critique = self.engine(prompt, system_prompt=prompts.LOSS_SYSTEM)
+        critique = self.engine(prompt, system_prompt=prompts.LOSS_SYSTEM).strip()
+        if not critique:  # one retry with a different sample, then a specific error
+            critique = type(self.engine)(temperature=0.7)(prompt, system_prompt=prompts.LOSS_SYSTEM).strip()
+        if not critique:
+            raise LMOutputError("the LM returned an empty critique twice; production was not moved. "
+                                "Try a stronger LM for alignment (PERSONA_DSPY_LM).")
         loss = tg.Variable(critique, predecessors=[replay], requires_grad=True,
                            role_description="critique of the persona from the replayed interactions")
         loss.set_grad_fn(BackwardContext(self.backward, replay=replay, loss=loss))
