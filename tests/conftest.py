@@ -31,3 +31,22 @@ def mlflow_server(tmp_path_factory):
     server = LocalMlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def memory(tmp_path, embedder):
+    """A fresh in-memory Qdrant episodic memory (real engine) per test."""
+    from persona_dspy import Settings
+    from persona_dspy.memory import EpisodicMemory
+
+    with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as mem:
+        yield mem
+
+
+@pytest.fixture
+def tracking(mlflow_uri, tmp_path):
+    """Tracking on the session's sqlite MLflow store (pending compiles go to this test's tmp dir)."""
+    from persona_dspy import Settings
+    from persona_dspy.tracking import Tracking
+
+    return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)

@@ -7,12 +7,11 @@ import math
 
 import pytest
 
-from persona_dspy import MalformedInteractionError, Settings
+from persona_dspy import MalformedInteractionError
 from persona_dspy.cli import main
-from persona_dspy.data import Interaction, UserHistory, load_shared
+from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.evaluation import LeakageError, check_no_leak, evaluate, metrics, trivial_answer
 from persona_dspy.lm.scripted import ScriptedLM
-from persona_dspy.memory import EpisodicMemory
 from persona_dspy.signatures import TASKS
 
 from scripted import rule
@@ -57,12 +56,6 @@ def free_text_cases(n_users: int = 2) -> list[UserHistory]:
                             output=f"HELD-OUT-ANSWER-{u}", timestamp=10.0)
         cases.append(UserHistory(user_id=f"u{u}", interactions=past, query=query))
     return cases
-
-
-@pytest.fixture
-def memory(tmp_path, embedder):
-    with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as mem:
-        yield mem
 
 
 @pytest.mark.parametrize("method", ["none", "icl", "rag", "persona", "persona+align"])

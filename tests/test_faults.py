@@ -15,7 +15,7 @@ from persona_dspy.data import Interaction, load_interactions
 from persona_dspy.data.loaders import MAX_LINE_BYTES
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
-from persona_dspy.optimizers import PersonaOptimizer, prompts
+from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.tracking import Tracking
 
 from scripted import rule
@@ -24,17 +24,6 @@ from scripted import rule
 def history(user: str, n: int = 6) -> list[Interaction]:
     return [Interaction(user_id=user, id=f"m{i}", input=f"movie: Film {i} genres: Drama", output="1.0",
                         timestamp=10.0 + i, task="movielens_rating") for i in range(n)]
-
-
-@pytest.fixture
-def memory(tmp_path, embedder):
-    with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as mem:
-        yield mem
-
-
-@pytest.fixture
-def tracking(mlflow_uri, tmp_path):
-    return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
 
 
 def line(i: int, ts: float, **kw) -> str:

@@ -7,14 +7,12 @@ import re
 import dspy
 import pytest
 
-from persona_dspy import BudgetExceededError, LMOutputError, Settings
+from persona_dspy import BudgetExceededError, LMOutputError
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
-from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer, prompts
 from persona_dspy.signatures import DEFAULT_PERSONA
-from persona_dspy.tracking import Tracking
 
 from scripted import NEW_PERSONA, rule
 
@@ -25,18 +23,6 @@ def free_text_history(user_id: str, n: int = 7) -> UserHistory:
     items = [Interaction(user_id=user_id, id=f"q{i}", input=f"question number {i} about topic {i}",
                          output=f"SECRET-ANSWER-{user_id}-{i}", timestamp=100.0 + i) for i in range(n)]
     return UserHistory(user_id=user_id, interactions=tuple(items))
-
-
-@pytest.fixture
-def memory(tmp_path, embedder):
-    mem = EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder)
-    yield mem
-    mem.close()
-
-
-@pytest.fixture
-def tracking(mlflow_uri, tmp_path):
-    return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
 
 
 def test_no_replayed_interaction_sees_its_own_or_a_later_answer(memory):

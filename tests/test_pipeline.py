@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import dspy
-import pytest
 
-from persona_dspy import Settings
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
-from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.signatures import DEFAULT_PERSONA
-from persona_dspy.tracking import Tracking
 
-from scripted import CRITIQUE, LOW, NEW_PERSONA, rule
+from scripted import CRITIQUE, NEW_PERSONA, rule
 
 
 def harsh_history(user_id: str, n: int = 8) -> UserHistory:
     items = [Interaction(user_id=user_id, id=f"m{i}", input=f"movie: Film {i} genres: Comedy", output="1.0",
                          timestamp=1000.0 + i, task="movielens_rating") for i in range(n)]
     return UserHistory(user_id=user_id, interactions=tuple(items))
-
-
-@pytest.fixture
-def memory(tmp_path, embedder):
-    mem = EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder)
-    yield mem
-    mem.close()
-
-
-@pytest.fixture
-def tracking(mlflow_uri, tmp_path):
-    return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
 
 
 def test_compile_moves_persona_along_the_gradient_and_promotes(memory, tracking):

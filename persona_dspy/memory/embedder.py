@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 DIM = 384
 MAX_TOKENS = 256  # the model was trained on 256-token windows; the shipped tokenizer.json says 128
+QUERY_CACHE_SIZE = 4096
 _TOKENIZER_REL = "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
 
 
@@ -63,6 +65,8 @@ class OnnxEmbedder:
         self._tokenizer: Tokenizer | None = None
         self._input_names: frozenset[str] = frozenset()
         self._lock = threading.Lock()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> "OnnxEmbedder":
         return self  # stateless apart from the loaded model: share it
@@ -116,5 +120,17 @@ class OnnxEmbedder:
         return out
 
     def embed_one(self, text: str) -> np.ndarray:
-        """Embed one text into a ``(384,)`` unit vector."""
-        return self.embed([text])[0]
+        """Embed one text into a ``(384,)`` unit vector; recent texts are served from an LRU cache
+        (a compile asks the same replayed tasks again in every iteration and in the gate)."""
+        with self._cache_lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+                return cached
+        vector = self.embed([text])[0]
+        vector.setflags(write=False)
+        with self._cache_lock:
+            self._cache[text] = vector
+            if len(self._cache) > QUERY_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return vector

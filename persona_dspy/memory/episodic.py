@@ -302,7 +302,7 @@ class EpisodicMemory:
 
         Only interactions with ``timestamp < before`` are considered when ``before`` is given.
         """
-        vector = self.embedder.embed([query])[0].tolist()
+        vector = self.embedder.embed_one(query).tolist()
         with self._store() as client:
             hits = client.query_points(self.collection, query=vector, query_filter=_user_filter(user_id, before),
                                        limit=k, with_payload=True).points

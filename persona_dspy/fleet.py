@@ -1,0 +1,470 @@
+"""Compile many users: one independent compile per user, concurrent, resumable, idempotent.
+
+``compile_users(users, optimizer, workers=N, backend="threads"|"ray") -> FleetReport``. For each user:
+its history from episodic memory, an agent that starts from its ``production`` persona, then
+``optimizer.compile(agent, trainset=history)`` (which records the run and moves ``production`` only
+if the gate passes). One user's failure is recorded with its error and a traceback summary and
+never stops the others.
+
+Idempotence and resumption, at two levels:
+
+- a fleet journal ``<state_dir>/fleet/<fleet-id>.jsonl`` (the id hashes the optimizer, its params
+  and the user list) gets one line per finished user; ``resume=True`` skips the users it lists
+  (failed ones are tried again) and discards runs a killed process left unfinished;
+- independently, a user whose data watermark (latest interaction time) and optimizer params equal
+  those of its last recorded compile (``Tracking.last_compile``) is skipped: rerunning a fleet
+  compiles only users with new data. The registry never stores the same latest text twice.
+
+Backends:
+
+- ``threads``: a ``ThreadPoolExecutor``; each thread runs its compiles under ``dspy.context(lm=...)``
+  (thread-local). Threads help LM-bound compiles against an API LM. The embedded model is one
+  in-process llama.cpp engine whose calls are serialized by its own lock, and embedded Qdrant
+  serializes its calls too: with the embedded defaults threads do not speed a fleet up.
+- ``ray``: one Ray task per user, each against a Qdrant server URL and an MLflow tracking URI from
+  ``Settings``. Embedded Qdrant is single-process, so a Ray run pointed at a folder or ``:memory:``
+  fails before Ray starts, unless ``ship_histories=True``: then the driver reads each history and
+  ships it to the task, which answers from a private ``:memory:`` store holding that user only
+  (for tests and benchmarks on one machine; production fleets read Qdrant by URL).
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import functools
+import hashlib
+import json
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import dspy
+from pydantic import BaseModel, Field, ValidationError
+from tqdm.auto import tqdm
+
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.config import Settings
+from persona_dspy.data.records import Interaction
+from persona_dspy.errors import ConfigurationError
+from persona_dspy.memory.episodic import EpisodicMemory
+from persona_dspy.tracking.tracker import Tracking
+
+if TYPE_CHECKING:
+    from persona_dspy.optimizers.base import GatedPersonaOptimizer
+
+Status = Literal["promoted", "kept", "failed", "skipped"]
+Backend = Literal["threads", "ray"]
+LMSource = dspy.BaseLM | Callable[[], dspy.BaseLM] | None
+"""An LM, a zero-argument factory of one (what Ray tasks need: it is pickled), or None for ``build_lm``."""
+
+DONE: frozenset[str] = frozenset({"promoted", "kept", "skipped"})
+"""Journal statuses that ``resume`` does not redo (a failure may be transient: it is tried again)."""
+
+
+class UserReport(BaseModel):
+    """What happened to one user in a fleet."""
+
+    user_id: str
+    status: Status
+    reason: str = ""
+    error_type: str | None = None
+    traceback: str | None = Field(None, description="the last frames of a failure, innermost last")
+    lm_calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    version: int | None = None
+    timings: dict[str, float] = Field(default_factory=dict,
+                                      description="seconds in: memory (history read), tracking (reads + record), "
+                                                  "compile (replays, TextGrad, gate; LM time included)")
+    from_journal: bool = Field(False, description="finished by an earlier, interrupted run of this fleet")
+
+    def line(self) -> str:
+        cost = f"{self.lm_calls} calls, {self.tokens} tokens, {self.seconds:.2f} s"
+        detail = f"{self.error_type}: {self.reason}" if self.error_type else self.reason
+        version = f" v{self.version}" if self.version is not None else ""
+        return f"{self.status:<8} {self.user_id}{version} ({cost}) {detail}"
+
+
+class FleetReport(BaseModel):
+    """Per-user outcomes and totals of one ``compile_users`` call."""
+
+    fleet_id: str
+    journal: str
+    backend: str
+    workers: int
+    wall_time: float = 0.0
+    users: list[UserReport]
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(u.status == s for u in self.users) for s in ("promoted", "kept", "skipped", "failed")}
+
+    @property
+    def failed(self) -> list[UserReport]:
+        return [u for u in self.users if u.status == "failed"]
+
+    @property
+    def lm_calls(self) -> int:
+        return sum(u.lm_calls for u in self.users)
+
+    @property
+    def tokens(self) -> int:
+        return sum(u.tokens for u in self.users)
+
+    def format(self) -> str:
+        """The final report: one line per user (grouped by status), then totals."""
+        order = {"failed": 0, "promoted": 1, "kept": 2, "skipped": 3}
+        lines = [u.line() + ("  [earlier run]" if u.from_journal else "")
+                 for u in sorted(self.users, key=lambda u: (order[u.status], u.user_id))]
+        for u in self.failed:
+            if u.traceback:
+                lines.append(f"--- {u.user_id}: {u.error_type}\n{u.traceback.rstrip()}")
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        lines.append(f"{len(self.users)} users: {counts}; {self.lm_calls} LM calls, {self.tokens} tokens, "
+                     f"{self.wall_time:.1f} s with {self.workers} {self.backend} worker(s); journal {self.journal}")
+        return "\n".join(lines)
+
+
+# -- one user -------------------------------------------------------------------------------------
+
+def unchanged_since_last_compile(last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer,
+                                 watermark: float) -> bool:
+    """True when the last recorded compile used the same optimizer, params and data watermark
+    (compared as MLflow logged them: strings)."""
+    if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
+        return False
+    return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
+
+
+def _failure(user_id: str, exc: BaseException, **fields: Any) -> UserReport:
+    """A ``failed`` report: error type, first line of the message, the last frames of the traceback."""
+    message = str(exc).splitlines()[0][:500] if str(exc) else ""
+    summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
+    return UserReport(user_id=user_id, status="failed", reason=message, error_type=type(exc).__name__,
+                      traceback=summary, **fields)
+
+
+def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory, tracking: Tracking,
+                 history: Sequence[Interaction] | None = None, discard_unfinished: bool = False) -> UserReport:
+    """Compile one user under the current DSPy LM; every error becomes a ``failed`` report.
+
+    ``optimizer`` must record into ``tracking`` (``compile_users`` arranges it).
+    """
+    started = time.perf_counter()
+    timings = {"memory": 0.0, "tracking": 0.0, "compile": 0.0}
+    try:
+        if history is None:
+            history = memory.history(user_id)
+        watermark = max(it.timestamp for it in history) if history else None
+        timings["memory"] = time.perf_counter() - started
+        mark = time.perf_counter()
+        if discard_unfinished:
+            tracking.discard_unfinished(user_id)
+        if watermark is not None and unchanged_since_last_compile(tracking.last_compile(user_id), optimizer, watermark):
+            timings["tracking"] = time.perf_counter() - mark
+            return UserReport(user_id=user_id, status="skipped", seconds=time.perf_counter() - started, timings=timings,
+                              reason="unchanged since its last compile (same data watermark and optimizer params)")
+        production = tracking.production_persona(user_id)
+        timings["tracking"] = time.perf_counter() - mark
+        task = history[-1].task if history else "generic"
+        agent = PersonaAgent(task, user_id=user_id, memory=memory, persona=production)
+        mark = time.perf_counter()
+        result = optimizer.compile(agent, trainset=list(history)).compile_result
+        elapsed = time.perf_counter() - mark
+        timings["compile"] = result.wall_time
+        timings["tracking"] += max(0.0, elapsed - result.wall_time)  # record() runs after the timed part
+        return UserReport(user_id=user_id, status="promoted" if result.promoted else "kept", reason=result.reason,
+                          lm_calls=result.lm_calls, tokens=result.tokens, version=result.version, timings=timings,
+                          seconds=time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 (isolation: one user's failure must not stop the fleet)
+        return _failure(user_id, exc, timings=timings, seconds=time.perf_counter() - started)
+
+
+# -- the journal ----------------------------------------------------------------------------------
+
+def fleet_id(optimizer: GatedPersonaOptimizer, user_ids: Sequence[str]) -> str:
+    """Same optimizer, params and users -> same fleet (and journal)."""
+    key = json.dumps({"optimizer": optimizer.name, "params": optimizer.params, "users": sorted(user_ids)},
+                     sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class FleetJournal:
+    """``<state_dir>/fleet/<fleet-id>.jsonl``: one ``UserReport`` per finished user, flushed per line.
+
+    A lock file keeps a second process from running the same fleet at the same time. A line cut by a
+    kill is ignored when read back. Without ``resume`` the journal starts anew.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self._lock: IO[str] | None = None
+
+    @contextmanager
+    def open(self, resume: bool) -> Iterator[dict[str, UserReport]]:
+        """Lock the fleet; yield the users already finished (resume only); close and unlock at exit."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_suffix(".lock"), "w")  # noqa: SIM115 (closed below)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock.close()
+            raise ConfigurationError(f"this fleet is already running in another process (lock {self._lock.name}); "
+                                     "wait for it or stop it, then rerun with --resume") from exc
+        try:
+            done = self.read() if resume else {}
+            self._file = open(self.path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+            yield done
+        finally:
+            if self._file is not None:
+                self._file.close()
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def read(self) -> dict[str, UserReport]:
+        """The latest finished entry per user (statuses in ``DONE``)."""
+        done: dict[str, UserReport] = {}
+        if not self.path.exists():
+            return done
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                report = UserReport.model_validate_json(line)
+            except ValidationError:
+                continue  # a line cut by a kill
+            if report.status in DONE:
+                done[report.user_id] = report
+            else:
+                done.pop(report.user_id, None)
+        return done
+
+    def append(self, report: UserReport) -> None:
+        assert self._file is not None, "open the journal first"
+        self._file.write(report.model_dump_json(exclude={"from_journal"}) + "\n")
+        self._file.flush()
+
+
+# -- the fleet ------------------------------------------------------------------------------------
+
+def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersonaOptimizer | None = None, *,
+                  settings: Settings | None = None, memory: EpisodicMemory | None = None,
+                  tracking: Tracking | None = None, lm: LMSource = None, workers: int = 4,
+                  backend: Backend = "threads", resume: bool = False, progress: bool = True, verbose: bool = False,
+                  ship_histories: bool = False) -> FleetReport:
+    """Compile the persona of every user in ``users`` (or ``"all"`` users in episodic memory).
+
+    ``lm``: an LM object (threads), a zero-argument factory (threads or Ray), or None to build the
+    configured one (``build_lm(settings)``). ``optimizer`` defaults to ``PersonaOptimizer()``; it
+    records into ``tracking`` (default ``Tracking(settings)``). KeyboardInterrupt cancels the users
+    not started; compiles in flight finish, and ``resume=True`` then does only the rest.
+    """
+    from persona_dspy.optimizers import PersonaOptimizer
+
+    if backend not in ("threads", "ray"):
+        raise ConfigurationError(f"backend must be 'threads' or 'ray', not {backend!r}")
+    if workers < 1:
+        raise ConfigurationError("workers must be >= 1")
+    settings = settings or (memory.settings if memory is not None else Settings())
+    optimizer = optimizer or PersonaOptimizer()
+    if backend == "ray" and not settings.qdrant_is_server and not ship_histories:
+        raise ConfigurationError(
+            f"scale-out needs a Qdrant server: PERSONA_DSPY_QDRANT is {settings.qdrant_location!r}, an embedded store "
+            "that only one process can open. Run a Qdrant server and set PERSONA_DSPY_QDRANT=http://HOST:6333 "
+            "(and an MLflow tracking server in PERSONA_DSPY_MLFLOW_TRACKING_URI), or use backend='threads'.")
+    if backend == "ray" and isinstance(lm, dspy.BaseLM):
+        raise ConfigurationError("the Ray backend builds the LM inside each task: pass lm as a zero-argument "
+                                 "factory (e.g. functools.partial(ScriptedLM, rule)) or None for the configured LM")
+    own_memory = memory is None
+    memory = memory or EpisodicMemory(settings)
+    tracking = tracking or optimizer.tracking or Tracking(settings)
+    started = time.perf_counter()
+    try:
+        user_ids = sorted(set(memory.users() if users == "all" else users))
+        fid = fleet_id(optimizer, user_ids)
+        journal = FleetJournal(settings.state_dir / "fleet" / f"{fid}.jsonl")
+        reports: dict[str, UserReport] = {}
+        with journal.open(resume) as done:
+            for uid in user_ids:
+                if uid in done:
+                    reports[uid] = done[uid].model_copy(update={"from_journal": True})
+            todo = [uid for uid in user_ids if uid not in reports]
+            bar = tqdm(total=len(user_ids), initial=len(reports), desc="fleet", unit="user", disable=not progress)
+
+            def finished(report: UserReport) -> None:
+                reports[report.user_id] = report
+                journal.append(report)
+                bar.update(1)
+                bar.set_postfix(failed=sum(r.status == "failed" for r in reports.values()), refresh=False)
+                if verbose:
+                    tqdm.write(report.line())
+
+            try:
+                if backend == "threads":
+                    _run_threads(todo, optimizer, memory=memory, tracking=tracking, lm=lm, settings=settings,
+                                 workers=workers, resume=resume, on_done=finished)
+                else:
+                    _run_ray(todo, optimizer, memory=memory, settings=settings, lm=lm, workers=workers, resume=resume,
+                             ship_histories=ship_histories, on_done=finished)
+            finally:
+                bar.close()
+    finally:
+        if own_memory:
+            memory.close()
+    return FleetReport(fleet_id=fid, journal=str(journal.path), backend=backend, workers=workers,
+                       wall_time=time.perf_counter() - started, users=[reports[u] for u in user_ids if u in reports])
+
+
+def _with_tracking(optimizer: GatedPersonaOptimizer, tracking: Tracking | None) -> GatedPersonaOptimizer:
+    """A shallow copy that records into ``tracking`` (the caller's optimizer is left as it was)."""
+    clone = copy.copy(optimizer)
+    clone.tracking = tracking
+    return clone
+
+
+class _OneCallAtATime:
+    """A ``Tracking`` whose calls run one at a time, for a sqlite store shared by threads.
+
+    sqlite has one writer; with 8 threads waiting on its lock MLflow's connection pool runs dry
+    ("QueuePool limit ... reached") and records fail. The LM work of the threads still overlaps.
+    """
+
+    def __init__(self, tracking: Tracking) -> None:
+        self._tracking, self._lock = tracking, threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._tracking, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+        return locked
+
+
+def _resolve_lm(lm: LMSource, settings: Settings) -> dspy.BaseLM:
+    if isinstance(lm, dspy.BaseLM):
+        return lm
+    if lm is not None:
+        return lm()
+    from persona_dspy.lm import build_lm
+
+    return build_lm(settings)
+
+
+def _run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory,
+                 tracking: Tracking, lm: LMSource, settings: Settings, workers: int, resume: bool,
+                 on_done: Callable[[UserReport], None]) -> None:
+    if not user_ids:
+        return
+    model = _resolve_lm(lm, settings)
+    if tracking.tracking_uri.startswith("sqlite:"):
+        tracking = _OneCallAtATime(tracking)  # type: ignore[assignment]
+    tracked = _with_tracking(optimizer, tracking)
+
+    def work(uid: str) -> UserReport:
+        with dspy.context(lm=model):  # thread-local; dspy.configure is for the main thread only
+            return compile_user(uid, tracked, memory=memory, tracking=tracking, discard_unfinished=resume)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="persona-fleet")
+    try:
+        pending = {pool.submit(work, uid) for uid in user_ids}
+        while pending:
+            completed, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in completed:
+                on_done(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- Ray ------------------------------------------------------------------------------------------
+
+_WORKER_STATE: dict[str, Any] = {}
+"""Per Ray worker process: the Tracking client and the embedder, reused by every task it runs."""
+
+
+def _ray_compile_user(user_id: str, optimizer: GatedPersonaOptimizer, settings: Settings, lm: LMSource,
+                      history: list[Interaction] | None, resume: bool) -> UserReport:
+    """One Ray task: compile ``user_id`` against the stores of ``settings``.
+
+    With ``history`` (shipped by the driver, test/benchmark path) the agent reads a private
+    ``:memory:`` store holding only that user's interactions; otherwise Qdrant at its URL.
+    """
+    key = settings.model_dump_json()
+    if _WORKER_STATE.get("key") != key:
+        from persona_dspy.memory.embedder import OnnxEmbedder
+
+        _WORKER_STATE.update(key=key, tracking=Tracking(settings), embedder=OnnxEmbedder(), memory=None)
+    state = _WORKER_STATE
+    tracking = state["tracking"]
+    try:
+        model = _resolve_lm(lm, settings)
+    except Exception as exc:  # noqa: BLE001
+        return _failure(user_id, exc)
+    if history is not None:
+        with tempfile.TemporaryDirectory(prefix="persona_fleet_") as tmp:
+            with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp), embedder=state["embedder"]) as memory:
+                mark = time.perf_counter()
+                memory.add(history)
+                with dspy.context(lm=model):
+                    report = compile_user(user_id, _with_tracking(optimizer, tracking), memory=memory,
+                                          tracking=tracking, history=history, discard_unfinished=resume)
+                report.timings["memory"] += time.perf_counter() - mark - report.seconds
+                return report
+    if state["memory"] is None:
+        state["memory"] = EpisodicMemory(settings, embedder=state["embedder"])
+    with dspy.context(lm=model):
+        return compile_user(user_id, _with_tracking(optimizer, tracking), memory=state["memory"], tracking=tracking,
+                            discard_unfinished=resume)
+
+
+def _run_ray(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory, settings: Settings,
+             lm: LMSource, workers: int, resume: bool, ship_histories: bool,
+             on_done: Callable[[UserReport], None]) -> None:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigurationError("the Ray backend needs Ray: pip install 'persona-dspy[ray]'") from exc
+    if not user_ids:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=1, max_retries=1)(_ray_compile_user)
+    spec = ray.put(_with_tracking(optimizer, None))  # each task records into its own Tracking
+    in_flight: dict[Any, str] = {}
+    queue = list(reversed(user_ids))
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < 2 * workers:  # bounded: histories are shipped as tasks start
+                uid = queue.pop()
+                try:
+                    history = memory.history(uid) if ship_histories else None
+                except Exception as exc:  # noqa: BLE001 (e.g. UnknownUserError: this user fails, not the fleet)
+                    on_done(_failure(uid, exc))
+                    continue
+                in_flight[task.remote(uid, spec, settings, lm, history, resume)] = uid
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                uid = in_flight.pop(ref)
+                try:
+                    report = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 (a worker died: the user failed, the fleet goes on)
+                    report = _failure(uid, exc)
+                on_done(report)
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref)
+        if started_here:
+            ray.shutdown()
+
+
+__all__ = ["compile_users", "compile_user", "FleetReport", "UserReport", "FleetJournal", "fleet_id",
+           "unchanged_since_last_compile"]
