@@ -28,7 +28,8 @@ def test_compile_moves_persona_along_the_gradient_and_promotes(memory, tracking)
         compiled = PersonaOptimizer(n_recent=3, iterations=1, tracking=tracking).compile(student, trainset=history)
     result = compiled.compile_result
     assert student.persona == DEFAULT_PERSONA  # the student is untouched
-    assert result.steps[0].loss == CRITIQUE
+    # the loss is the LM critique plus the task metric, stated exactly
+    assert result.steps[0].loss == f"{CRITIQUE}\n- Measured: On average the assistant rated 3.0 higher than the user."
     assert compiled.persona == NEW_PERSONA == result.candidate_persona
     assert result.promoted and result.val_score_candidate > result.val_score_production
     assert tracking.load_persona("alice").text == NEW_PERSONA

@@ -43,16 +43,16 @@ class PersonaOptimizer(GatedPersonaOptimizer):
 
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
         from persona_dspy.lm.textgrad_engine import DSPyEngine
-        from persona_dspy.optimizers import textgrad_ops as ops
+        from persona_dspy.optimizers import prompts, textgrad_ops as ops
 
         engine = DSPyEngine()
         persona = ops.PersonaVariable(agent.persona)
         constraints = [f"At most {self.max_persona_chars} characters.",
-                       "Write it as instructions to the assistant about this user, starting with 'This user', "
+                       f"Write it as instructions to the assistant about this user, starting with '{prompts.PERSONA_START}', "
                        "stating the user's preferences and answering habits concretely.",
                        f"Keep the task's output contract: {agent.task.contract()}"]
         optimizer = ops.tgd_optimizer(persona, engine, constraints)
-        loss_fn = ops.PreferenceLoss(engine, agent.task.contract())
+        loss_fn = ops.PreferenceLoss(engine, agent.task.contract(), agent.task.kind)
         bar = tqdm(range(self.iterations), desc=f"align {agent.user_id}", disable=not self.progress, leave=False)
         for i in bar:
             agent.persona = persona.value
@@ -64,9 +64,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 break  # every replayed answer matches the user: nothing to learn from this batch
             budget.reserve(2, f"iteration {i + 1} loss and update")
             optimizer.zero_grad()
-            replay = ops.Replay()(persona, [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)],
-                                  agent.task)
-            loss = loss_fn(persona, replay)
+            cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
+            replay = ops.Replay()(persona, cases, agent.task)
+            loss = loss_fn(persona, replay, ops.metric_summary(cases, agent.task))
             step.loss = loss.value
             loss.backward(engine)
             step.updated_persona = self._step(optimizer, persona, engine, train)

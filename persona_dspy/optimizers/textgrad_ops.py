@@ -66,18 +66,22 @@ def replay_case(task: TaskSpec, interaction: Interaction, predicted: str | None)
                       task.compare(predicted, interaction.output))
 
 
-def transcript(cases: list[ReplayCase], task: TaskSpec) -> str:
-    lines = [case.line(i, task) for i, case in enumerate(cases, start=1)]
+def metric_summary(cases: list[ReplayCase], task: TaskSpec) -> str:
+    """The task metric over the batch, in words: the part of the loss that needs no LM."""
     if task.kind == "rating":
         deltas = [float(c.predicted) - float(task.parse(c.interaction.output))
                   for c in cases if c.predicted is not None and task.parse(c.interaction.output) is not None]
         if deltas:
             mean = sum(deltas) / len(deltas)
-            lines.append(f"On average the assistant rated {abs(mean):.1f} {'higher' if mean > 0 else 'lower'} "
-                         "than the user." if mean else "On average the assistant's ratings were right.")
-    else:
-        lines.append(f"{sum(c.score == 1.0 for c in cases)} of {len(cases)} answers matched the user.")
-    return "\n".join(lines)
+            if not mean:
+                return "On average the assistant's ratings were right."
+            return f"On average the assistant rated {abs(mean):.1f} {'higher' if mean > 0 else 'lower'} than the user."
+    return f"{sum(c.score == 1.0 for c in cases)} of {len(cases)} answers matched the user."
+
+
+def transcript(cases: list[ReplayCase], task: TaskSpec) -> str:
+    lines = [case.line(i, task) for i, case in enumerate(cases, start=1)]
+    return "\n".join([*lines, metric_summary(cases, task)])
 
 
 class Replay(Function):
@@ -98,21 +102,25 @@ class Replay(Function):
 
 
 class PreferenceLoss(Function):
-    """The textual loss: one LM critique of the whole replay against what the user really did."""
+    """The textual loss: one LM critique of the whole replay against what the user really did, plus
+    the task metric in words (``measured``)."""
 
-    def __init__(self, engine: EngineLM, contract: str) -> None:
+    def __init__(self, engine: EngineLM, contract: str, kind: str = "text") -> None:
         super().__init__()
         self.engine = engine
         self.contract = contract
+        self.system = prompts.loss_system(kind)
 
-    def forward(self, persona: tg.Variable, replay: tg.Variable) -> tg.Variable:
+    def forward(self, persona: tg.Variable, replay: tg.Variable, measured: str = "") -> tg.Variable:
         prompt = prompts.LOSS_PROMPT.format(persona=persona.value, contract=self.contract, transcript=replay.value)
-        critique = self.engine(prompt, system_prompt=prompts.LOSS_SYSTEM).strip()
+        critique = self.engine(prompt, system_prompt=self.system).strip()
         if not critique:  # one retry with a different sample, then a specific error
-            critique = type(self.engine)(temperature=0.7)(prompt, system_prompt=prompts.LOSS_SYSTEM).strip()
+            critique = type(self.engine)(temperature=0.7)(prompt, system_prompt=self.system).strip()
         if not critique:
             raise LMOutputError("the LM returned an empty critique twice; production was not moved. "
                                 "Try a stronger LM for alignment (PERSONA_DSPY_LM).")
+        if measured:  # the task metric is part of the loss, stated exactly
+            critique = f"{critique}\n- Measured: {measured}"
         loss = tg.Variable(critique, predecessors=[replay], requires_grad=True,
                            role_description="critique of the persona from the replayed interactions")
         loss.set_grad_fn(BackwardContext(self.backward, replay=replay, loss=loss))
@@ -123,6 +131,24 @@ class PreferenceLoss(Function):
                                          role_description=f"feedback to {TRANSCRIPT_ROLE}"))
 
 
+class PersonaTGD(tg.TGD):
+    """TextGrad's TGD step, tolerant of one habit of small models: an answer that drops the
+    ``<IMPROVED_VARIABLE>`` tags is still accepted when it follows the persona constraint (it starts
+    with ``PERSONA_START``); anything else without tags is unusable (``IndexError``, as in TGD)."""
+
+    def step(self) -> None:
+        start, end = self.new_variable_tags
+        for parameter in self.parameters:
+            answer = self.engine(self._update_prompt(parameter), system_prompt=self.optimizer_system_prompt).strip()
+            if start in answer:
+                value = answer.split(start)[1].split(end)[0].strip()
+            elif answer.startswith(prompts.PERSONA_START):
+                value = answer
+            else:
+                raise IndexError(f"the persona update has no {start} tags: {answer[:200]!r}")
+            parameter.set_value(value)
+
+
 def tgd_optimizer(persona: PersonaVariable, engine: EngineLM, constraints: list[str]) -> tg.TGD:
-    return tg.TGD(parameters=[persona], engine=engine, constraints=constraints,
-                  optimizer_system_prompt=prompts.TGD_SYSTEM)
+    return PersonaTGD(parameters=[persona], engine=engine, constraints=constraints,
+                      optimizer_system_prompt=prompts.TGD_SYSTEM)
