@@ -27,7 +27,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     started = time.perf_counter()
-    rows = run_demo(settings, users=args.users, n_recent=args.n_recent, iterations=args.iterations)
+    rows = run_demo(settings, users=args.users, n_recent=args.n_recent, iterations=args.iterations, trace=args.trace)
     print("\n[4/4] before/after on each user's held-out last rating (score = 1 - |error| / 4.5)\n")
     print(format_table(rows))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
@@ -76,10 +76,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from persona_dspy.fleet import compile_users
     from persona_dspy.optimizers import PersonaOptimizer
 
+    from persona_dspy.tracking import Tracking
+
+    settings = _settings(args)
     users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
     optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 max_lm_calls=args.max_lm_calls)
-    report = compile_users(users, optimizer, settings=_settings(args), workers=args.workers, backend=args.backend,
+                                 max_lm_calls=args.max_lm_calls, tracking=Tracking(settings, trace=args.trace))
+    report = compile_users(users, optimizer, settings=settings, workers=args.workers, backend=args.backend,
                            resume=args.resume, verbose=args.verbose)
     print(report.format())
     return 1 if report.failed else 0
@@ -143,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--state-dir", type=Path, help="where the embedded stores live")
     common.add_argument("--qdrant", help="':memory:', a folder or a URL")
     common.add_argument("--mlflow-tracking-uri")
+    common.add_argument("--trace", action="store_true",
+                        help="record every LM call of a compile as an MLflow trace under its run")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", parents=[common], help="run the offline end-to-end demo on the bundled users")

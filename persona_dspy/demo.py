@@ -28,7 +28,7 @@ class DemoRow:
 
 
 def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iterations: int = 1, n_val: int = 2,
-             lm: dspy.BaseLM | None = None, histories: list[UserHistory] | None = None,
+             lm: dspy.BaseLM | None = None, histories: list[UserHistory] | None = None, trace: bool = False,
              echo=print) -> list[DemoRow]:
     """Ingest the sample users, score the un-personalized agent on each user's held-out query,
     align a persona per user, score again. The query is never ingested (no leakage)."""
@@ -41,7 +41,7 @@ def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iteration
     echo(f"[1/4] {len(histories)} users; state in {settings.state_dir}")
     lm = lm or build_lm(settings)
     memory = EpisodicMemory(settings)
-    tracking = Tracking(settings)
+    tracking = Tracking(settings, trace=trace)
     echo("[2/4] ingesting past interactions into Qdrant "
          f"({settings.qdrant_location}); held-out queries are not ingested")
     written = memory.add([it for h in histories for it in h.interactions], progress=True)
