@@ -125,3 +125,18 @@ def test_persona_memorizing_an_answer_is_redacted(memory):
         compiled = PersonaOptimizer(n_recent=2, iterations=1).compile(
             PersonaAgent("generic", user_id="memo", memory=memory), trainset=history)
     assert leaked not in compiled.compile_result.candidate_persona
+
+
+def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, embedder):
+    history = free_text_history("snap")
+    other = free_text_history("other")
+    memory.add(history.interactions + other.interactions)
+    prompts_by_mode = []
+    for snapshot in (True, False):
+        lm = ScriptedLM(rule)
+        with dspy.context(lm=lm):
+            PersonaOptimizer(n_recent=3, iterations=2, snapshot_memory=snapshot).compile(
+                PersonaAgent("generic", user_id="snap", memory=memory, k=3), trainset=history)
+        prompts_by_mode.append(lm.prompts)
+    assert prompts_by_mode[0] == prompts_by_mode[1]
+    assert "SECRET-ANSWER-other" not in str(prompts_by_mode[0])

@@ -65,3 +65,19 @@ def test_forget_removes_exactly_one_user(embedder, rows, victim):
         removed = mem.forget(victim)
         assert removed == before[victim] and mem.count(victim) == 0
         assert all(mem.count(u) == before[u] for u in before if u != victim)
+
+
+@PROPS
+@given(rows=records, user=st.sampled_from(["ann", "ben", "cy"]), before=st.integers(0, 31),
+       query=st.sampled_from(WORDS), k=st.integers(1, 5))
+def test_a_user_snapshot_answers_like_the_store(embedder, rows, user, before, query, k):
+    with fresh(embedder) as mem:
+        mem.add(build(rows))
+        if not mem.has_user(user):
+            return
+        snap = mem.snapshot(user)
+        assert snap.history(user, before) == mem.history(user, before)
+        assert snap.recent(user, k, before) == mem.recent(user, k, before)
+        got = {e.interaction.id: round(e.score, 4) for e in snap.recall(user, query, k=50, before=before)}
+        want = {e.interaction.id: round(e.score, 4) for e in mem.recall(user, query, k=50, before=before)}
+        assert got == want

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
@@ -28,6 +29,7 @@ from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import MalformedInteractionError, StoreUnavailableError, UnknownUserError
 from persona_dspy.memory.embedder import DIM, OnnxEmbedder
+from persona_dspy.memory.snapshot import UserSnapshot
 
 NAMESPACE = uuid.UUID("8f0b6a1e-4f3c-5d2a-9b7e-2c1d0e9f6a54")
 """Namespace of point ids: ``uuid5(NAMESPACE, interaction.key)`` makes re-ingestion idempotent."""
@@ -337,6 +339,23 @@ class EpisodicMemory:
         if not out:
             self._require_user(user_id)
         return sorted(out, key=lambda it: (it.timestamp, it.id))
+
+    def snapshot(self, user_id: str) -> UserSnapshot:
+        """One filtered read of the user's episodes (vectors included) that answers the reads of a
+        compile in process; see ``UserSnapshot``. Unknown user -> ``UnknownUserError``."""
+        points = []
+        offset: Any = None
+        with self._store() as client:
+            while True:
+                records, offset = client.scroll(self.collection, scroll_filter=_user_filter(user_id), limit=1024,
+                                                offset=offset, with_payload=True, with_vectors=True)
+                points.extend(records)
+                if offset is None:
+                    break
+        if not points:
+            raise UnknownUserError(user_id)
+        vectors = np.asarray([p.vector for p in points], dtype=np.float32)
+        return UserSnapshot(user_id, [_to_interaction(p.payload) for p in points], vectors, self.embedder)
 
     def count(self, user_id: str | None = None) -> int:
         """Number of stored interactions, of one user or of all."""

@@ -18,7 +18,7 @@ from dspy.teleprompt import Teleprompter
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import Interaction, UserHistory
-from persona_dspy.errors import BudgetExceededError, EmptyHistoryError
+from persona_dspy.errors import BudgetExceededError, EmptyHistoryError, UnknownUserError
 from persona_dspy.results import CompileResult
 
 if TYPE_CHECKING:
@@ -75,13 +75,15 @@ class GatedPersonaOptimizer(Teleprompter):
 
     def __init__(self, n_recent: int = 3, *, n_val: int = 2, margin: float = 0.0, max_lm_calls: int | None = 40,
                  max_tokens: int | None = None, max_persona_chars: int = MAX_PERSONA_CHARS,
-                 seed_from_profile: bool = False, tracking: Tracking | None = None, progress: bool = False) -> None:
+                 seed_from_profile: bool = False, snapshot_memory: bool = True, tracking: Tracking | None = None,
+                 progress: bool = False) -> None:
         super().__init__()
         if n_recent < 1 or n_val < 0:
             raise ValueError("n_recent must be >= 1 and n_val >= 0")
         self.n_recent, self.n_val, self.margin = n_recent, n_val, margin
         self.max_lm_calls, self.max_tokens, self.max_persona_chars = max_lm_calls, max_tokens, max_persona_chars
         self.seed_from_profile = seed_from_profile
+        self.snapshot_memory = snapshot_memory
         self.tracking = tracking
         self.progress = progress
 
@@ -112,6 +114,8 @@ class GatedPersonaOptimizer(Teleprompter):
                                production_persona=production_text, val_ids=[it.id for it in val],
                                data_watermark=max(it.timestamp for it in train))
         agent = student.deepcopy()
+        live_memory = agent.memory
+        agent.memory = self._snapshot(agent)
         with dspy.track_usage() as usage:
             budget = Budget(usage, self.max_lm_calls, self.max_tokens)
             try:
@@ -122,6 +126,7 @@ class GatedPersonaOptimizer(Teleprompter):
                 result.candidate_persona = agent.persona
                 self._gate(agent, production_text, val, budget, result)
             finally:
+                agent.memory = live_memory
                 result.lm_calls, result.tokens = budget.calls, budget.tokens
                 result.wall_time = time.perf_counter() - started
         if self.tracking is not None:
@@ -155,6 +160,15 @@ class GatedPersonaOptimizer(Teleprompter):
         else:
             val = items[len(items) - self.n_recent - self.n_val:len(items) - self.n_recent]
         return train, val
+
+    def _snapshot(self, agent: PersonaAgent) -> Any:
+        """The user's episodes read once for the whole compile (``UserSnapshot``), when the memory can."""
+        if not self.snapshot_memory or not hasattr(agent.memory, "snapshot"):
+            return agent.memory
+        try:
+            return agent.memory.snapshot(agent.user_id)
+        except UnknownUserError:
+            return agent.memory  # nothing stored yet: the tools answer "(no past interactions)"
 
     def replay(self, agent: PersonaAgent, items: list[Interaction], budget: Budget,
                what: str) -> tuple[float, list[str | None]]:

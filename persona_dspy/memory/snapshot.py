@@ -1,0 +1,65 @@
+"""A read-only, in-process copy of ONE user's episodes, answering like ``EpisodicMemory``.
+
+A compile asks memory ~30 questions about one user (a recall, the answer statistics and more per
+replay). Embedded Qdrant brute-forces every question over *all* users' points with a Python payload
+filter (~1 s per question at 50k points, see BENCHMARKS.md), so the optimizer reads the user's
+episodes once (one filtered scroll, vectors included) and answers the rest here in microseconds.
+Reads keep the same contract: only this user, and ``before`` excludes everything at or after it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from persona_dspy.data.records import Interaction
+from persona_dspy.errors import UnknownUserError
+
+
+class UserSnapshot:
+    """``recall`` / ``recent`` / ``history`` / ``count`` / ``has_user`` over one user's episodes."""
+
+    def __init__(self, user_id: str, interactions: list[Interaction], vectors: np.ndarray, embedder) -> None:
+        order = sorted(range(len(interactions)), key=lambda i: (interactions[i].timestamp, interactions[i].id))
+        self.user_id = user_id
+        self.interactions = [interactions[i] for i in order]
+        self.vectors = vectors[order] if len(order) else np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0))
+        self.timestamps = np.array([it.timestamp for it in self.interactions], dtype=np.float64)
+        self.embedder = embedder
+
+    def __deepcopy__(self, memo: dict) -> "UserSnapshot":
+        return self
+
+    def _check(self, user_id: str) -> None:
+        if user_id != self.user_id:
+            raise UnknownUserError(user_id, where=f"the snapshot of user {self.user_id!r}")
+        if not self.interactions:
+            raise UnknownUserError(user_id)
+
+    def _upto(self, before: float | None) -> int:
+        return len(self.interactions) if before is None else int(np.searchsorted(self.timestamps, before, "left"))
+
+    def recall(self, user_id: str, query: str, k: int = 5, before: float | None = None):
+        from persona_dspy.memory.episodic import Episode
+
+        self._check(user_id)
+        end = self._upto(before)
+        if end == 0 or k <= 0:
+            return []
+        scores = self.vectors[:end] @ self.embedder.embed_one(query)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [Episode(interaction=self.interactions[i], score=float(scores[i])) for i in top]
+
+    def recent(self, user_id: str, n: int, before: float | None = None) -> list[Interaction]:
+        self._check(user_id)
+        end = self._upto(before)
+        return self.interactions[max(0, end - n):end] if n > 0 else []
+
+    def history(self, user_id: str, before: float | None = None) -> list[Interaction]:
+        self._check(user_id)
+        return self.interactions[: self._upto(before)]
+
+    def count(self, user_id: str | None = None) -> int:
+        return len(self.interactions) if user_id in (None, self.user_id) else 0
+
+    def has_user(self, user_id: str) -> bool:
+        return user_id == self.user_id and bool(self.interactions)
