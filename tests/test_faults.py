@@ -105,3 +105,10 @@ def test_secrets_never_reach_the_tracking_store_or_logs(memory, tmp_path, caplog
     blobs = [p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file()]
     assert blobs and not any(secret_key.encode() in b or secret_pw.encode() in b for b in blobs)
     assert secret_key not in caplog.text and secret_pw not in caplog.text
+
+
+def test_empty_history_is_a_specific_error(memory):
+    from persona_dspy import EmptyHistoryError
+
+    with pytest.raises(EmptyHistoryError, match="empty trainset"):
+        PersonaOptimizer(n_recent=1).compile(PersonaAgent(user_id="nobody", memory=memory), trainset=[])
