@@ -159,8 +159,10 @@ def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Epis
     started = time.perf_counter()
     timings = {"memory": 0.0, "tracking": 0.0, "compile": 0.0}
     try:
-        if history is None:
-            history = memory.history(user_id)
+        view: Any = memory
+        if history is None:  # one filtered read serves the watermark and every read of the compile
+            view = memory.snapshot(user_id) if hasattr(memory, "snapshot") else memory
+            history = view.history(user_id)
         watermark = max(it.timestamp for it in history) if history else None
         timings["memory"] = time.perf_counter() - started
         mark = time.perf_counter()
@@ -173,7 +175,7 @@ def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Epis
         production = tracking.production_persona(user_id)
         timings["tracking"] = time.perf_counter() - mark
         task = history[-1].task if history else "generic"
-        agent = PersonaAgent(task, user_id=user_id, memory=memory, persona=production)
+        agent = PersonaAgent(task, user_id=user_id, memory=view, persona=production)
         mark = time.perf_counter()
         result = optimizer.compile(agent, trainset=list(history)).compile_result
         elapsed = time.perf_counter() - mark
