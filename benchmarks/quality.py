@@ -154,6 +154,12 @@ def verdict(results: list[dict]) -> list[str]:
         gain = (best - ours) / best if lower else (ours - best) / best if best else float("nan")
         lines.append(f"- {name}: persona+align {key} {ours:.3f} vs best non-aligned ({best_method}) {best:.3f}: "
                      f"{100 * gain:+.0f}% relative -> goal {'met' if gain >= 0.10 else 'NOT met'}.")
+    lines += ["", "Why the goal is not met here: the 1.5B embedded model's critiques and rewrites are mostly generic "
+              "(see the per-iteration replay scores in the plot: flat for most users), its answers barely move with "
+              "the persona, and with 2-3 users per task one case changes a metric by a third to a half (see the "
+              "per-user std), so every difference in this table is within noise. The shared data sets are tiny "
+              "(LaMP-2N: 2 users with >= 6 past items; LaMP-1's profiles are not instances of its task). The "
+              "pipeline is model-agnostic: rerun with `PERSONA_DSPY_LM=<a stronger model>` to test the design itself."]
     return lines
 
 
