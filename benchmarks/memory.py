@@ -58,25 +58,23 @@ def pct(values: list[float], q: float) -> float:
 
 def real_texts(limit: int) -> tuple[list[str], str]:
     """Episode-like texts from the shared datasets (profile items rendered as the tasks render inputs)."""
+    from persona_dspy.data import load_shared
+
+    def inputs(name: str) -> list[str]:  # profile items rendered by the project's own loader
+        path = DATA / name
+        return [it.input for case in load_shared(path) for it in case.interactions] if path.exists() else []
+
     texts: list[str] = []
     sources = []
-    ml = DATA / "movielens" / "rating.jsonl"
-    if ml.exists():
-        for line in ml.read_text().splitlines():
-            for item in json.loads(line)["profile"]:
-                texts.append(f"movie: {item['movie']} genres: {item['genres']}")
+    if movies := inputs("movielens/rating.jsonl"):
+        texts.extend(movies)
         sources.append("movielens profile items")
-    amazon = DATA / "amazon_musical_instruments" / "rating.jsonl"
-    if amazon.exists():  # long texts embed ~10x slower: a sample keeps the pool's embedding time short
-        reviews = [f"review summary: {item['summary']} review: {item['text']}"
-                   for line in amazon.read_text().splitlines() for item in json.loads(line)["profile"]]
+    if reviews := inputs("amazon_musical_instruments/rating.jsonl"):
+        # long texts embed ~10x slower: a sample keeps the pool's embedding time short
         texts.extend(reviews[:MAX_REVIEWS])
         sources.append(f"{min(len(reviews), MAX_REVIEWS)} amazon reviews")
-    lamp = DATA / "lamp" / "lamp2n.jsonl"
-    if lamp.exists():
-        for line in lamp.read_text().splitlines():
-            for item in json.loads(line)["profile"]:
-                texts.append(f"article: {item['text']}")
+    if articles := inputs("lamp/lamp2n.jsonl"):
+        texts.extend(articles)
         sources.append("LaMP-2N articles")
     if not texts:  # no shared data: the bundled samples
         from persona_dspy.data import load_sample_users
