@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import copy
 import fcntl
-import functools
 import hashlib
 import json
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -52,8 +50,9 @@ from tqdm.auto import tqdm
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import ConfigurationError
+from persona_dspy.errors import ConfigurationError, UnknownUserError
 from persona_dspy.memory.episodic import EpisodicMemory
+from persona_dspy.memory.snapshot import UserSnapshot
 from persona_dspy.tracking.tracker import Tracking
 
 if TYPE_CHECKING:
@@ -150,21 +149,24 @@ def _failure(user_id: str, exc: BaseException, **fields: Any) -> UserReport:
                       traceback=summary, **fields)
 
 
-def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory, tracking: Tracking,
-                 history: Sequence[Interaction] | None = None, discard_unfinished: bool = False) -> UserReport:
+def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory | UserSnapshot,
+                 tracking: Tracking, history: Sequence[Interaction] | None = None, discard_unfinished: bool = False,
+                 read_seconds: float = 0.0) -> UserReport:
     """Compile one user under the current DSPy LM; every error becomes a ``failed`` report.
 
-    ``optimizer`` must record into ``tracking`` (``compile_users`` arranges it).
+    ``memory`` is the store or the user's ``UserSnapshot`` already read (then ``read_seconds`` is
+    its share of that read, for the timings). ``optimizer`` must record into ``tracking``
+    (``compile_users`` arranges it).
     """
     started = time.perf_counter()
-    timings = {"memory": 0.0, "tracking": 0.0, "compile": 0.0}
+    timings = {"memory": read_seconds, "tracking": 0.0, "compile": 0.0}
     try:
         view: Any = memory
         if history is None:  # one filtered read serves the watermark and every read of the compile
-            view = memory.snapshot(user_id) if hasattr(memory, "snapshot") else memory
+            view = memory.snapshot(user_id) if isinstance(memory, EpisodicMemory) else memory
             history = view.history(user_id)
         watermark = max(it.timestamp for it in history) if history else None
-        timings["memory"] = time.perf_counter() - started
+        timings["memory"] += time.perf_counter() - started
         mark = time.perf_counter()
         if discard_unfinished:
             tracking.discard_unfinished(user_id)
@@ -258,13 +260,15 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
                   settings: Settings | None = None, memory: EpisodicMemory | None = None,
                   tracking: Tracking | None = None, lm: LMSource = None, workers: int = 4,
                   backend: Backend = "threads", resume: bool = False, progress: bool = True, verbose: bool = False,
-                  ship_histories: bool = False) -> FleetReport:
+                  ship_histories: bool = False, read_chunk: int = 64) -> FleetReport:
     """Compile the persona of every user in ``users`` (or ``"all"`` users in episodic memory).
 
     ``lm``: an LM object (threads), a zero-argument factory (threads or Ray), or None to build the
     configured one (``build_lm(settings)``). ``optimizer`` defaults to ``PersonaOptimizer()``; it
     records into ``tracking`` (default ``Tracking(settings)``). KeyboardInterrupt cancels the users
     not started; compiles in flight finish, and ``resume=True`` then does only the rest.
+    ``read_chunk``: threads read the episodes of this many users per store read (memory held: their
+    episodes and vectors; embedded Qdrant scans every stored point per read, whatever the chunk).
     """
     from persona_dspy.optimizers import PersonaOptimizer
 
@@ -309,7 +313,7 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
             try:
                 if backend == "threads":
                     _run_threads(todo, optimizer, memory=memory, tracking=tracking, lm=lm, settings=settings,
-                                 workers=workers, resume=resume, on_done=finished)
+                                 workers=workers, resume=resume, on_done=finished, read_chunk=read_chunk)
                 else:
                     _run_ray(todo, optimizer, memory=memory, settings=settings, lm=lm, workers=workers, resume=resume,
                              ship_histories=ship_histories, on_done=finished)
@@ -329,28 +333,6 @@ def _with_tracking(optimizer: GatedPersonaOptimizer, tracking: Tracking | None) 
     return clone
 
 
-class _OneCallAtATime:
-    """A ``Tracking`` whose calls run one at a time, for a sqlite store shared by threads.
-
-    sqlite has one writer; with 8 threads waiting on its lock MLflow's connection pool runs dry
-    ("QueuePool limit ... reached") and records fail. The LM work of the threads still overlaps.
-    """
-
-    def __init__(self, tracking: Tracking) -> None:
-        self._tracking, self._lock = tracking, threading.RLock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._tracking, name)
-        if not callable(attr):
-            return attr
-
-        @functools.wraps(attr)
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attr(*args, **kwargs)
-        return locked
-
-
 def _resolve_lm(lm: LMSource, settings: Settings) -> dspy.BaseLM:
     if isinstance(lm, dspy.BaseLM):
         return lm
@@ -361,23 +343,51 @@ def _resolve_lm(lm: LMSource, settings: Settings) -> dspy.BaseLM:
     return build_lm(settings)
 
 
+def _snapshots(memory: EpisodicMemory, user_ids: list[str],
+               chunk: int) -> Iterator[tuple[str, UserSnapshot | Exception, float]]:
+    """``(user, snapshot or the error, seconds of its share of the read)``, one store read per ``chunk`` users."""
+    for start in range(0, len(user_ids), chunk):
+        ids = user_ids[start:start + chunk]
+        mark = time.perf_counter()
+        try:
+            found: dict[str, UserSnapshot] | Exception = memory.snapshots(ids)
+        except Exception as exc:  # noqa: BLE001 (the store failed: these users fail, the next chunk retries)
+            found = exc
+        share = (time.perf_counter() - mark) / len(ids)
+        for uid in ids:
+            if isinstance(found, Exception):
+                yield uid, found, share
+            else:
+                yield uid, found.get(uid) or UnknownUserError(uid), share
+
+
 def _run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory,
                  tracking: Tracking, lm: LMSource, settings: Settings, workers: int, resume: bool,
-                 on_done: Callable[[UserReport], None]) -> None:
+                 on_done: Callable[[UserReport], None], read_chunk: int = 64) -> None:
+    """Users' snapshots are read ``read_chunk`` at a time (one store read each) ahead of the workers."""
     if not user_ids:
         return
     model = _resolve_lm(lm, settings)
-    if tracking.tracking_uri.startswith("sqlite:"):
-        tracking = _OneCallAtATime(tracking)  # type: ignore[assignment]
     tracked = _with_tracking(optimizer, tracking)
 
-    def work(uid: str) -> UserReport:
+    def work(uid: str, view: UserSnapshot, read_seconds: float) -> UserReport:
         with dspy.context(lm=model):  # thread-local; dspy.configure is for the main thread only
-            return compile_user(uid, tracked, memory=memory, tracking=tracking, discard_unfinished=resume)
+            return compile_user(uid, tracked, memory=view, tracking=tracking, discard_unfinished=resume,
+                                read_seconds=read_seconds)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="persona-fleet")
+    reads = _snapshots(memory, user_ids, read_chunk)
+    pending: set[Any] = set()
     try:
-        pending = {pool.submit(work, uid) for uid in user_ids}
+        for uid, view, seconds in reads:
+            if isinstance(view, Exception):
+                on_done(_failure(uid, view, timings={"memory": seconds}, seconds=seconds))
+                continue
+            pending.add(pool.submit(work, uid, view, seconds))
+            while len(pending) >= 2 * workers:
+                completed, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    on_done(future.result())
         while pending:
             completed, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in completed:

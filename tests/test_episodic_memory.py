@@ -175,3 +175,17 @@ def test_concurrent_writers_keep_isolation(tmp_path: Path, embedder: OnnxEmbedde
         assert ids == [f"{user}-{i}" for i in range(20)]
     with EpisodicMemory(settings, embedder=embedder) as m:
         assert m.count() == 120 and m.users() == users
+
+
+def test_snapshots_of_many_users_in_one_read_equal_single_snapshots(mem: EpisodicMemory) -> None:
+    mem.add([rec(u, i) for u in ("ann", "ben", "cy") for i in range(4)])
+    many = mem.snapshots(["ann", "cy", "nobody"])
+    assert set(many) == {"ann", "cy"}  # a user with no episodes is left out, not an empty snapshot
+    for user in ("ann", "cy"):
+        one = mem.snapshot(user)
+        assert many[user].history(user) == one.history(user) == mem.history(user)
+        query = "Help me with planning a trip to Kyoto"
+        assert [e.interaction.id for e in many[user].recall(user, query, k=3, before=3.0)] == \
+            [e.interaction.id for e in mem.recall(user, query, k=3, before=3.0)]
+    with pytest.raises(UnknownUserError):
+        many["ann"].history("cy")  # a snapshot answers for its own user only

@@ -103,6 +103,18 @@ def test_one_users_failure_is_recorded_and_the_others_compile(memory, tracking):
     assert "3 failed" in report.format() and "BudgetExceededError" in report.format()
 
 
+def test_users_read_in_chunks_and_an_unknown_one_fails_alone(memory, tracking):
+    users = [f"chunk-{i}" for i in range(5)]
+    for u in users:
+        memory.add(history(u))
+    report = compile_users([*users, "never-ingested"], optimizer(), memory=memory, tracking=tracking,
+                           lm=ScriptedLM(rule), workers=2, progress=False, read_chunk=2)
+    by = {u.user_id: u for u in report.users}
+    assert by["never-ingested"].error_type == "UnknownUserError"
+    assert all(by[u].status == "promoted" and by[u].version == 1 for u in users)
+    assert all(tracking.production_persona(u) for u in users)
+
+
 def test_rerun_skips_unchanged_users_and_registers_nothing_twice(memory, tracking):
     users = ["same-a", "same-b", "same-c"]
     for u in users:

@@ -85,6 +85,21 @@ def test_retried_record_of_one_compile_creates_no_second_run(local):
     assert len(user_runs(local, "reg-u9")) == 1
 
 
+def test_threads_with_their_own_tracking_on_one_sqlite_store_all_record(mlflow_uri, tmp_path):
+    """Each thread's compile is recorded exactly once, as version 1 of its own user, and promoted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> int:
+        return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri).record(
+            result(f"thread-{i}", f"persona of thread {i}", promoted=True))
+
+    with ThreadPoolExecutor(8) as pool:
+        versions = list(pool.map(one, range(16)))
+    assert versions == [1] * 16
+    check = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
+    assert [check.production_persona(f"thread-{i}") for i in range(16)] == [f"persona of thread {i}" for i in range(16)]
+
+
 def test_run_holds_tags_params_metrics_and_persona_artifacts(tracking):
     compiled = result("reg-u10", "line one\nline two\n", promoted=True)
     version = tracking.record(compiled)

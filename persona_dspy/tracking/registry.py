@@ -94,18 +94,17 @@ class PersonaRegistry:
     def register(self, user_id: str, text: str, *, commit_message: str, tags: dict[str, str]) -> PersonaVersion:
         """A new immutable version with alias ``candidate``; the same text as the latest is not registered twice."""
         name = prompt_name(user_id)
-        versions = self.history(user_id)
-        if versions and versions[-1].text == text:
-            latest = versions[-1]
-        else:
+        latest = self.get(user_id, CANDIDATE)  # the latest registered version (register moves it there)
+        if latest is None or latest.text != text:
             pv = self.client.register_prompt(name=name, template=text, commit_message=commit_message,
                                              tags={"user_id": user_id, **tags})
             latest = self._version(user_id, pv)
-        self.client.set_prompt_alias(name, CANDIDATE, latest.version)
+            self.client.set_prompt_alias(name, CANDIDATE, latest.version)
         return latest
 
-    def promote(self, user_id: str, version: int) -> None:
-        if self.get(user_id, version) is None:
+    def promote(self, user_id: str, version: int, *, exists: bool = False) -> None:
+        """Move ``production`` to ``version`` (checked to exist unless the caller just registered it)."""
+        if not exists and self.get(user_id, version) is None:
             raise PersonaNotFoundError(f"user {user_id!r} has no persona version {version}; nothing was moved. "
                                        f"See `persona-dspy personas history {user_id}`.")
         self.client.set_prompt_alias(prompt_name(user_id), PRODUCTION, version)

@@ -1,8 +1,9 @@
 """Tracking: every compile is an MLflow run, every persona version is in the prompt registry.
 
-Order of writes for one compile: run (params, metrics, persona texts and diff, in few batched
-calls) -> registered version with alias ``candidate`` -> alias ``production`` only if the gate
-passed. A store failure raises ``TrackingUnavailableError`` before ``production`` moves and keeps
+Order of writes for one compile: run and its artifacts (persona texts, critiques, diff) ->
+registered version with alias ``candidate`` -> alias ``production`` only if the gate passed ->
+params, metrics and tags in one batch (``persona_version`` marks the run as recorded) -> run
+finished. A store failure raises ``TrackingUnavailableError`` before ``production`` moves and keeps
 the compile in ``<state_dir>/pending/`` for ``sync_pending``; runs carry a deterministic
 ``compile_id`` so a retried record never creates a second run.
 """
@@ -52,8 +53,23 @@ def _sqlite_wal(db: Path) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
+_SQLITE_LOCKS: dict[str, threading.RLock] = {}
+_SQLITE_GUARD = threading.Lock()
+
+
+def _writer_lock(tracking_uri: str) -> contextlib.AbstractContextManager[Any]:
+    """One lock per sqlite file, for every ``Tracking`` of the process: sqlite has one writer, and
+    threads queueing on its file lock drain MLflow's connection pool ("QueuePool limit ... reached").
+    A tracking server or a database server takes concurrent clients: no lock."""
+    if not tracking_uri.startswith("sqlite:"):
+        return contextlib.nullcontext()
+    with _SQLITE_GUARD:
+        return _SQLITE_LOCKS.setdefault(tracking_uri, threading.RLock())
+
+
 class Tracking:
-    """One MLflow experiment per project; runs, persona registry, rollback. Thread-safe; no I/O in ``__init__``."""
+    """One MLflow experiment per project; runs, persona registry, rollback. Thread-safe (calls on one sqlite
+    store run one at a time); no I/O in ``__init__``."""
 
     def __init__(self, settings: Settings | None = None, *, tracking_uri: str | None = None,
                  experiment: str | None = None, trace: bool = False) -> None:
@@ -70,8 +86,10 @@ class Tracking:
     # -- connection ---------------------------------------------------------------------------
     @contextmanager
     def _store(self, doing: str) -> Iterator[MlflowClient]:
+        """The client, under the store's writer lock (sqlite); store failures become ours."""
         try:
-            yield self.client
+            with _writer_lock(self.tracking_uri):
+                yield self.client
         except (PersonaNotFoundError, TrackingUnavailableError):
             raise
         except _STORE_ERRORS as exc:
@@ -255,9 +273,6 @@ class Tracking:
                 return int(done.data.tags["persona_version"])
             run_id = self._open_runs.get(result.user_id) or client.create_run(
                 exp_id, run_name=f"{result.optimizer}:{result.user_id}", tags=_user_tags(result.user_id)).info.run_id
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=_metrics(result, now), params=_params(result),
-                             tags=[RunTag(k, v) for k, v in _run_tags(result, cid).items()])
             with tempfile.TemporaryDirectory(prefix="persona_dspy_run_") as tmp:
                 _write_artifacts(result, Path(tmp))
                 client.log_artifacts(run_id, tmp)
@@ -273,9 +288,11 @@ class Tracking:
                     promote = False
                     client.set_tag(run_id, "promotion_skipped", "production moved while the result was pending")
             if promote:
-                self.registry.promote(result.user_id, version.version)
-            client.log_batch(run_id, tags=[RunTag("persona_version", str(version.version)),
-                                           RunTag("promoted", str(promote).lower())])
+                self.registry.promote(result.user_id, version.version, exists=True)
+            # one batch for everything the run shows; persona_version marks the run as recorded
+            tags = {**_run_tags(result, cid), "persona_version": str(version.version), "promoted": str(promote).lower()}
+            client.log_batch(run_id, metrics=_metrics(result, int(time.time() * 1000)), params=_params(result),
+                             tags=[RunTag(k, v) for k, v in tags.items()])
             client.set_terminated(run_id, "FINISHED")
         return version.version
 
