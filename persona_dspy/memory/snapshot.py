@@ -25,8 +25,6 @@ class UserSnapshot:
         self.vectors = vectors[order] if len(order) else np.zeros((0, vectors.shape[1] if vectors.ndim == 2 else 0))
         self.timestamps = np.array([it.timestamp for it in self.interactions], dtype=np.float64)
         self.embedder = embedder
-        # a compile's queries are the user's own stored inputs: their vectors are already here
-        self._stored = {it.input: i for i, it in enumerate(self.interactions)}
 
     def __deepcopy__(self, memo: dict) -> "UserSnapshot":
         return self
@@ -47,14 +45,9 @@ class UserSnapshot:
         end = self._upto(before)
         if end == 0 or k <= 0:
             return []
-        scores = self.vectors[:end] @ self.query_vector(query)
+        scores = self.vectors[:end] @ self.embedder.embed_one(query)
         top = np.argsort(-scores, kind="stable")[:k]
         return [Episode(interaction=self.interactions[i], score=float(scores[i])) for i in top]
-
-    def query_vector(self, query: str) -> np.ndarray:
-        """The stored vector of an identical stored input (what the embedder would return), else embed."""
-        index = self._stored.get(query)
-        return self.vectors[index] if index is not None else self.embedder.embed_one(query)
 
     def recent(self, user_id: str, n: int, before: float | None = None) -> list[Interaction]:
         self._check(user_id)
