@@ -82,7 +82,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     settings = _settings(args)
     users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
     optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 max_lm_calls=args.max_lm_calls, tracking=Tracking(settings, trace=args.trace))
+                                 patience=args.patience or None, max_lm_calls=args.max_lm_calls,
+                                 tracking=Tracking(settings, trace=args.trace))
     report = compile_users(users, optimizer, settings=settings, workers=args.workers, backend=args.backend,
                            resume=args.resume, verbose=args.verbose)
     print(report.format())
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--n-recent", type=int, default=3)
     fleet.add_argument("--iterations", type=int, default=3)
     fleet.add_argument("--n-val", type=int, default=2)
+    fleet.add_argument("--patience", type=int, default=1,
+                       help="stop after this many iterations without a better replay (0: never)")
     fleet.add_argument("--max-lm-calls", type=int, default=40, help="per-user budget")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")
     fleet.set_defaults(func=cmd_compile)

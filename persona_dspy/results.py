@@ -33,6 +33,7 @@ class CompileResult(BaseModel):
     val_score_candidate: float | None = None
     promoted: bool = False
     reason: str = ""
+    stopped: str = Field("", description="why the alignment loop ended (early stop or iterations done)")
     lm_calls: int = 0
     tokens: int = 0
     wall_time: float = 0.0

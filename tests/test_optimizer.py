@@ -140,3 +140,63 @@ def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, emb
         prompts_by_mode.append(lm.prompts)
     assert prompts_by_mode[0] == prompts_by_mode[1]
     assert "SECRET-ANSWER-other" not in str(prompts_by_mode[0])
+
+
+# -- early stopping: the replay that starts an iteration judges the previous update ------------------
+
+def rating_history(user_id: str, outputs: list[str]) -> UserHistory:
+    items = [Interaction(user_id=user_id, id=f"m{i}", input=f"movie: Film {i} (1999) genres: Drama", output=out,
+                         timestamp=100.0 + i, task="movielens_rating") for i, out in enumerate(outputs)]
+    return UserHistory(user_id=user_id, interactions=tuple(items))
+
+
+def compile_with(memory, history, rule_fn, persona=DEFAULT_PERSONA, **kw):
+    memory.add(history.interactions)
+    lm = ScriptedLM(rule_fn)
+    student = PersonaAgent("movielens_rating", user_id=history.user_id, memory=memory, persona=persona)
+    with dspy.context(lm=lm):
+        compiled = PersonaOptimizer(**{"n_recent": 3, "iterations": 3, "n_val": 2, **kw}).compile(
+            student, trainset=history)
+    return compiled.compile_result, lm
+
+
+def deaf(messages):
+    """The agent answers HIGH whatever its persona says: updates never change a replay."""
+    answer = rule(messages)
+    return {"answer": "4.0"} if isinstance(answer, dict) and "answer" in answer else answer
+
+
+def test_a_plateau_stops_after_patience_and_the_gate_still_runs(memory):
+    result, lm = compile_with(memory, rating_history("flat", ["1.0"] * 6), deaf)
+    assert [s.train_score for s in result.steps] == [result.steps[0].train_score] * 2 < [1.0] * 2
+    assert "patience 1" in result.stopped and result.candidate_persona == NEW_PERSONA
+    assert result.lm_calls == len(lm.prompts) == 3 + 2 + 3 + 2 * 2  # replay, loss+update, replay, gate
+    rewrites = iter(range(100))
+
+    def deaf_rewriting(messages):  # every update writes a new persona, none changes an answer
+        answer = deaf(messages)
+        return answer.replace("</IMPROVED", f" Note {next(rewrites)}.</IMPROVED") if isinstance(answer, str) else answer
+
+    result, lm = compile_with(memory, rating_history("flat2", ["1.0"] * 6), deaf_rewriting, patience=None)
+    assert len(result.steps) == 3 and result.lm_calls == 3 * (3 + 2) + 2 * 2 and "3 iteration" in result.stopped
+
+
+def test_an_update_that_makes_the_replay_worse_is_undone(memory, tracking):
+    # the default persona answers HIGH (4.0): right on 2 of 3; the "harsh" update answers 1.0: worse
+    history = rating_history("worse", ["4.0", "4.0", "4.0", "4.0", "3.0"])
+    memory.add(history.interactions)
+    lm = ScriptedLM(rule)
+    student = PersonaAgent("movielens_rating", user_id="worse", memory=memory)
+    with dspy.context(lm=lm):
+        compiled = PersonaOptimizer(n_recent=3, iterations=3, tracking=tracking).compile(student, trainset=history)
+    result = compiled.compile_result
+    assert result.steps[1].train_score < result.steps[0].train_score < 1.0
+    assert "worse" in result.stopped and result.candidate_persona == DEFAULT_PERSONA == compiled.persona
+    assert result.lm_calls == 3 + 2 + 3 and not result.promoted  # no gate: the persona did not change
+    assert tracking.production_persona("worse") in (None, DEFAULT_PERSONA)
+
+
+def test_an_update_that_returns_the_same_persona_ends_the_loop(memory):
+    result, lm = compile_with(memory, rating_history("same", ["4.0"] * 6), rule, persona=NEW_PERSONA)
+    assert len(result.steps) == 1 and result.steps[0].updated_persona == NEW_PERSONA
+    assert "unchanged" in result.stopped and result.lm_calls == 3 + 2

@@ -18,6 +18,9 @@ from persona_dspy.errors import LMOutputError
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
 from persona_dspy.results import CompileResult, Step
 
+SCORE_TOLERANCE = 1e-9
+"""Replay scores closer than this are equal (means of per-interaction scores)."""
+
 MIN_LEAK_CHARS = 12
 """Replayed answers at least this long are redacted from a rewritten persona (no memorized answers)."""
 
@@ -25,21 +28,32 @@ MIN_LEAK_CHARS = 12
 class PersonaOptimizer(GatedPersonaOptimizer):
     """``PersonaOptimizer(n_recent=3, iterations=3).compile(agent, trainset=history) -> PersonaAgent``.
 
-    Cost per iteration: ``n_recent`` replays + 1 loss + 1 update; an iteration whose replay already
-    matches every answer stops the loop. The gate adds ``2 * n_val`` replays when the persona changed.
+    Cost per iteration: ``n_recent`` replays + 1 loss + 1 update, and the gate adds ``2 * n_val``
+    replays when the persona changed: ``iterations * (n + 2) + 2 * n_val`` at most. The replay that
+    starts an iteration also judges the previous update, so the loop stops early, for free:
+
+    - every replayed answer matches the user: nothing left to learn from this batch;
+    - the update made the replay worse than the best persona so far: that step is undone, the
+      candidate is the best persona;
+    - ``patience`` iterations in a row without a better replay (default 1; ``None``: never);
+    - the update returned the persona unchanged (its replay would be the same).
+
+    ``result.stopped`` says which.
     """
 
     name = "PersonaOptimizer"
 
-    def __init__(self, n_recent: int = 3, iterations: int = 3, **kwargs: Any) -> None:
+    def __init__(self, n_recent: int = 3, iterations: int = 3, *, patience: int | None = 1, **kwargs: Any) -> None:
         super().__init__(n_recent, **kwargs)
         if iterations < 1:
             raise ValueError("iterations must be >= 1")
-        self.iterations = iterations
+        if patience is not None and patience < 1:
+            raise ValueError("patience must be >= 1 or None")
+        self.iterations, self.patience = iterations, patience
 
     @property
     def params(self) -> dict[str, Any]:
-        return {**super().params, "iterations": self.iterations}
+        return {**super().params, "iterations": self.iterations, "patience": self.patience}
 
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
         from persona_dspy.lm.textgrad_engine import DSPyEngine
@@ -53,6 +67,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                        f"Keep the task's output contract: {agent.task.contract()}"]
         optimizer = ops.tgd_optimizer(persona, engine, constraints)
         loss_fn = ops.PreferenceLoss(engine, agent.task.contract(), agent.task.kind)
+        best_score, best_persona, stale = -1.0, persona.value, 0
         bar = tqdm(range(self.iterations), desc=f"align {agent.user_id}", disable=not self.progress, leave=False)
         for i in bar:
             agent.persona = persona.value
@@ -60,8 +75,18 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             step = Step(iteration=i + 1, persona=persona.value, train_score=score, predictions=preds)
             result.steps.append(step)
             bar.set_postfix(score=f"{score:.2f}")
+            if score < best_score - SCORE_TOLERANCE:
+                result.stopped = (f"the update of iteration {i} made the replay worse ({score:.3f} < {best_score:.3f}); "
+                                  "the candidate is the best persona replayed")
+                return best_persona
+            stale = stale + 1 if i and score <= best_score + SCORE_TOLERANCE else 0
+            best_score, best_persona = score, persona.value
             if score >= 1.0:
-                break  # every replayed answer matches the user: nothing to learn from this batch
+                result.stopped = f"every replayed answer matched the user (iteration {i + 1})"
+                return persona.value
+            if self.patience is not None and stale >= self.patience:
+                result.stopped = f"no better replay for {stale} iteration(s) (patience {self.patience})"
+                return persona.value
             budget.reserve(2, f"iteration {i + 1} loss and update")
             optimizer.zero_grad()
             cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
@@ -70,6 +95,10 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             step.loss = loss.value
             loss.backward(engine)
             step.updated_persona = self._step(optimizer, persona, engine, train)
+            if step.updated_persona == step.persona:
+                result.stopped = f"the update of iteration {i + 1} left the persona unchanged"
+                return persona.value
+        result.stopped = f"{self.iterations} iteration(s) done"
         return persona.value
 
     def _step(self, optimizer: Any, persona: Any, engine: Any, train: list[Interaction]) -> str:

@@ -400,6 +400,7 @@ def _user_tags(user_id: str) -> dict[str, str]:
 def _run_tags(result: CompileResult, cid: str) -> dict[str, str]:
     return {**_user_tags(result.user_id), "optimizer": result.optimizer, "compile_id": cid,
             "data_watermark": str(result.data_watermark), "gate": result.reason[:5000],
+            "stopped": result.stopped[:5000],
             "mlflow.runName": f"{result.optimizer}:{result.user_id}"}
 
 
