@@ -1,6 +1,6 @@
 """Cost of one persona compile on the embedded model: PersonaOptimizer next to a naive TextGrad loop.
 
-    python benchmarks/optimizer_cost.py --users 2            # ~15-25 min on 2 idle cores
+    python benchmarks/optimizer_cost.py --users 6 --naive-users 2     # ~30-40 min on 2 idle cores
 
 Naive loop (what TextGrad's README does, per iteration): for each of the n replayed interactions a
 ``tg.BlackboxLLM`` answer with the persona as system prompt and a ``tg.TextLoss`` against the user's
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,92 +68,112 @@ def gate_score(agent: PersonaAgent, persona: str, val) -> float:
     return sum(scores) / len(scores)
 
 
+def ours(agent: PersonaAgent, history, lm, args, patience: int | None) -> dict:
+    """One PersonaOptimizer compile; its cost and its gate score."""
+    opt = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val, patience=patience,
+                           max_lm_calls=None)
+    _, val = opt.split(history.user_id, history)
+    with dspy.context(lm=lm):
+        res = opt.compile(agent, trainset=history).compile_result
+        gate = res.val_score_candidate if res.val_score_candidate is not None else gate_score(
+            agent, res.candidate_persona, val)
+    gate_calls = 2 * len(val) if res.val_score_candidate is not None else 0
+    steps = max(1, len(res.steps))
+    return {"iterations_run": len(res.steps), "calls": res.lm_calls, "tokens": res.tokens, "seconds": res.wall_time,
+            "gate_calls": gate_calls, "gate_score": gate, "production_gate_score": res.val_score_production,
+            "promoted": res.promoted, "stopped": res.stopped, "calls_per_iter": (res.lm_calls - gate_calls) / steps,
+            "tokens_per_iter": res.tokens / steps, "seconds_per_iter": res.wall_time / steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--users", type=int, default=2)
+    parser.add_argument("--users", type=int, default=6, help="bundled users compiled by PersonaOptimizer")
+    parser.add_argument("--naive-users", type=int, default=2,
+                        help="of those, how many also run the naive loop and PersonaOptimizer with patience=None")
     parser.add_argument("--n-recent", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--n-val", type=int, default=2)
-    parser.add_argument("--only", help="comma-separated user ids: measure these, keep the other saved rows")
     args = parser.parse_args()
 
     lm = build_lm(Settings())
     out = ROOT / "benchmarks" / "results" / "optimizer_cost.json"
-    saved = {r["user"]: r for r in json.loads(out.read_text())} if args.only and out.exists() else {}
-    users = load_sample_users()[: args.users]
-    if args.only:
-        users = [h for h in load_sample_users() if h.user_id in args.only.split(",")]
-    for history in users:
+    rows = []
+    for index, history in enumerate(load_sample_users()[: args.users]):
         with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_cost")) as memory:
             memory.add(history.interactions)
             agent = PersonaAgent(history.task, user_id=history.user_id, memory=memory)
-            opt = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                   max_lm_calls=None)
-            train, val = opt.split(history.user_id, history)
-            with dspy.context(lm=lm):
-                with dspy.track_usage() as usage:
+            row: dict = {"user": history.user_id, "ours": ours(agent, history, lm, args, patience=1)}
+            if index < args.naive_users:
+                train, val = PersonaOptimizer(n_recent=args.n_recent, n_val=args.n_val).split(history.user_id, history)
+                with dspy.context(lm=lm), dspy.track_usage() as usage:
                     started = time.perf_counter()
                     try:
                         naive_persona = naive_iteration(agent, train, agent.persona)
                     except IndexError:  # stock TGD: the small model's answer had no <IMPROVED_VARIABLE> tags
                         naive_persona = None
                     naive_seconds = time.perf_counter() - started
-                naive_calls, naive_tokens = usage_totals(usage)
-                naive_gate = gate_score(agent, naive_persona, val) if naive_persona else None
-                compiled = opt.compile(agent, trainset=history)
-                res = compiled.compile_result
-                ours_gate = res.val_score_candidate if res.val_score_candidate is not None else gate_score(
-                    agent, res.candidate_persona, val)
-        row = {"user": history.user_id, "naive_calls_per_iter": naive_calls, "naive_tokens_per_iter": naive_tokens,
-               "naive_seconds_per_iter": naive_seconds, "naive_gate_score": naive_gate,
-               "ours_iterations_run": len(res.steps), "ours_calls_total": res.lm_calls,
-               "ours_tokens_total": res.tokens, "ours_seconds_total": res.wall_time,
-               "ours_gate_calls": 2 * len(val) if res.val_score_candidate is not None else 0,
-               "ours_gate_score": ours_gate, "production_gate_score": res.val_score_production,
-               "promoted": res.promoted}
-        gate_calls = row["ours_gate_calls"]
-        per_iter = max(1, len(res.steps))
-        row["ours_calls_per_iter"] = (res.lm_calls - gate_calls) / per_iter
-        row["ours_tokens_per_iter"] = res.tokens / per_iter
-        row["ours_seconds_per_iter"] = res.wall_time / per_iter
-        saved[row["user"]] = row
+                calls, tokens = usage_totals(usage)
+                with dspy.context(lm=lm):
+                    naive_gate = gate_score(agent, naive_persona, val) if naive_persona else None
+                row["naive"] = {"calls_per_iter": calls, "tokens_per_iter": tokens, "seconds_per_iter": naive_seconds,
+                                "gate_score": naive_gate}
+                row["no_early_stop"] = ours(agent, history, lm, args, patience=None)
+        rows.append(row)
         print(json.dumps(row), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(list(saved.values()), indent=1))
+        out.write_text(json.dumps(rows, indent=1))
 
-    rows = list(saved.values())
-
-    def mean(key: str) -> float:
-        values = [r[key] for r in rows if r[key] is not None]
+    def mean(variant: str, key: str, subset: list[dict] | None = None) -> float:
+        values = [r[variant][key] for r in (subset or rows) if variant in r and r[variant][key] is not None]
         return sum(values) / len(values) if values else float("nan")
 
+    paired = [r for r in rows if "naive" in r]
+    calls = sorted(r["ours"]["calls"] for r in rows)
     table = [
-        "| | naive TextGrad (1 iteration) | PersonaOptimizer (per iteration) | PersonaOptimizer (whole compile, gate included) |",
-        "|---|---|---|---|",
-        f"| LM calls | {mean('naive_calls_per_iter'):.1f} | {mean('ours_calls_per_iter'):.1f} | {mean('ours_calls_total'):.1f} |",
-        f"| tokens | {mean('naive_tokens_per_iter'):.0f} | {mean('ours_tokens_per_iter'):.0f} | {mean('ours_tokens_total'):.0f} |",
-        f"| wall time (s) | {mean('naive_seconds_per_iter'):.0f} | {mean('ours_seconds_per_iter'):.0f} | {mean('ours_seconds_total'):.0f} |",
-        f"| gate score of the candidate (held-back) | {mean('naive_gate_score'):.3f} | | {mean('ours_gate_score'):.3f} |",
+        f"| | naive TextGrad (1 iteration) | PersonaOptimizer patience=None, per iteration | "
+        f"PersonaOptimizer, per replayed iteration | PersonaOptimizer, whole compile, gate included |",
+        "|---|---|---|---|---|",
+        f"| users | {len(paired)} | {len(paired)} | {len(rows)} | {len(rows)} |",
+        f"| LM calls | {mean('naive', 'calls_per_iter'):.1f} | {mean('no_early_stop', 'calls_per_iter'):.1f} | "
+        f"{mean('ours', 'calls_per_iter'):.1f} | {mean('ours', 'calls'):.1f} (median {statistics.median(calls):.0f}, "
+        f"max {calls[-1]}) |",
+        f"| tokens | {mean('naive', 'tokens_per_iter'):.0f} | {mean('no_early_stop', 'tokens_per_iter'):.0f} | "
+        f"{mean('ours', 'tokens_per_iter'):.0f} | {mean('ours', 'tokens'):.0f} |",
+        f"| wall time (s) | {mean('naive', 'seconds_per_iter'):.0f} | {mean('no_early_stop', 'seconds_per_iter'):.0f} | "
+        f"{mean('ours', 'seconds_per_iter'):.0f} | {mean('ours', 'seconds'):.0f} |",
+        f"| gate score of the candidate (held-back), the {len(paired)} paired users | "
+        f"{mean('naive', 'gate_score'):.3f} | {mean('no_early_stop', 'gate_score'):.3f} | | "
+        f"{mean('ours', 'gate_score', paired):.3f} |",
     ]
-    per_user = ["| user | naive calls / tokens / s | ours iterations | ours calls / tokens / s (total) | gate: production / naive / ours | promoted |",
+    per_user = ["| user | naive calls / tokens / s | patience=None: iterations, calls / tokens / s, gate | "
+                "PersonaOptimizer: iterations, calls / tokens / s, gate (production) | promoted | why the loop stopped |",
                 "|---|---|---|---|---|---|"]
     for r in rows:
-        prod = "-" if r["production_gate_score"] is None else f"{r['production_gate_score']:.3f}"
-        naive = "failed (no tags)" if r["naive_gate_score"] is None else f"{r['naive_gate_score']:.3f}"
-        per_user.append(f"| {r['user']} | {r['naive_calls_per_iter']} / {r['naive_tokens_per_iter']} / "
-                        f"{r['naive_seconds_per_iter']:.0f} | {r['ours_iterations_run']} | {r['ours_calls_total']} / "
-                        f"{r['ours_tokens_total']} / {r['ours_seconds_total']:.0f} | {prod} / "
-                        f"{naive} / {r['ours_gate_score']:.3f} | {r['promoted']} |")
+        o = r["ours"]
+        naive, full = "-", "-"
+        if "naive" in r:
+            n, f = r["naive"], r["no_early_stop"]
+            score = "failed (no tags)" if n["gate_score"] is None else f"gate {n['gate_score']:.3f}"
+            naive = f"{n['calls_per_iter']} / {n['tokens_per_iter']} / {n['seconds_per_iter']:.0f}, {score}"
+            full = f"{f['iterations_run']}, {f['calls']} / {f['tokens']} / {f['seconds']:.0f}, {f['gate_score']:.3f}"
+        prod = "-" if o["production_gate_score"] is None else f"{o['production_gate_score']:.3f}"
+        per_user.append(f"| {r['user']} | {naive} | {full} | {o['iterations_run']}, {o['calls']} / {o['tokens']} / "
+                        f"{o['seconds']:.0f}, {o['gate_score']:.3f} ({prod}) | {o['promoted']} | {o['stopped']} |")
     body = "\n".join([
         f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M, 2 cores), bundled MovieLens users, n_recent={args.n_recent}, "
-        f"iterations={args.iterations}, n_val={args.n_val}; both loops measured in the same run.",
-        "Rerun: `python benchmarks/optimizer_cost.py --users 2` (results in `benchmarks/results/optimizer_cost.json`).",
+        f"iterations={args.iterations}, n_val={args.n_val}, patience=1; the naive loop and PersonaOptimizer with "
+        f"patience=None (no plateau stop) on the first {len(paired)} users, in the same run.",
+        f"Rerun: `python benchmarks/optimizer_cost.py --users {args.users} --naive-users {args.naive_users}` "
+        "(results in `benchmarks/results/optimizer_cost.json`).",
         "", *table, "", *per_user, "",
-        "PersonaOptimizer's cost is `iterations x (n + 2)` + `2 x n_val` for the gate at most (3 x 5 + 4 = 19 at "
-        "the defaults); an iteration whose replay already matches every answer stops the loop. The naive loop "
-        "costs `4n + 1` = 13 per iteration (39 for 3 iterations) before any gate. \"failed (no tags)\": the "
-        "stock TGD step raised because the 1.5B model's answer had no `<IMPROVED_VARIABLE>` tags; PersonaOptimizer "
-        "accepts a tag-less answer that follows its persona constraint and retries once otherwise.",
+        "PersonaOptimizer costs `iterations x (n + 2)` + `2 x n_val` for the gate at most (3 x 5 + 4 = 19 at these "
+        "settings); the replay that starts each iteration also judges the previous update, so the loop stops "
+        "without extra calls when every answer matches, when an update made the replay worse (the step is undone), "
+        "after `patience` iterations without a better replay, or when an update leaves the persona unchanged; no "
+        "gate runs when the candidate is the production persona. The naive loop costs `4n + 1` = 13 per iteration "
+        "(39 for 3 iterations) before any gate. \"failed (no tags)\": the stock TGD step raised because the 1.5B "
+        "model's answer had no `<IMPROVED_VARIABLE>` tags; PersonaOptimizer accepts a tag-less answer that follows "
+        "its persona constraint and retries once otherwise.",
     ])
     replace_section(ROOT / "BENCHMARKS.md", "## Optimizer cost (PersonaOptimizer vs naive TextGrad)", body)
 
