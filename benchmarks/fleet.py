@@ -105,16 +105,16 @@ class PrecomputedEmbedder(OnnxEmbedder):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: dict[str, object] = {}
+        self._vectors: dict[str, object] = {}
 
     def embed(self, texts):  # type: ignore[override]
         import numpy as np
 
-        todo = sorted({t for t in texts if t not in self._cache})
+        todo = sorted({t for t in texts if t not in self._vectors})
         for start in range(0, len(todo), 256):
             batch = todo[start:start + 256]
-            self._cache.update(zip(batch, super().embed(batch)))
-        return np.stack([self._cache[t] for t in texts])
+            self._vectors.update(zip(batch, super().embed(batch)))
+        return np.stack([self._vectors[t] for t in texts])
 
 
 # -- measurements ---------------------------------------------------------------------------------
