@@ -17,7 +17,7 @@ one run + one registered version + aliases per user).
    medians (memory read, tracking, compile).
 3. Profile: ``--profile-users`` users compiled in the main thread under cProfile; self time grouped
    by package into memory / MLflow / TextGrad / DSPy / other, scaled to the unprofiled time.
-4. Ray: ``--ray-users`` users on a local cluster (``num_cpus=--workers``), histories shipped to the
+4. Ray: ``--ray-users`` users on a local cluster (``num_cpus=--workers``), snapshots shipped to the
    tasks (embedded Qdrant is single-process), MLflow on the same sqlite file.
 
 Prints a markdown report (for BENCHMARKS.md). LM calls per user depend on the optimizer
@@ -215,7 +215,7 @@ def zero_latency(args: argparse.Namespace, root: Path) -> str:
         p = phases(ray_report)
         n = len(ray_report.users)
         task_seconds = sum(u.seconds for u in ray_report.users)
-        rows.append(f"| ray (local, histories shipped) | {n} | {args.workers} | {wall:.0f} | {3600 * n / wall:.0f} | "
+        rows.append(f"| ray (local, snapshots shipped) | {n} | {args.workers} | {wall:.0f} | {3600 * n / wall:.0f} | "
                     f"{3600 * n / task_seconds:.0f} (per task-second) | {1000 * task_seconds / n:.0f} (task wall) | "
                     f"{ray_report.lm_calls / max(1, n):.1f} | "
                     f"{p['memory']:.3f} / {p['tracking']:.3f} / {p['compile']:.3f} | {len(ray_report.failed)} |")

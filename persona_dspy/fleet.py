@@ -18,14 +18,15 @@ Idempotence and resumption, at two levels:
 Backends:
 
 - ``threads``: a ``ThreadPoolExecutor``; each thread runs its compiles under ``dspy.context(lm=...)``
-  (thread-local). Threads help LM-bound compiles against an API LM. The embedded model is one
+  (thread-local) on its user's snapshot, read ahead ``read_chunk`` users per store read. Threads help LM-bound compiles against an API LM. The embedded model is one
   in-process llama.cpp engine whose calls are serialized by its own lock, and embedded Qdrant
   serializes its calls too: with the embedded defaults threads do not speed a fleet up.
 - ``ray``: one Ray task per user, each against a Qdrant server URL and an MLflow tracking URI from
   ``Settings``. Embedded Qdrant is single-process, so a Ray run pointed at a folder or ``:memory:``
-  fails before Ray starts, unless ``ship_histories=True``: then the driver reads each history and
-  ships it to the task, which answers from a private ``:memory:`` store holding that user only
-  (for tests and benchmarks on one machine; production fleets read Qdrant by URL).
+  fails before Ray starts, unless ``ship_histories=True``: then the driver reads the users'
+  snapshots (episodes and their vectors, in chunks as the threads do) and ships each to its task,
+  which answers from it (for tests and benchmarks on one machine; production fleets read Qdrant
+  by URL).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import copy
 import fcntl
 import hashlib
 import json
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -316,7 +316,7 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
                                  workers=workers, resume=resume, on_done=finished, read_chunk=read_chunk)
                 else:
                     _run_ray(todo, optimizer, memory=memory, settings=settings, lm=lm, workers=workers, resume=resume,
-                             ship_histories=ship_histories, on_done=finished)
+                             ship_histories=ship_histories, on_done=finished, read_chunk=read_chunk)
             finally:
                 bar.close()
     finally:
@@ -403,11 +403,11 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _ray_compile_user(user_id: str, optimizer: GatedPersonaOptimizer, settings: Settings, lm: LMSource,
-                      history: list[Interaction] | None, resume: bool) -> UserReport:
+                      view: UserSnapshot | None, read_seconds: float, resume: bool) -> UserReport:
     """One Ray task: compile ``user_id`` against the stores of ``settings``.
 
-    With ``history`` (shipped by the driver, test/benchmark path) the agent reads a private
-    ``:memory:`` store holding only that user's interactions; otherwise Qdrant at its URL.
+    With ``view`` (the user's snapshot shipped by the driver: test/benchmark path) the compile reads
+    it instead of Qdrant; otherwise Qdrant at its URL.
     """
     key = settings.model_dump_json()
     if _WORKER_STATE.get("key") != key:
@@ -420,26 +420,21 @@ def _ray_compile_user(user_id: str, optimizer: GatedPersonaOptimizer, settings: 
         model = _resolve_lm(lm, settings)
     except Exception as exc:  # noqa: BLE001
         return _failure(user_id, exc)
-    if history is not None:
-        with tempfile.TemporaryDirectory(prefix="persona_fleet_") as tmp:
-            with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp), embedder=state["embedder"]) as memory:
-                mark = time.perf_counter()
-                memory.add(history)
-                with dspy.context(lm=model):
-                    report = compile_user(user_id, _with_tracking(optimizer, tracking), memory=memory,
-                                          tracking=tracking, history=history, discard_unfinished=resume)
-                report.timings["memory"] += time.perf_counter() - mark - report.seconds
-                return report
-    if state["memory"] is None:
-        state["memory"] = EpisodicMemory(settings, embedder=state["embedder"])
+    if view is not None:
+        view.embedder = state["embedder"]
+        memory: EpisodicMemory | UserSnapshot = view
+    else:
+        if state["memory"] is None:
+            state["memory"] = EpisodicMemory(settings, embedder=state["embedder"])
+        memory = state["memory"]
     with dspy.context(lm=model):
-        return compile_user(user_id, _with_tracking(optimizer, tracking), memory=state["memory"], tracking=tracking,
-                            discard_unfinished=resume)
+        return compile_user(user_id, _with_tracking(optimizer, tracking), memory=memory, tracking=tracking,
+                            discard_unfinished=resume, read_seconds=read_seconds)
 
 
 def _run_ray(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory, settings: Settings,
              lm: LMSource, workers: int, resume: bool, ship_histories: bool,
-             on_done: Callable[[UserReport], None]) -> None:
+             on_done: Callable[[UserReport], None], read_chunk: int = 64) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -452,17 +447,21 @@ def _run_ray(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: E
     task = ray.remote(num_cpus=1, max_retries=1)(_ray_compile_user)
     spec = ray.put(_with_tracking(optimizer, None))  # each task records into its own Tracking
     in_flight: dict[Any, str] = {}
-    queue = list(reversed(user_ids))
+    # shipped: the driver reads snapshots in chunks, as the threads backend does; else tasks read Qdrant
+    queue = _snapshots(memory, user_ids, read_chunk) if ship_histories else ((u, None, 0.0) for u in user_ids)
+    pending = True
     try:
-        while queue or in_flight:
-            while queue and len(in_flight) < 2 * workers:  # bounded: histories are shipped as tasks start
-                uid = queue.pop()
-                try:
-                    history = memory.history(uid) if ship_histories else None
-                except Exception as exc:  # noqa: BLE001 (e.g. UnknownUserError: this user fails, not the fleet)
-                    on_done(_failure(uid, exc))
+        while pending or in_flight:
+            while pending and len(in_flight) < 2 * workers:  # bounded: snapshots are shipped as tasks start
+                item = next(queue, None)
+                if item is None:
+                    pending = False
+                    break
+                uid, view, seconds = item
+                if isinstance(view, Exception):  # e.g. UnknownUserError: this user fails, not the fleet
+                    on_done(_failure(uid, view, timings={"memory": seconds}, seconds=seconds))
                     continue
-                in_flight[task.remote(uid, spec, settings, lm, history, resume)] = uid
+                in_flight[task.remote(uid, spec, settings, lm, view, seconds, resume)] = uid
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 uid = in_flight.pop(ref)

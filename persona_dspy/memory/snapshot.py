@@ -29,6 +29,10 @@ class UserSnapshot:
     def __deepcopy__(self, memo: dict) -> "UserSnapshot":
         return self
 
+    def __getstate__(self) -> dict:
+        """Pickled (shipped to a Ray task) without the embedder: the receiver sets its own."""
+        return {**self.__dict__, "embedder": None}
+
     def _check(self, user_id: str) -> None:
         if user_id != self.user_id:
             raise UnknownUserError(user_id, where=f"the snapshot of user {self.user_id!r}")
