@@ -16,7 +16,7 @@ one run + one registered version + aliases per user).
    threads: users/hour (wall), users per CPU-hour (process CPU time: every thread), per-phase
    medians (memory read, tracking, compile).
 3. Profile: ``--profile-users`` users compiled in the main thread under cProfile; self time grouped
-   by package into memory / MLflow / TextGrad / DSPy / other, scaled to the unprofiled time.
+   by package into memory / MLflow / TextGrad / DSPy / other (profiled times: inflated by the profiler).
 4. Ray: ``--ray-users`` users on a local cluster (``num_cpus=--workers``), snapshots shipped to the
    tasks (embedded Qdrant is single-process), MLflow on the same sqlite file.
 

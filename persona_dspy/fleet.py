@@ -18,7 +18,7 @@ Idempotence and resumption, at two levels:
 Backends:
 
 - ``threads``: a ``ThreadPoolExecutor``; each thread runs its compiles under ``dspy.context(lm=...)``
-  (thread-local) on its user's snapshot, read ahead ``read_chunk`` users per store read. Threads help LM-bound compiles against an API LM. The embedded model is one
+  (thread-local) on its user's snapshot, read ahead of the workers in few store reads. Threads help LM-bound compiles against an API LM. The embedded model is one
   in-process llama.cpp engine whose calls are serialized by its own lock, and embedded Qdrant
   serializes its calls too: with the embedded defaults threads do not speed a fleet up.
 - ``ray``: one Ray task per user, each against a Qdrant server URL and an MLflow tracking URI from
@@ -62,6 +62,9 @@ Status = Literal["promoted", "kept", "failed", "skipped"]
 Backend = Literal["threads", "ray"]
 LMSource = dspy.BaseLM | Callable[[], dspy.BaseLM] | None
 """An LM, a zero-argument factory of one (what Ray tasks need: it is pickled), or None for ``build_lm``."""
+
+WHOLE_STORE_USERS = 256
+"""Fleets at least this large read an embedded store in one unfiltered pass (see ``_snapshots``)."""
 
 DONE: frozenset[str] = frozenset({"promoted", "kept", "skipped"})
 """Journal statuses that ``resume`` does not redo (a failure may be transient: it is tried again)."""
@@ -260,15 +263,16 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
                   settings: Settings | None = None, memory: EpisodicMemory | None = None,
                   tracking: Tracking | None = None, lm: LMSource = None, workers: int = 4,
                   backend: Backend = "threads", resume: bool = False, progress: bool = True, verbose: bool = False,
-                  ship_histories: bool = False, read_chunk: int = 64) -> FleetReport:
+                  ship_histories: bool = False, read_chunk: int | None = None) -> FleetReport:
     """Compile the persona of every user in ``users`` (or ``"all"`` users in episodic memory).
 
     ``lm``: an LM object (threads), a zero-argument factory (threads or Ray), or None to build the
     configured one (``build_lm(settings)``). ``optimizer`` defaults to ``PersonaOptimizer()``; it
     records into ``tracking`` (default ``Tracking(settings)``). KeyboardInterrupt cancels the users
     not started; compiles in flight finish, and ``resume=True`` then does only the rest.
-    ``read_chunk``: threads read the episodes of this many users per store read (memory held: their
-    episodes and vectors; embedded Qdrant scans every stored point per read, whatever the chunk).
+    ``read_chunk``: users whose episodes are read per store read (held in memory with their
+    vectors until compiled). Default: 64, or the whole embedded store in one unfiltered read for a
+    fleet of >= ``WHOLE_STORE_USERS`` users (see ``_snapshots``).
     """
     from persona_dspy.optimizers import PersonaOptimizer
 
@@ -344,13 +348,19 @@ def _resolve_lm(lm: LMSource, settings: Settings) -> dspy.BaseLM:
 
 
 def _snapshots(memory: EpisodicMemory, user_ids: list[str],
-               chunk: int) -> Iterator[tuple[str, UserSnapshot | Exception, float]]:
-    """``(user, snapshot or the error, seconds of its share of the read)``, one store read per ``chunk`` users."""
+               chunk: int | None) -> Iterator[tuple[str, UserSnapshot | Exception, float]]:
+    """``(user, snapshot or the error, seconds of its share of the read)``, one store read per ``chunk``
+    users. ``None``: 64 users per filtered read, or, for a fleet of >= ``WHOLE_STORE_USERS`` users on
+    an embedded store, one unfiltered read of the whole store (local mode keeps every point in RAM
+    and tests each against a filter in Python: at 50k points one unfiltered pass costs ~3 filtered
+    reads of 64 users, BENCHMARKS.md)."""
+    whole = chunk is None and memory.embedded and len(user_ids) >= WHOLE_STORE_USERS
+    chunk = max(1, len(user_ids)) if whole else chunk or 64
     for start in range(0, len(user_ids), chunk):
         ids = user_ids[start:start + chunk]
         mark = time.perf_counter()
         try:
-            found: dict[str, UserSnapshot] | Exception = memory.snapshots(ids)
+            found: dict[str, UserSnapshot] | Exception = memory.snapshots(None if whole else ids)
         except Exception as exc:  # noqa: BLE001 (the store failed: these users fail, the next chunk retries)
             found = exc
         share = (time.perf_counter() - mark) / len(ids)
@@ -363,8 +373,8 @@ def _snapshots(memory: EpisodicMemory, user_ids: list[str],
 
 def _run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory,
                  tracking: Tracking, lm: LMSource, settings: Settings, workers: int, resume: bool,
-                 on_done: Callable[[UserReport], None], read_chunk: int = 64) -> None:
-    """Users' snapshots are read ``read_chunk`` at a time (one store read each) ahead of the workers."""
+                 on_done: Callable[[UserReport], None], read_chunk: int | None = None) -> None:
+    """Users' snapshots are read ahead of the workers, ``read_chunk`` users per store read (``_snapshots``)."""
     if not user_ids:
         return
     model = _resolve_lm(lm, settings)
@@ -434,7 +444,7 @@ def _ray_compile_user(user_id: str, optimizer: GatedPersonaOptimizer, settings: 
 
 def _run_ray(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory, settings: Settings,
              lm: LMSource, workers: int, resume: bool, ship_histories: bool,
-             on_done: Callable[[UserReport], None], read_chunk: int = 64) -> None:
+             on_done: Callable[[UserReport], None], read_chunk: int | None = None) -> None:
     try:
         import ray
     except ImportError as exc:

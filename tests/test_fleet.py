@@ -244,3 +244,22 @@ def test_fleet_id_depends_on_params_and_users_not_their_order():
     assert fleet_id(optimizer(), ["a"]) != fleet_id(optimizer(margin=0.5), ["a"])
     assert json.loads(json.dumps(optimizer().params))  # params are what the journal id and the skip compare
     assert os.sep not in fleet_id(optimizer(), ["a/b"])
+
+
+def test_a_large_fleet_on_an_embedded_store_reads_it_whole_once(memory, monkeypatch):
+    from persona_dspy import fleet
+
+    users = [f"whole-{i}" for i in range(4)]
+    for u in users:
+        memory.add(history(u))
+    reads = []
+    real = type(memory).snapshots
+    monkeypatch.setattr(type(memory), "snapshots", lambda self, ids=None: reads.append(ids) or real(self, ids))
+    monkeypatch.setattr(fleet, "WHOLE_STORE_USERS", 3)
+    got = {uid: view for uid, view, _ in fleet._snapshots(memory, [*users, "nobody"], None)}
+    assert reads == [None]  # one unfiltered pass
+    assert all(got[u].history(u) == memory.history(u) for u in users)
+    assert isinstance(got["nobody"], fleet.UnknownUserError)
+    reads.clear()
+    list(fleet._snapshots(memory, users[:2], None))
+    assert reads == [users[:2]]  # a small fleet reads only its users

@@ -191,6 +191,11 @@ class EpisodicMemory:
     def location(self) -> str:
         return self.settings.qdrant_location
 
+    @property
+    def embedded(self) -> bool:
+        """True for a folder or ``:memory:`` (qdrant-client's local mode: every point in RAM, no indexes)."""
+        return _is_local(self._client) if self._client is not None else not self.settings.qdrant_is_server
+
     def _connect(self) -> QdrantClient:
         with self._open_lock:
             if self._client is None:
@@ -348,16 +353,18 @@ class EpisodicMemory:
             raise UnknownUserError(user_id)
         return found[user_id]
 
-    def snapshots(self, user_ids: Iterable[str]) -> dict[str, UserSnapshot]:
-        """``snapshot`` of many users in ONE filtered read; users with no episodes are left out.
+    def snapshots(self, user_ids: Iterable[str] | None = None) -> dict[str, UserSnapshot]:
+        """``snapshot`` of many users in ONE read (``None``: every user, unfiltered); users with no
+        episodes are left out.
 
         What a fleet does per chunk of users: embedded Qdrant tests every stored point against a
-        filter in Python, so one read for 256 users costs about what one read for one user does.
+        filter in Python, so one read for 64 users costs about what one read for one user does.
         """
-        wanted = sorted(set(user_ids))
-        if not wanted:
+        wanted = None if user_ids is None else sorted(set(user_ids))
+        if wanted == []:
             return {}
-        flt = qm.Filter(must=[qm.FieldCondition(key="user_id", match=qm.MatchAny(any=wanted))])
+        flt = None if wanted is None else qm.Filter(
+            must=[qm.FieldCondition(key="user_id", match=qm.MatchAny(any=wanted))])
         points = []
         offset: Any = None
         with self._store() as client:
