@@ -99,7 +99,7 @@ class PersonaRegistry:
             pv = self.client.register_prompt(name=name, template=text, commit_message=commit_message,
                                              tags={"user_id": user_id, **tags})
             latest = self._version(user_id, pv)
-            self.client.set_prompt_alias(name, CANDIDATE, latest.version)
+            self._set_alias(name, CANDIDATE, latest.version)
         return latest
 
     def promote(self, user_id: str, version: int, *, exists: bool = False) -> None:
@@ -107,7 +107,17 @@ class PersonaRegistry:
         if not exists and self.get(user_id, version) is None:
             raise PersonaNotFoundError(f"user {user_id!r} has no persona version {version}; nothing was moved. "
                                        f"See `persona-dspy personas history {user_id}`.")
-        self.client.set_prompt_alias(prompt_name(user_id), PRODUCTION, version)
+        self._set_alias(prompt_name(user_id), PRODUCTION, version)
+
+    def _set_alias(self, name: str, alias: str, version: int) -> None:
+        """``MlflowClient.set_prompt_alias`` without its existence check: that check loads the registered
+        model with every one of its versions (~18 ms per call on sqlite, growing with the user's
+        history, twice per promoted compile), and every caller here has just registered or read the
+        version. The cache invalidation is MlflowClient's."""
+        from mlflow.prompt.registry_utils import PromptCache
+
+        self.client._get_registry_client().set_prompt_alias(name, alias, version)
+        PromptCache.get_instance().delete(name, alias=alias, registry_uri=self.client._registry_uri)
 
     def forget(self, user_id: str) -> int:
         """Delete every persona version of the user; returns how many."""
