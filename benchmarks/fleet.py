@@ -216,7 +216,8 @@ def zero_latency(args: argparse.Namespace, root: Path) -> str:
         n = len(ray_report.users)
         task_seconds = sum(u.seconds for u in ray_report.users)
         rows.append(f"| ray (local, snapshots shipped) | {n} | {args.workers} | {wall:.0f} | {3600 * n / wall:.0f} | "
-                    f"{3600 * n / task_seconds:.0f} (per task-second) | {1000 * task_seconds / n:.0f} (task wall) | "
+                    f"{3600 * n / task_seconds:.0f} (per task-second) | {1000 * task_seconds / n:.0f} (task wall; median "
+                    f"{1000 * median([u.seconds for u in ray_report.users]):.0f}) | "
                     f"{ray_report.lm_calls / max(1, n):.1f} | "
                     f"{p['memory']:.3f} / {p['tracking']:.3f} / {p['compile']:.3f} | {len(ray_report.failed)} |")
         if ray_report.failed:
@@ -262,7 +263,8 @@ def embedded(args: argparse.Namespace, root: Path) -> str:
             f"n_recent={args.n_recent}, iterations={args.iterations}, n_val={args.n_val}), 1 worker:\n\n"
             f"- {wall / n:.1f} s per user ({report.lm_calls / n:.1f} LM calls, {report.tokens / n:.0f} tokens); "
             f"LM share {100 * lm_seconds[0] / wall:.0f}% of the wall time\n"
-            f"- {report.counts()}")
+            f"- {report.counts()}\n\n| user | status | LM calls | tokens | s |\n|---|---|---|---|---|\n"
+            + "\n".join(f"| {u.user_id} | {u.status} | {u.lm_calls} | {u.tokens} | {u.seconds:.0f} |" for u in report.users))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -271,11 +271,18 @@ class Tracking:
             done = self._finished_run(client, exp_id, result.user_id, cid)
             if done is not None:
                 return int(done.data.tags["persona_version"])
-            run_id = self._open_runs.get(result.user_id) or client.create_run(
-                exp_id, run_name=f"{result.optimizer}:{result.user_id}", tags=_user_tags(result.user_id)).info.run_id
+            run_id = self._open_runs.get(result.user_id)
+            artifact_uri = None
+            if run_id is None:
+                info = client.create_run(exp_id, run_name=f"{result.optimizer}:{result.user_id}",
+                                         tags=_user_tags(result.user_id)).info
+                run_id, artifact_uri = info.run_id, info.artifact_uri
             with tempfile.TemporaryDirectory(prefix="persona_dspy_run_") as tmp:
                 _write_artifacts(result, Path(tmp))
-                client.log_artifacts(run_id, tmp)
+                if artifact_uri is None:
+                    client.log_artifacts(run_id, tmp)
+                else:  # what log_artifacts does, minus the get_run it needs to learn the run's artifact URI
+                    get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri).log_artifacts(tmp)
             version = self.registry.register(result.user_id, result.candidate_persona, commit_message=result.reason[:500]
                                              or f"{result.optimizer} compile", tags={
                 "run_id": run_id, "compile_id": cid, "promoted": str(result.promoted).lower(),
