@@ -3,6 +3,7 @@
     python benchmarks/fleet.py [--users 1000 --interactions 50] [--compile-users N] [--workers 2]
                                [--ray-users 40] [--profile-users 20]
     python benchmarks/fleet.py --embedded --users 10      # the embedded model: time per user, LM share
+    python benchmarks/fleet.py --steady-state --users 2000 --interactions 20   # one thread, growing store
 
 Zero-latency mode (default): a scripted LM that answers instantly, so everything measured is the
 framework: DSPy (adapters, modules, usage tracking), TextGrad (variables, loss, TGD), memory
@@ -267,6 +268,38 @@ def embedded(args: argparse.Namespace, root: Path) -> str:
             + "\n".join(f"| {u.user_id} | {u.status} | {u.lm_calls} | {u.tokens} | {u.seconds:.0f} |" for u in report.users))
 
 
+def steady_state(args: argparse.Namespace, root: Path) -> str:
+    """One thread, users compiled in order on one growing MLflow store: CPU ms per user per bucket of
+    ``--bucket`` users (does the per-user cost grow with the number of runs and prompts stored?)."""
+    db = root / "mlflow.db"
+    db.write_bytes(migrated_sqlite(root / "template" / "mlflow.db").read_bytes())
+    settings = Settings(state_dir=root / "state", qdrant=":memory:", mlflow_tracking_uri=f"sqlite:///{db}")
+    tracking = Tracking(settings)
+    optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
+                                 max_lm_calls=None, tracking=tracking)
+    with EpisodicMemory(settings, embedder=PrecomputedEmbedder()) as memory:
+        memory.add(synthetic_users(args.users, args.interactions))
+        views = memory.snapshots(None)
+    queries = OnnxEmbedder()  # what a compile's memory reads embed with (its LRU query cache included)
+    for view in views.values():
+        view.embedder = queries
+    lines = [f"One thread, {args.users} users x {args.interactions} interactions compiled in order into one sqlite "
+             "MLflow store (zero-latency LM):", "", "| users | CPU ms per user | median tracking ms per user |",
+             "|---|---|---|"]
+    cpu, tracking_s = [], []
+    with dspy.context(lm=instant_lm()):
+        for i, uid in enumerate(sorted(views)):
+            mark = time.process_time()
+            report = compile_user(uid, optimizer, memory=views[uid], tracking=tracking)
+            cpu.append(time.process_time() - mark)
+            tracking_s.append(report.timings["tracking"])
+            if (i + 1) % args.bucket == 0 or i + 1 == len(views):
+                lines.append(f"| {i + 2 - len(cpu)}-{i + 1} | {1000 * statistics.mean(cpu):.0f} | "
+                             f"{1000 * median(tracking_s):.0f} |")
+                cpu, tracking_s = [], []
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1000)
@@ -279,10 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--n-val", type=int, default=2)
     parser.add_argument("--embedded", action="store_true", help="use the embedded model (slow: use --users 10)")
+    parser.add_argument("--steady-state", action="store_true",
+                        help="one thread, users in order: CPU ms per user as the MLflow store grows")
+    parser.add_argument("--bucket", type=int, default=250, help="--steady-state: users per row")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="persona_fleet_bench_") as tmp:
-        print(embedded(args, Path(tmp)) if args.embedded else zero_latency(args, Path(tmp)))
+        mode = embedded if args.embedded else steady_state if args.steady_state else zero_latency
+        print(mode(args, Path(tmp)))
     return 0
 
 
