@@ -353,8 +353,8 @@ def _snapshots(memory: EpisodicMemory, user_ids: list[str],
     users. ``None``: 64 users per filtered read, or, for a fleet of >= ``WHOLE_STORE_USERS`` users on
     an embedded store, one unfiltered read of the whole store (local mode keeps every point in RAM
     and tests each against a filter in Python: at 50k points one unfiltered pass costs ~3 filtered
-    reads of 64 users, BENCHMARKS.md). That read holds a second copy of the store's points (local
-    mode already keeps them all in RAM) until the last user is compiled."""
+    reads of 64 users, BENCHMARKS.md). A snapshot is released once handed out; users outside the
+    fleet are dropped right after the read."""
     whole = chunk is None and memory.embedded and len(user_ids) >= WHOLE_STORE_USERS
     chunk = max(1, len(user_ids)) if whole else chunk or 64
     for start in range(0, len(user_ids), chunk):
@@ -365,11 +365,13 @@ def _snapshots(memory: EpisodicMemory, user_ids: list[str],
         except Exception as exc:  # noqa: BLE001 (the store failed: these users fail, the next chunk retries)
             found = exc
         share = (time.perf_counter() - mark) / len(ids)
+        if not isinstance(found, Exception):
+            found = {uid: found[uid] for uid in ids if uid in found}
         for uid in ids:
             if isinstance(found, Exception):
                 yield uid, found, share
             else:
-                yield uid, found.get(uid) or UnknownUserError(uid), share
+                yield uid, found.pop(uid, None) or UnknownUserError(uid), share
 
 
 def _run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory,
