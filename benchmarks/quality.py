@@ -121,7 +121,7 @@ def plot(results: list[dict], path: Path) -> None:
 def write_section(results: list[dict], args, total: float) -> None:
     lines = [f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M) on 2 cores; {args.users} users per data set (one held-out query "
              f"each, the same users for every method); persona+align: n_recent={args.n_recent}, "
-             f"iterations={args.iterations}, gate n_val=2, budget {args.max_lm_calls} LM calls; gepa: same budget. "
+             f"iterations={args.iterations}, patience=1, gate n_val=2, budget {args.max_lm_calls} LM calls; gepa: same budget. "
              f"Total run time {total / 60:.0f} min.",
              "Rerun: `python benchmarks/quality.py --users "
              f"{args.users}` (raw per-case results: `benchmarks/results/quality.json`).", "",
