@@ -65,6 +65,24 @@ def test_promoted_version_loads_back_by_alias(tracking):
     assert set(tracking.history("reg-u1")[-1].aliases) == {CANDIDATE, PRODUCTION}
 
 
+def test_versions_are_mlflow_prompts_with_their_tags_on_the_version_only(tracking):
+    """What MLflow's own API sees: a prompt linked to the experiment, tagged with its user; each
+    version carries its compile's tags; aliases resolve through ``load_prompt``."""
+    v1 = tracking.record(result("reg-prompts", "first words", promoted=True))
+    v2 = tracking.record(result("reg-prompts", "second words", promoted=False))
+    name = prompt_name("reg-prompts")
+    prompt = tracking.client.get_prompt(name)
+    assert prompt.tags.get("user_id") == "reg-prompts"
+    assert not {"run_id", "promoted", "compile_id"} & set(prompt.tags)
+    assert f",{tracking.experiment_id()}," in prompt.tags.get("_mlflow_experiment_ids", "")
+    versions = {v.version: v for v in tracking.history("reg-prompts")}
+    assert (versions[v1].tags["promoted"], versions[v2].tags["promoted"]) == ("true", "false")
+    assert versions[v1].tags["run_id"] != versions[v2].tags["run_id"]
+    assert tracking.client.load_prompt(f"prompts:/{name}@production").template == "first words"
+    assert tracking.client.load_prompt(f"prompts:/{name}@candidate").template == "second words"
+    assert tracking.client.load_prompt(f"prompts:/{name}/{v2}").commit_message == "test"
+
+
 def test_unpromoted_candidate_does_not_move_production(tracking):
     v1 = tracking.record(result("reg-u8", "good", promoted=True))
     v2 = tracking.record(result("reg-u8", "worse", promoted=False))

@@ -91,13 +91,35 @@ class PersonaRegistry:
                 continue
         return found if prompt is not None else {}
 
-    def register(self, user_id: str, text: str, *, commit_message: str, tags: dict[str, str]) -> PersonaVersion:
-        """A new immutable version with alias ``candidate``; the same text as the latest is not registered twice."""
+    def register(self, user_id: str, text: str, *, commit_message: str, tags: dict[str, str],
+                 experiment_id: str | None = None) -> PersonaVersion:
+        """A new immutable version with alias ``candidate``; the same text as the latest is not registered twice.
+
+        ``tags`` go on the version only; the prompt itself carries ``user_id`` and is linked to
+        ``experiment_id`` (its Prompts tab in the MLflow UI). This is what ``MlflowClient.register_prompt``
+        does, minus what it costs per version: it copies every version tag onto the prompt (one write
+        per tag), reads the whole registered model twice and starts a thread that links the prompt to
+        the fluent API's current experiment behind the caller's back.
+        """
         name = prompt_name(user_id)
         latest = self.get(user_id, CANDIDATE)  # the latest registered version (register moves it there)
         if latest is None or latest.text != text:
-            pv = self.client.register_prompt(name=name, template=text, commit_message=commit_message,
+            from mlflow.prompt.constants import IS_PROMPT_TAG_KEY, PROMPT_EXPERIMENT_IDS_TAG_KEY
+            from mlflow.prompt.registry_utils import PromptCache
+
+            store = self.client._get_registry_client()
+            if latest is None:  # a new prompt, or one whose candidate alias was removed by hand
+                prompt_tags = {IS_PROMPT_TAG_KEY: "true", "user_id": user_id}
+                if experiment_id is not None:
+                    prompt_tags[PROMPT_EXPERIMENT_IDS_TAG_KEY] = f",{experiment_id},"
+                try:
+                    store.create_registered_model(name, tags=prompt_tags)
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+            pv = store.create_prompt_version(name, template=text, description=commit_message,
                                              tags={"user_id": user_id, **tags})
+            PromptCache.get_instance().delete(name, alias="latest", registry_uri=self.client._registry_uri)
             latest = self._version(user_id, pv)
             self._set_alias(name, CANDIDATE, latest.version)
         return latest

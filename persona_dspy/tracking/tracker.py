@@ -287,7 +287,7 @@ class Tracking:
                                              or f"{result.optimizer} compile", tags={
                 "run_id": run_id, "compile_id": cid, "promoted": str(result.promoted).lower(),
                 "val_score_candidate": str(result.val_score_candidate),
-                "val_score_production": str(result.val_score_production)})
+                "val_score_production": str(result.val_score_production)}, experiment_id=exp_id)
             promote = result.promoted
             if promote and recheck_gate:
                 current = self.registry.get(result.user_id, PRODUCTION)
