@@ -83,6 +83,15 @@ def test_versions_are_mlflow_prompts_with_their_tags_on_the_version_only(trackin
     assert tracking.client.load_prompt(f"prompts:/{name}/{v2}").commit_message == "test"
 
 
+def test_a_prompt_whose_candidate_alias_was_removed_gets_its_next_version(tracking):
+    v1 = tracking.record(result("reg-noalias", "one", promoted=True))
+    tracking.client.delete_prompt_alias(prompt_name("reg-noalias"), CANDIDATE)
+    v2 = tracking.record(result("reg-noalias", "two", promoted=False))
+    assert v2 == v1 + 1
+    assert [v.text for v in tracking.history("reg-noalias")] == ["one", "two"]
+    assert tracking.load_persona("reg-noalias", CANDIDATE).text == "two"
+
+
 def test_unpromoted_candidate_does_not_move_production(tracking):
     v1 = tracking.record(result("reg-u8", "good", promoted=True))
     v2 = tracking.record(result("reg-u8", "worse", promoted=False))
