@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.prompt.constants import IS_PROMPT_TAG_KEY, PROMPT_EXPERIMENT_IDS_TAG_KEY
+from mlflow.prompt.registry_utils import PromptCache
 
 from persona_dspy.errors import PersonaNotFoundError
 
@@ -104,9 +106,6 @@ class PersonaRegistry:
         name = prompt_name(user_id)
         latest = self.get(user_id, CANDIDATE)  # the latest registered version (register moves it there)
         if latest is None or latest.text != text:
-            from mlflow.prompt.constants import IS_PROMPT_TAG_KEY, PROMPT_EXPERIMENT_IDS_TAG_KEY
-            from mlflow.prompt.registry_utils import PromptCache
-
             store = self.client._get_registry_client()
             if latest is None:  # a new prompt, or one whose candidate alias was removed by hand
                 prompt_tags = {IS_PROMPT_TAG_KEY: "true", "user_id": user_id}
@@ -136,8 +135,6 @@ class PersonaRegistry:
         model with every one of its versions (~18 ms per call on sqlite, growing with the user's
         history, twice per promoted compile), and every caller here has just registered or read the
         version. The cache invalidation is MlflowClient's."""
-        from mlflow.prompt.registry_utils import PromptCache
-
         self.client._get_registry_client().set_prompt_alias(name, alias, version)
         PromptCache.get_instance().delete(name, alias=alias, registry_uri=self.client._registry_uri)
 
