@@ -49,7 +49,6 @@ from tqdm.auto import tqdm
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.config import Settings
-from persona_dspy.data.records import Interaction
 from persona_dspy.errors import ConfigurationError, UnknownUserError
 from persona_dspy.memory.episodic import EpisodicMemory
 from persona_dspy.memory.snapshot import UserSnapshot
@@ -153,8 +152,7 @@ def _failure(user_id: str, exc: BaseException, **fields: Any) -> UserReport:
 
 
 def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory | UserSnapshot,
-                 tracking: Tracking, history: Sequence[Interaction] | None = None, discard_unfinished: bool = False,
-                 read_seconds: float = 0.0) -> UserReport:
+                 tracking: Tracking, discard_unfinished: bool = False, read_seconds: float = 0.0) -> UserReport:
     """Compile one user under the current DSPy LM; every error becomes a ``failed`` report.
 
     ``memory`` is the store or the user's ``UserSnapshot`` already read (then ``read_seconds`` is
@@ -164,10 +162,9 @@ def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Epis
     started = time.perf_counter()
     timings = {"memory": read_seconds, "tracking": 0.0, "compile": 0.0}
     try:
-        view: Any = memory
-        if history is None:  # one filtered read serves the watermark and every read of the compile
-            view = memory.snapshot(user_id) if isinstance(memory, EpisodicMemory) else memory
-            history = view.history(user_id)
+        # one filtered read serves the watermark and every read of the compile
+        view = memory.snapshot(user_id) if isinstance(memory, EpisodicMemory) else memory
+        history = view.history(user_id)
         watermark = max(it.timestamp for it in history) if history else None
         timings["memory"] += time.perf_counter() - started
         mark = time.perf_counter()
