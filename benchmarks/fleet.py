@@ -161,8 +161,7 @@ def profile(memory: EpisodicMemory, tracking: Tracking, optimizer: PersonaOptimi
 def zero_latency(args: argparse.Namespace, root: Path) -> str:
     optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
                                  max_lm_calls=None)
-    db = root / "mlflow.db"
-    db.write_bytes(migrated_sqlite(root / "template" / "mlflow.db").read_bytes())
+    db = migrated_sqlite(root / "mlflow.db")
     settings = Settings(state_dir=root / "state", qdrant=str(root / "qdrant"), mlflow_tracking_uri=f"sqlite:///{db}")
     lines = [f"Zero-latency scripted LM; {args.users} users x {args.interactions} interactions in an embedded Qdrant "
              f"folder ({args.users * args.interactions} points); sqlite MLflow; PersonaOptimizer(n_recent="
@@ -271,8 +270,7 @@ def embedded(args: argparse.Namespace, root: Path) -> str:
 def steady_state(args: argparse.Namespace, root: Path) -> str:
     """One thread, users compiled in order on one growing MLflow store: CPU ms per user per bucket of
     ``--bucket`` users (does the per-user cost grow with the number of runs and prompts stored?)."""
-    db = root / "mlflow.db"
-    db.write_bytes(migrated_sqlite(root / "template" / "mlflow.db").read_bytes())
+    db = migrated_sqlite(root / "mlflow.db")
     settings = Settings(state_dir=root / "state", qdrant=":memory:", mlflow_tracking_uri=f"sqlite:///{db}")
     tracking = Tracking(settings)
     optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
