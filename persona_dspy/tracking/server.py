@@ -49,7 +49,8 @@ class LocalMlflowServer:
         if self.template_db is not None and not self.db.exists():
             shutil.copyfile(self.template_db, self.db)
         self.port = self.port or free_port()
-        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "MLFLOW_DISABLE_TELEMETRY": "true",
+               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: persona_dspy submits no jobs
         args = [sys.executable, "-m", "mlflow", self.command, "--backend-store-uri", f"sqlite:///{self.db}",
                 "--host", "127.0.0.1", "--port", str(self.port)]
         if self.command == "server":
