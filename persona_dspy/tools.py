@@ -14,23 +14,12 @@ from typing import TYPE_CHECKING
 
 import dspy
 
-from persona_dspy.data.records import Interaction
 from persona_dspy.errors import UnknownUserError
-from persona_dspy.signatures.tasks import TaskSpec
+from persona_dspy.signatures.tasks import TaskSpec, render_episode
 
 if TYPE_CHECKING:
     from persona_dspy.memory.episodic import EpisodicMemory
     from persona_dspy.memory.semantic import SemanticMemory
-
-MAX_EPISODE_CHARS = 220
-
-
-def render_episode(task: TaskSpec, it: Interaction) -> str:
-    text = task.compact(it.input)
-    if len(text) > MAX_EPISODE_CHARS:
-        text = text[: MAX_EPISODE_CHARS - 3] + "..."
-    return f"- {text} -> {it.output[:MAX_EPISODE_CHARS]}"
-
 
 class UserTools:
     """The personalized actions of one user at one point in time."""

@@ -20,8 +20,7 @@ from dspy.utils.exceptions import AdapterParseError
 from pydantic import BaseModel
 
 from persona_dspy.errors import EmptyHistoryError, LMOutputError
-from persona_dspy.signatures.tasks import TaskSpec, get_task
-from persona_dspy.tools import render_episode
+from persona_dspy.signatures.tasks import TaskSpec, get_task, render_episode
 
 if TYPE_CHECKING:
     from persona_dspy.memory.episodic import EpisodicMemory

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import dspy
 
+from persona_dspy.data.records import Interaction
+
 class PersonalizedTask(dspy.Signature):
     """You answer on behalf of one specific user. Predict what this user would answer, using their profile and past interactions, not a generic answer."""
 
@@ -147,3 +149,14 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
         return TASKS[task]
     except KeyError:
         raise KeyError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+MAX_EPISODE_CHARS = 220
+
+
+def render_episode(task: TaskSpec, it: Interaction) -> str:
+    """One past interaction as a prompt line: the compact task and what the user answered."""
+    text = task.compact(it.input)
+    if len(text) > MAX_EPISODE_CHARS:
+        text = text[: MAX_EPISODE_CHARS - 3] + "..."
+    return f"- {text} -> {it.output[:MAX_EPISODE_CHARS]}"
