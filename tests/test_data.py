@@ -10,7 +10,7 @@ import pytest
 from persona_dspy.data import load_interactions, load_sample_users, load_shared
 from persona_dspy.errors import MalformedInteractionError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).parent / "data"  # tiny copies of the shared data (tests/data/README.md)
 
 
 def write(tmp_path: Path, lines: list[str | bytes]) -> Path:
@@ -55,8 +55,9 @@ def test_non_utf8_is_rejected(tmp_path):
 
 
 def test_shared_schema_profile_becomes_past_and_query_is_held_out():
-    cases = load_shared(SHARED / "movielens" / "rating.jsonl")
-    assert len(cases) == 60
+    cases = load_shared(DATA / "movielens_rating.jsonl")
+    assert [c.user_id for c in cases] == ["37", "133", "547"]
+    assert [len(c.interactions) for c in cases] == [20, 31, 15]
     for case in cases:
         assert case.query is not None
         assert all(it.timestamp < case.query.timestamp for it in case.interactions)
@@ -64,7 +65,7 @@ def test_shared_schema_profile_becomes_past_and_query_is_held_out():
 
 
 def test_lamp_profiles_get_positional_time():
-    case = load_shared(SHARED / "lamp" / "lamp2n.jsonl")[0]
+    case = load_shared(DATA / "lamp2n.jsonl")[0]
     assert [it.timestamp for it in case.interactions] == sorted(it.timestamp for it in case.interactions)
     assert case.query.timestamp > case.interactions[-1].timestamp
     assert case.query.output in {"business", "politics", "food & drink"} or case.query.output

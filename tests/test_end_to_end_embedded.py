@@ -40,7 +40,7 @@ def test_embedded_model_answers_a_lamp2n_query_with_a_valid_label(tmp_path, embe
     from persona_dspy.data import load_shared
     from persona_dspy.signatures import LAMP2N_LABELS
 
-    case = load_shared(Path(__file__).resolve().parents[2] / "shared" / "data" / "lamp" / "lamp2n.jsonl")[0]
+    case = load_shared(Path(__file__).parent / "data" / "lamp2n.jsonl")[0]  # bundled: tests/data/README.md
     with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as memory:
         memory.add(case.interactions)
         agent = PersonaAgent("LaMP-2N", user_id=case.user_id, memory=memory)
