@@ -1,24 +1,31 @@
 """A read-only, in-process copy of ONE user's episodes, answering like ``EpisodicMemory``.
 
 A compile asks memory ~30 questions about one user (a recall, the answer statistics and more per
-replay). Embedded Qdrant brute-forces every question over *all* users' points with a Python payload
-filter (~1 s per question at 50k points, see BENCHMARKS.md), so the optimizer reads the user's
-episodes once (one filtered scroll, vectors included) and answers the rest here in microseconds.
-Reads keep the same contract: only this user, and ``before`` excludes everything at or after it.
+replay). The optimizer reads the user's episodes once (one filtered scan, vectors included) and
+answers the rest here in microseconds, without a store round trip; a Ray task receives it pickled.
+Reads keep the same contract (``MemoryReader``): only this user, and ``before`` excludes everything
+at or after it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import UnknownUserError
+from persona_dspy.memory.protocol import Episode
+
+if TYPE_CHECKING:
+    from persona_dspy.memory.embedder import OnnxEmbedder
 
 
 class UserSnapshot:
-    """``recall`` / ``recent`` / ``history`` / ``count`` / ``has_user`` over one user's episodes."""
+    """``MemoryReader`` over one user's episodes (``recall`` scores them exactly, like the stores)."""
 
-    def __init__(self, user_id: str, interactions: list[Interaction], vectors: np.ndarray, embedder) -> None:
+    def __init__(self, user_id: str, interactions: list[Interaction], vectors: np.ndarray,
+                 embedder: OnnxEmbedder | None) -> None:
         order = sorted(range(len(interactions)), key=lambda i: (interactions[i].timestamp, interactions[i].id))
         self.user_id = user_id
         self.interactions = [interactions[i] for i in order]
@@ -26,7 +33,7 @@ class UserSnapshot:
         self.timestamps = np.array([it.timestamp for it in self.interactions], dtype=np.float64)
         self.embedder = embedder
 
-    def __deepcopy__(self, memo: dict) -> "UserSnapshot":
+    def __deepcopy__(self, memo: dict) -> UserSnapshot:
         return self
 
     def __getstate__(self) -> dict:
@@ -42,9 +49,7 @@ class UserSnapshot:
     def _upto(self, before: float | None) -> int:
         return len(self.interactions) if before is None else int(np.searchsorted(self.timestamps, before, "left"))
 
-    def recall(self, user_id: str, query: str, k: int = 5, before: float | None = None):
-        from persona_dspy.memory.episodic import Episode
-
+    def recall(self, user_id: str, query: str, k: int = 5, before: float | None = None) -> list[Episode]:
         self._check(user_id)
         end = self._upto(before)
         if end == 0 or k <= 0:
@@ -67,3 +72,10 @@ class UserSnapshot:
 
     def has_user(self, user_id: str) -> bool:
         return user_id == self.user_id and bool(self.interactions)
+
+    def users(self) -> list[str]:
+        return [self.user_id] if self.interactions else []
+
+    def snapshot(self, user_id: str) -> UserSnapshot:
+        self._check(user_id)
+        return self
