@@ -140,6 +140,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory_migrate(args: argparse.Namespace) -> int:
+    from persona_dspy.memory.migrate import migrate_local_folder
+
+    report = migrate_local_folder(args.folder, progress=lambda name, done, total: print(
+        f"\r{name}: {done:,}/{total:,} points", end="", file=sys.stderr, flush=True))
+    print(file=sys.stderr)
+    for name, n in report.points.items():
+        print(f"{name}: {n:,} points copied (count verified, {report.spot_checked} points compared)")
+    print(f"{report.folder} is now a Qdrant Edge folder; the old one is kept at {report.backup}: delete it when satisfied")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="persona-dspy", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -213,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync = sub.add_parser("sync", parents=[common], help="record compiles kept while the MLflow store was down")
     sync.set_defaults(func=cmd_sync)
+
+    memory = sub.add_parser("memory", help="the episodic store")
+    msub = memory.add_subparsers(dest="memory_command", required=True)
+    migrate = msub.add_parser("migrate", help="convert a folder of the previous embedded engine to Qdrant Edge")
+    migrate.add_argument("folder", type=Path, help="a folder written by qdrant-client's local mode")
+    migrate.set_defaults(func=cmd_memory_migrate)
     return parser
 
 
