@@ -3,7 +3,7 @@
 Switching from the embedded defaults to a server is a setting, never a code change::
 
     PERSONA_DSPY_LM=openai/gpt-4o-mini
-    PERSONA_DSPY_QDRANT=http://qdrant:6333
+    PERSONA_DSPY_QDRANT=http://qdrant:6333      # default: a Qdrant Edge folder, <state_dir>/qdrant
     PERSONA_DSPY_MLFLOW_TRACKING_URI=http://mlflow:5000
 """
 
@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     lm_max_tokens: int = 384
     lm_num_retries: int = 2
     state_dir: Path = Field(default_factory=default_state_dir)
-    qdrant: str | None = Field(None, description="':memory:', a folder path or a URL; default <state_dir>/qdrant")
+    qdrant: str | None = Field(None, description="a folder (Qdrant Edge, also 'edge:<folder>'), ':memory:', a URL "
+                               "(Qdrant server) or 'local:<folder>' (qdrant-client local mode); default "
+                               "<state_dir>/qdrant (Qdrant Edge)")
     qdrant_api_key: SecretStr | None = None
     collection: str = "persona_episodes"
     mlflow_tracking_uri: str | None = Field(None, description="default sqlite:///<state_dir>/mlflow.db")
