@@ -140,14 +140,13 @@ BUCKETS = {  # first match wins, on the profiled function's file path (or a buil
 
 def profile(memory: EpisodicMemory, tracking: Tracking, optimizer: PersonaOptimizer, users: list[str]) -> dict:
     """Self time per bucket, per user, for users compiled in the main thread under cProfile."""
-    tracked = PersonaOptimizer(**optimizer.params, tracking=tracking)
     profiler = cProfile.Profile()
     started = time.perf_counter()
     with dspy.context(lm=instant_lm()):
         profiler.enable()
         views = memory.snapshots(users)  # as the fleet reads them: one store read for the chunk
         for uid in users:
-            compile_user(uid, tracked, memory=views[uid], tracking=tracking)
+            compile_user(uid, optimizer, memory=views[uid], tracking=tracking)
         profiler.disable()
     wall = time.perf_counter() - started
     totals = {name: 0.0 for name in [*BUCKETS, "other (stdlib, tqdm, ...)"]}
@@ -274,7 +273,7 @@ def steady_state(args: argparse.Namespace, root: Path) -> str:
     settings = Settings(state_dir=root / "state", qdrant=":memory:", mlflow_tracking_uri=f"sqlite:///{db}")
     tracking = Tracking(settings)
     optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 max_lm_calls=None, tracking=tracking)
+                                 max_lm_calls=None)
     with EpisodicMemory(settings, embedder=PrecomputedEmbedder()) as memory:
         memory.add(synthetic_users(args.users, args.interactions))
         views = memory.snapshots(None)

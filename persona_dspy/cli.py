@@ -76,16 +76,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from persona_dspy.fleet import compile_users
     from persona_dspy.optimizers import PersonaOptimizer
-
     from persona_dspy.tracking import Tracking
 
     settings = _settings(args)
     users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
     optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 patience=args.patience or None, max_lm_calls=args.max_lm_calls,
-                                 tracking=Tracking(settings, trace=args.trace))
-    report = compile_users(users, optimizer, settings=settings, workers=args.workers, backend=args.backend,
-                           resume=args.resume, verbose=args.verbose)
+                                 patience=args.patience or None, max_lm_calls=args.max_lm_calls)
+    report = compile_users(users, optimizer, settings=settings, tracking=Tracking(settings, trace=args.trace),
+                           workers=args.workers, backend=args.backend, resume=args.resume, verbose=args.verbose)
     print(report.format())
     return 1 if report.failed else 0
 

@@ -35,6 +35,7 @@ def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iteration
     from persona_dspy.lm import build_lm
     from persona_dspy.memory import EpisodicMemory
     from persona_dspy.optimizers import PersonaOptimizer, usage_totals
+    from persona_dspy.pipeline import align_user
     from persona_dspy.tracking import Tracking
 
     histories = (histories or load_sample_users())[:users]
@@ -46,24 +47,25 @@ def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iteration
          f"({settings.qdrant_location}); held-out queries are not ingested")
     written = memory.add([it for h in histories for it in h.interactions], progress=True)
     echo(f"      {written} points written ({memory.count()} in store; unchanged records are skipped)")
-    optimizer = PersonaOptimizer(n_recent=n_recent, iterations=iterations, n_val=n_val, tracking=tracking,
+    optimizer = PersonaOptimizer(n_recent=n_recent, iterations=iterations, n_val=n_val,
                                  max_lm_calls=4 * (n_recent + 2) * iterations + 2 * n_val + 4, progress=True)
     rows: list[DemoRow] = []
-    echo(f"[3/4] per user: baseline answer, align persona (n={n_recent}, iterations={iterations}), answer again")
+    echo(f"[3/4] per user: align persona (n={n_recent}, iterations={iterations}), then answer the held-out query "
+         "with the production persona before and after")
     with dspy.context(lm=lm):
         for i, history in enumerate(histories, start=1):
             q = history.query
             started = time.perf_counter()
             with dspy.track_usage() as usage:
-                agent = PersonaAgent(q.task, user_id=history.user_id, memory=memory,
-                                     persona=tracking.production_persona(history.user_id))
-                before = agent(task=q.input, before=q.timestamp).answer
-                compiled = optimizer.compile(agent, trainset=history)
-                after = compiled(task=q.input, before=q.timestamp).answer
+                aligned = align_user(history.user_id, optimizer, memory=memory, tracking=tracking,
+                                     skip_unchanged=False)
+                res = aligned.result
+                baseline = PersonaAgent(q.task, user_id=history.user_id, memory=memory, persona=res.production_persona)
+                before = baseline(task=q.input, before=q.timestamp).answer
+                after = aligned.agent(task=q.input, before=q.timestamp).answer
             calls, tokens = usage_totals(usage)
-            res = compiled.compile_result
-            row = DemoRow(history.user_id, q.output, before, agent.task.score(before, q.output), after,
-                          agent.task.score(after, q.output), res.promoted, res.version, calls, tokens,
+            row = DemoRow(history.user_id, q.output, before, baseline.task.score(before, q.output), after,
+                          baseline.task.score(after, q.output), res.promoted, res.version, calls, tokens,
                           time.perf_counter() - started)
             rows.append(row)
             echo(f"      user {row.user_id} ({i}/{len(histories)}): truth {row.truth}, before {row.before}, "

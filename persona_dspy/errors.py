@@ -1,6 +1,7 @@
 """One exception hierarchy: every error says what went wrong and what to do next.
 
-The CLI maps each class to a one-line message and a distinct exit code (see ``EXIT_CODES``).
+The CLI prints each as one line on stderr and exits with the class's ``exit_code`` (distinct per
+class; ``EXIT_CODES`` lists them). Every error persona_dspy raises on purpose is defined here.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ class PersonaDSPyError(Exception):
     exit_code = 1
 
 
-class ConfigurationError(PersonaDSPyError):
-    """A setting is missing or inconsistent."""
+class ConfigurationError(PersonaDSPyError, ValueError):
+    """A setting or an argument is missing, out of range or inconsistent (also a ``ValueError``)."""
 
     exit_code = 2
 
@@ -93,3 +94,20 @@ class PersonaNotFoundError(PersonaDSPyError):
     """No such persona version or alias in the registry."""
 
     exit_code = 11
+
+
+class LeakageError(PersonaDSPyError):
+    """The held-out answer reached memory, persona or an LM prompt: the evaluation is invalid."""
+
+    exit_code = 12
+
+
+EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in (
+    PersonaDSPyError, ConfigurationError, ModelWeightsError, UnknownUserError, EmptyHistoryError,
+    MalformedInteractionError, StoreUnavailableError, TrackingUnavailableError, LMOutputError, BudgetExceededError,
+    PersonaNotFoundError, LeakageError)}
+"""Exit code of the CLI per error class (argparse usage errors exit 2, as ``ConfigurationError``)."""
+
+__all__ = ["EXIT_CODES", "BudgetExceededError", "ConfigurationError", "EmptyHistoryError", "LMOutputError",
+           "LeakageError", "MalformedInteractionError", "ModelWeightsError", "PersonaDSPyError", "PersonaNotFoundError",
+           "StoreUnavailableError", "TrackingUnavailableError", "UnknownUserError"]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import UserHistory
-from persona_dspy.errors import PersonaDSPyError
+from persona_dspy.errors import ConfigurationError, LeakageError
 from persona_dspy.signatures.tasks import TaskSpec, get_task
 
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
@@ -30,12 +30,6 @@ _ACTIONS = {"none": (), "icl": ("recent_interactions",), "rag": ("recall_episode
             "persona": ("read_profile", "answer_statistics", "recall_episodes"),
             "persona+align": ("read_profile", "answer_statistics", "recall_episodes"),
             "gepa": ("read_profile", "answer_statistics", "recall_episodes")}
-
-
-class LeakageError(PersonaDSPyError):
-    """The held-out answer reached memory, persona or an LM prompt: the evaluation is invalid."""
-
-    exit_code = 12
 
 
 class CaseResult(BaseModel):
@@ -137,11 +131,12 @@ def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after."""
     from persona_dspy.optimizers import PersonaOptimizer, usage_totals
     from persona_dspy.optimizers.baselines import GEPABaseline
+    from persona_dspy.pipeline import align_user
 
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ConfigurationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not cases:
-        raise ValueError("no cases to evaluate")
+        raise ConfigurationError("no cases to evaluate")
     task = get_task(cases[0].task)
     results: list[CaseResult] = []
     for case in tqdm(cases, desc=f"{task.name} {method}", disable=not progress):
@@ -165,10 +160,11 @@ def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy
                 if method in ("persona+align", "gepa"):
                     cls = PersonaOptimizer if method == "persona+align" else GEPABaseline
                     kwargs = {"iterations": iterations} if method == "persona+align" else {}
-                    agent = cls(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **kwargs).compile(
-                        agent, trainset=case)
-                    result.iteration_scores = [s.train_score for s in agent.compile_result.steps]
-                    result.promoted = agent.compile_result.promoted
+                    optimizer = cls(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **kwargs)
+                    aligned = align_user(case.user_id, optimizer, memory=memory, student=agent)  # no tracking
+                    agent = aligned.agent
+                    result.iteration_scores = [s.train_score for s in aligned.result.steps]
+                    result.promoted = aligned.result.promoted
                 persona = agent.persona
                 result.prediction = agent(task=q.input, before=q.timestamp).answer
         result.lm_calls, result.tokens = usage_totals(usage)

@@ -31,7 +31,6 @@ Backends:
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import hashlib
 import json
@@ -47,11 +46,11 @@ import dspy
 from pydantic import BaseModel, Field, ValidationError
 from tqdm.auto import tqdm
 
-from persona_dspy.agent import PersonaAgent
 from persona_dspy.config import Settings
 from persona_dspy.errors import ConfigurationError, UnknownUserError
 from persona_dspy.memory.episodic import EpisodicMemory
 from persona_dspy.memory.snapshot import UserSnapshot
+from persona_dspy.pipeline import align_user, unchanged_since_last_compile
 from persona_dspy.tracking.tracker import Tracking
 
 if TYPE_CHECKING:
@@ -134,15 +133,6 @@ class FleetReport(BaseModel):
 
 # -- one user -------------------------------------------------------------------------------------
 
-def unchanged_since_last_compile(last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer,
-                                 watermark: float) -> bool:
-    """True when the last recorded compile used the same optimizer, params and data watermark
-    (compared as MLflow logged them: strings)."""
-    if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
-        return False
-    return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
-
-
 def _failure(user_id: str, exc: BaseException, **fields: Any) -> UserReport:
     """A ``failed`` report: error type, first line of the message, the last frames of the traceback."""
     message = str(exc).splitlines()[0][:500] if str(exc) else ""
@@ -153,41 +143,17 @@ def _failure(user_id: str, exc: BaseException, **fields: Any) -> UserReport:
 
 def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory | UserSnapshot,
                  tracking: Tracking, discard_unfinished: bool = False, read_seconds: float = 0.0) -> UserReport:
-    """Compile one user under the current DSPy LM; every error becomes a ``failed`` report.
-
-    ``memory`` is the store or the user's ``UserSnapshot`` already read (then ``read_seconds`` is
-    its share of that read, for the timings). ``optimizer`` must record into ``tracking``
-    (``compile_users`` arranges it).
-    """
+    """``align_user`` under the current DSPy LM, as a report: every error becomes a ``failed`` one."""
     started = time.perf_counter()
-    timings = {"memory": read_seconds, "tracking": 0.0, "compile": 0.0}
     try:
-        # one filtered read serves the watermark and every read of the compile
-        view = memory.snapshot(user_id) if isinstance(memory, EpisodicMemory) else memory
-        history = view.history(user_id)
-        watermark = max(it.timestamp for it in history) if history else None
-        timings["memory"] += time.perf_counter() - started
-        mark = time.perf_counter()
-        if discard_unfinished:
-            tracking.discard_unfinished(user_id)
-        if watermark is not None and unchanged_since_last_compile(tracking.last_compile(user_id), optimizer, watermark):
-            timings["tracking"] = time.perf_counter() - mark
-            return UserReport(user_id=user_id, status="skipped", seconds=time.perf_counter() - started, timings=timings,
-                              reason="unchanged since its last compile (same data watermark and optimizer params)")
-        production = tracking.production_persona(user_id)
-        timings["tracking"] = time.perf_counter() - mark
-        task = history[-1].task if history else "generic"
-        agent = PersonaAgent(task, user_id=user_id, memory=view, persona=production)
-        mark = time.perf_counter()
-        result = optimizer.compile(agent, trainset=list(history)).compile_result
-        elapsed = time.perf_counter() - mark
-        timings["compile"] = result.wall_time
-        timings["tracking"] += max(0.0, elapsed - result.wall_time)  # record() runs after the timed part
-        return UserReport(user_id=user_id, status="promoted" if result.promoted else "kept", reason=result.reason,
-                          lm_calls=result.lm_calls, tokens=result.tokens, version=result.version, timings=timings,
-                          seconds=time.perf_counter() - started)
+        done = align_user(user_id, optimizer, memory=memory, tracking=tracking, discard_unfinished=discard_unfinished,
+                          read_seconds=read_seconds)
     except Exception as exc:  # noqa: BLE001 (isolation: one user's failure must not stop the fleet)
-        return _failure(user_id, exc, timings=timings, seconds=time.perf_counter() - started)
+        return _failure(user_id, exc, timings={"memory": read_seconds}, seconds=time.perf_counter() - started)
+    result = done.result
+    return UserReport(user_id=user_id, status=done.status, reason=done.reason, version=done.version,
+                      lm_calls=result.lm_calls if result else 0, tokens=result.tokens if result else 0,
+                      timings=done.timings, seconds=done.seconds)
 
 
 # -- the journal ----------------------------------------------------------------------------------
@@ -289,7 +255,7 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
                                  "factory (e.g. functools.partial(ScriptedLM, rule)) or None for the configured LM")
     own_memory = memory is None
     memory = memory or EpisodicMemory(settings)
-    tracking = tracking or optimizer.tracking or Tracking(settings)
+    tracking = tracking or Tracking(settings)
     started = time.perf_counter()
     try:
         user_ids = sorted(set(memory.users() if users == "all" else users))
@@ -325,13 +291,6 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
             memory.close()
     return FleetReport(fleet_id=fid, journal=str(journal.path), backend=backend, workers=workers,
                        wall_time=time.perf_counter() - started, users=[reports[u] for u in user_ids if u in reports])
-
-
-def _with_tracking(optimizer: GatedPersonaOptimizer, tracking: Tracking | None) -> GatedPersonaOptimizer:
-    """A shallow copy that records into ``tracking`` (the caller's optimizer is left as it was)."""
-    clone = copy.copy(optimizer)
-    clone.tracking = tracking
-    return clone
 
 
 def _resolve_lm(lm: LMSource, settings: Settings) -> dspy.BaseLM:
@@ -378,11 +337,10 @@ def _run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memor
     if not user_ids:
         return
     model = _resolve_lm(lm, settings)
-    tracked = _with_tracking(optimizer, tracking)
 
     def work(uid: str, view: UserSnapshot, read_seconds: float) -> UserReport:
         with dspy.context(lm=model):  # thread-local; dspy.configure is for the main thread only
-            return compile_user(uid, tracked, memory=view, tracking=tracking, discard_unfinished=resume,
+            return compile_user(uid, optimizer, memory=view, tracking=tracking, discard_unfinished=resume,
                                 read_seconds=read_seconds)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="persona-fleet")
@@ -438,7 +396,7 @@ def _ray_compile_user(user_id: str, optimizer: GatedPersonaOptimizer, settings: 
             state["memory"] = EpisodicMemory(settings, embedder=state["embedder"])
         memory = state["memory"]
     with dspy.context(lm=model):
-        return compile_user(user_id, _with_tracking(optimizer, tracking), memory=memory, tracking=tracking,
+        return compile_user(user_id, optimizer, memory=memory, tracking=tracking,
                             discard_unfinished=resume, read_seconds=read_seconds)
 
 
@@ -455,7 +413,7 @@ def _run_ray(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: E
     if started_here:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=1, max_retries=1)(_ray_compile_user)
-    spec = ray.put(_with_tracking(optimizer, None))  # each task records into its own Tracking
+    spec = ray.put(optimizer)  # each task records into its own Tracking
     in_flight: dict[Any, str] = {}
     # shipped: the driver reads snapshots in chunks, as the threads backend does; else tasks read Qdrant
     queue = _snapshots(memory, user_ids, read_chunk) if ship_histories else ((u, None, 0.0) for u in user_ids)
@@ -487,5 +445,12 @@ def _run_ray(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: E
             ray.shutdown()
 
 
-__all__ = ["compile_users", "compile_user", "FleetReport", "UserReport", "FleetJournal", "fleet_id",
-           "unchanged_since_last_compile"]
+__all__ = [
+    "FleetJournal",
+    "FleetReport",
+    "UserReport",
+    "compile_user",
+    "compile_users",
+    "fleet_id",
+    "unchanged_since_last_compile",
+]

@@ -10,6 +10,7 @@ from persona_dspy.data import load_sample_users
 from persona_dspy.lm import build_lm
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer
+from persona_dspy.pipeline import align_user
 from persona_dspy.tracking import Tracking
 
 
@@ -20,9 +21,9 @@ def test_tiny_compile_on_the_embedded_model(tmp_path, embedder, mlflow_uri):
     with EpisodicMemory(settings, embedder=embedder) as memory:
         memory.add(history.interactions)
         student = PersonaAgent(history.task, user_id=history.user_id, memory=memory)
-        optimizer = PersonaOptimizer(n_recent=1, iterations=1, n_val=1, tracking=tracking, max_lm_calls=12)
+        optimizer = PersonaOptimizer(n_recent=1, iterations=1, n_val=1, max_lm_calls=12)
         with dspy.context(lm=build_lm(Settings())):
-            compiled = optimizer.compile(student, trainset=history)
+            compiled = align_user(history.user_id, optimizer, memory=memory, tracking=tracking, student=student).agent
             answer = compiled(task=history.query.input, before=history.query.timestamp)
     result = compiled.compile_result
     assert result.lm_calls >= 2 and result.tokens > 0

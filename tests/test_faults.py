@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dspy
 import pytest
+from scripted import rule
 
 from persona_dspy import LMOutputError, MalformedInteractionError, Settings, UnknownUserError
 from persona_dspy.agent import PersonaAgent
@@ -16,9 +17,8 @@ from persona_dspy.data.loaders import MAX_LINE_BYTES
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer
+from persona_dspy.pipeline import align_user
 from persona_dspy.tracking import Tracking
-
-from scripted import rule
 
 
 def history(user: str, n: int = 6) -> list[Interaction]:
@@ -75,8 +75,8 @@ def test_lm_failure_during_compile_is_lm_output_error_and_moves_nothing(memory, 
 
     student = PersonaAgent("movielens_rating", user_id=f"lmfail-{failure}", memory=memory)
     with dspy.context(lm=ScriptedLM(broken)), pytest.raises(LMOutputError, match="failed twice"):
-        PersonaOptimizer(n_recent=2, iterations=1, tracking=tracking).compile(
-            student, trainset=history(f"lmfail-{failure}"))
+        align_user(f"lmfail-{failure}", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
+                   student=student)
     assert tracking.history(f"lmfail-{failure}") == []
 
 
@@ -87,7 +87,8 @@ def test_empty_lm_output_gives_invalid_answers_then_lm_output_error(memory, trac
     with dspy.context(lm=lm):
         assert student(task="movie: X", before=100.0).answer is None  # garbage -> retried once -> worst
         with pytest.raises(LMOutputError, match="empty critique"):
-            PersonaOptimizer(n_recent=2, iterations=1, tracking=tracking).compile(student, trainset=history("empty"))
+            align_user("empty", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
+                       student=student)
     assert tracking.history("empty") == []
 
 
@@ -99,8 +100,7 @@ def test_secrets_never_reach_the_tracking_store_or_logs(memory, tmp_path, caplog
     tracking = Tracking(settings)
     memory.add(history("sec"))
     with dspy.context(lm=ScriptedLM(rule)):
-        PersonaOptimizer(n_recent=2, iterations=1, tracking=tracking).compile(
-            PersonaAgent("movielens_rating", user_id="sec", memory=memory), trainset=history("sec"))
+        align_user("sec", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking)
     assert tracking.history("sec")
     blobs = [p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file()]
     assert blobs and not any(secret_key.encode() in b or secret_pw.encode() in b for b in blobs)

@@ -12,6 +12,7 @@ from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer, prompts
+from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA
 
 from scripted import NEW_PERSONA, rule
@@ -54,7 +55,8 @@ def test_budget_exceeded_stops_and_moves_nothing(memory, tracking):
     lm = ScriptedLM(rule)
     student = PersonaAgent("movielens_rating", user_id="budget", memory=memory)
     with dspy.context(lm=lm), pytest.raises(BudgetExceededError, match="max_lm_calls=4"):
-        PersonaOptimizer(n_recent=3, iterations=3, max_lm_calls=4, tracking=tracking).compile(student, trainset=history)
+        align_user("budget", PersonaOptimizer(n_recent=3, iterations=3, max_lm_calls=4), memory=memory,
+                   tracking=tracking, student=student)
     assert len(lm.prompts) <= 4
     assert tracking.history("budget") == []
 
@@ -71,7 +73,8 @@ def test_garbage_update_raises_lm_output_error_and_moves_nothing(memory, trackin
     lm = ScriptedLM(garbage)
     student = PersonaAgent("movielens_rating", user_id="garbage", memory=memory)
     with dspy.context(lm=lm), pytest.raises(LMOutputError, match="unusable twice"):
-        PersonaOptimizer(n_recent=2, iterations=1, tracking=tracking).compile(student, trainset=history)
+        align_user("garbage", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
+                   student=student)
     assert sum(m[0]["content"].startswith(prompts.TGD_SYSTEM[:40]) for m in lm.prompts) == 2  # one retry
     assert tracking.history("garbage") == [] and student.persona == DEFAULT_PERSONA
 
@@ -188,7 +191,8 @@ def test_an_update_that_makes_the_replay_worse_is_undone(memory, tracking):
     lm = ScriptedLM(rule)
     student = PersonaAgent("movielens_rating", user_id="worse", memory=memory)
     with dspy.context(lm=lm):
-        compiled = PersonaOptimizer(n_recent=3, iterations=3, tracking=tracking).compile(student, trainset=history)
+        compiled = align_user("worse", PersonaOptimizer(n_recent=3, iterations=3), memory=memory, tracking=tracking,
+                              student=student).agent
     result = compiled.compile_result
     assert result.steps[1].train_score < result.steps[0].train_score < 1.0
     assert "worse" in result.stopped and result.candidate_persona == DEFAULT_PERSONA == compiled.persona

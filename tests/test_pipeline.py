@@ -1,16 +1,19 @@
-"""The vertical slice with the scripted LM: real Qdrant, real MLflow, real DSPy and TextGrad objects."""
+"""The vertical slice with the scripted LM: real Qdrant, real MLflow, real DSPy and TextGrad objects.
+
+``compile`` is pure (memory and LM only); ``align_user`` reads production, compiles and records.
+"""
 
 from __future__ import annotations
 
 import dspy
+from scripted import CRITIQUE, NEW_PERSONA, rule
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer
+from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA
-
-from scripted import CRITIQUE, NEW_PERSONA, rule
 
 
 def harsh_history(user_id: str, n: int = 8) -> UserHistory:
@@ -25,8 +28,10 @@ def test_compile_moves_persona_along_the_gradient_and_promotes(memory, tracking)
     lm = ScriptedLM(rule)
     student = PersonaAgent("movielens_rating", user_id="alice", memory=memory)
     with dspy.context(lm=lm):
-        compiled = PersonaOptimizer(n_recent=3, iterations=1, tracking=tracking).compile(student, trainset=history)
-    result = compiled.compile_result
+        aligned = align_user("alice", PersonaOptimizer(n_recent=3, iterations=1), memory=memory, tracking=tracking,
+                             student=student)
+    compiled, result = aligned.agent, aligned.result
+    assert aligned.status == "promoted" and compiled.compile_result is result and result.version == aligned.version
     assert student.persona == DEFAULT_PERSONA  # the student is untouched
     # the loss is the LM critique plus the task metric, stated exactly
     assert result.steps[0].loss == f"{CRITIQUE}\n- Measured: On average the assistant rated 3.0 higher than the user."
@@ -56,14 +61,64 @@ def test_gate_keeps_production_when_candidate_is_worse(memory, tracking):
     items = [Interaction(user_id="carol", id=f"m{i}", input=f"movie: Film {i} genres: Drama", output=out,
                          timestamp=2000.0 + i, task="movielens_rating")
              for i, out in enumerate(["4.0", "4.0", "4.0", "1.0", "1.0"])]
-    history = UserHistory(user_id="carol", interactions=tuple(items))
     memory.add(items)
     student = PersonaAgent("movielens_rating", user_id="carol", memory=memory)
     with dspy.context(lm=ScriptedLM(rule)):
-        compiled = PersonaOptimizer(n_recent=2, iterations=1, tracking=tracking).compile(student, trainset=history)
+        compiled = align_user("carol", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
+                              student=student).agent
     result = compiled.compile_result
     assert result.candidate_persona == NEW_PERSONA
     assert not result.promoted
     assert compiled.persona == DEFAULT_PERSONA
     assert tracking.production_persona("carol") is None
     assert tracking.load_persona("carol", "candidate").text == NEW_PERSONA
+
+
+def test_compile_records_nothing_and_gates_against_the_production_it_is_given(memory, tracking):
+    history = harsh_history("pure")
+    memory.add(history.interactions)
+    student = PersonaAgent("movielens_rating", user_id="pure", memory=memory)
+    with dspy.context(lm=ScriptedLM(rule)):
+        compiled = PersonaOptimizer(n_recent=2, iterations=1, margin=-0.01).compile(
+            student, trainset=history, production="This user is a harsh rater.")
+    result = compiled.compile_result
+    assert result.production_persona == "This user is a harsh rater." and result.version is None
+    # the given production (not the student's default) answers like the user: the candidate only ties it
+    assert result.val_score_production == result.val_score_candidate == 1.0
+    assert not result.promoted and compiled.persona == "This user is a harsh rater."
+    assert tracking.history("pure") == [] and tracking.last_compile("pure") is None
+
+
+def test_align_user_reads_each_fact_once_and_records_once(memory, tracking, monkeypatch):
+    history = harsh_history("once")
+    memory.add(history.interactions)
+    calls: dict[str, int] = {}
+
+    def counted(obj, name):
+        real = getattr(obj, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(obj, name, wrapper)
+
+    for name in ("production_persona", "last_compile", "record"):
+        counted(tracking, name)
+    counted(memory, "snapshot")
+    with dspy.context(lm=ScriptedLM(rule)):
+        first = align_user("once", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking)
+    assert calls == {"snapshot": 1, "last_compile": 1, "production_persona": 1, "record": 1}
+    assert first.status == "promoted" and first.version == 1 and first.agent.memory is memory
+    assert set(first.timings) == {"memory", "tracking", "compile"}
+    with dspy.context(lm=ScriptedLM(rule)):
+        again = align_user("once", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking)
+    assert again.status == "skipped" and again.agent is None and calls["record"] == 1
+
+
+def test_align_user_without_tracking_keeps_the_students_persona_as_production(memory):
+    history = harsh_history("untracked")
+    memory.add(history.interactions)
+    with dspy.context(lm=ScriptedLM(rule)):
+        aligned = align_user("untracked", PersonaOptimizer(n_recent=2, iterations=1), memory=memory)
+    assert aligned.result.production_persona == DEFAULT_PERSONA
+    assert aligned.status == "promoted" and aligned.version is None and aligned.agent.persona == NEW_PERSONA

@@ -1,28 +1,28 @@
-"""What every persona optimizer shares: the split, the budget, the replay, the gate, the tracking.
+"""What every persona optimizer shares: the split, the budget, the replay, the gate.
 
 A subclass only implements ``_align(agent, train, budget, result) -> persona``; the rest (a new
-agent, the student untouched, the gate on held-back interactions, registration and promotion)
-is the same for PersonaOptimizer and the GEPA / MIPROv2 baselines, so their results compare.
+agent, the student untouched, the gate on held-back interactions) is the same for PersonaOptimizer
+and the GEPA / MIPROv2 baselines, so their results compare.
+
+``compile`` is pure in DSPy's sense: it reads the memory and calls the LM, nothing else. The
+production persona it gates against is an argument; recording the result (register, promote) is
+``Tracking.record``'s job, and ``persona_dspy.pipeline.align_user`` runs read -> compile -> record.
 """
 
 from __future__ import annotations
 
 import time
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dspy
 from dspy.teleprompt import Teleprompter
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import Interaction, UserHistory
-from persona_dspy.errors import BudgetExceededError, EmptyHistoryError, UnknownUserError
+from persona_dspy.errors import BudgetExceededError, ConfigurationError, EmptyHistoryError, UnknownUserError
 from persona_dspy.results import CompileResult
-
-if TYPE_CHECKING:
-    from persona_dspy.tracking.tracker import Tracking
 
 MAX_PERSONA_CHARS = 1200
 
@@ -63,28 +63,30 @@ class Budget:
                 "Raise max_tokens or lower n_recent / iterations.")
 
 
-class GatedPersonaOptimizer(Teleprompter):
-    """``compile(agent, trainset=history) -> PersonaAgent``: align on the latest ``n_recent``
-    interactions, gate on the ``n_val`` before them (or ``valset``), register, promote if not worse.
+class GatedPersonaOptimizer(Teleprompter, ABC):
+    """``compile(agent, trainset=history, production=text) -> PersonaAgent``: align on the latest
+    ``n_recent`` interactions, gate the candidate against ``production`` on the ``n_val`` before them
+    (or ``valset``); promoted if not worse by more than ``margin``.
 
-    The returned agent carries the production persona after the compile (the candidate if it
-    was promoted) and ``compile_result``; the student is never modified.
+    The returned agent carries the persona to serve after the compile (the candidate if it was
+    promoted, else ``production``) and ``compile_result``; the student is never modified and
+    nothing is recorded (``Tracking.record(agent.compile_result)`` does that).
     """
 
     name = "GatedPersonaOptimizer"
 
     def __init__(self, n_recent: int = 3, *, n_val: int = 2, margin: float = 0.0, max_lm_calls: int | None = 40,
                  max_tokens: int | None = None, max_persona_chars: int = MAX_PERSONA_CHARS,
-                 seed_from_profile: bool = False, snapshot_memory: bool = True, tracking: Tracking | None = None,
-                 progress: bool = False) -> None:
+                 seed_from_profile: bool = False, snapshot_memory: bool = True, progress: bool = False) -> None:
         super().__init__()
         if n_recent < 1 or n_val < 0:
-            raise ValueError("n_recent must be >= 1 and n_val >= 0")
+            raise ConfigurationError(f"n_recent must be >= 1 and n_val >= 0 (got n_recent={n_recent}, n_val={n_val})")
+        if max_lm_calls is not None and max_lm_calls < 1:
+            raise ConfigurationError(f"max_lm_calls must be >= 1 or None (got {max_lm_calls})")
         self.n_recent, self.n_val, self.margin = n_recent, n_val, margin
         self.max_lm_calls, self.max_tokens, self.max_persona_chars = max_lm_calls, max_tokens, max_persona_chars
         self.seed_from_profile = seed_from_profile
         self.snapshot_memory = snapshot_memory
-        self.tracking = tracking
         self.progress = progress
 
     @property
@@ -98,16 +100,12 @@ class GatedPersonaOptimizer(Teleprompter):
         """Return the candidate persona; record steps in ``result``."""
 
     def compile(self, student: PersonaAgent, *, trainset: Sequence[Interaction] | UserHistory,
-                teacher: Any = None, valset: Sequence[Interaction] | None = None, **kwargs: Any) -> PersonaAgent:
-        # tracking hook: with Tracking(trace=True) the compile's run is opened here and its LM calls are traced
-        with self.tracking.compile_run(student.user_id) if self.tracking is not None else nullcontext():
-            return self._compile(student, trainset, valset)
-
-    def _compile(self, student: PersonaAgent, trainset: Sequence[Interaction] | UserHistory,
-                 valset: Sequence[Interaction] | None) -> PersonaAgent:
+                teacher: Any = None, valset: Sequence[Interaction] | None = None,
+                production: str | None = None) -> PersonaAgent:
+        """Align ``student``'s persona on ``trainset`` and gate it against ``production`` (default: the
+        student's own persona, i.e. the student is what serves today)."""
         train, val = self.split(student.user_id, trainset, valset)
         started = time.perf_counter()
-        production = self.tracking.production_persona(student.user_id) if self.tracking else None
         production_text = production or student.persona
         result = CompileResult(user_id=student.user_id, optimizer=self.name, params=self.params,
                                initial_persona=student.persona, candidate_persona=student.persona,
@@ -129,8 +127,6 @@ class GatedPersonaOptimizer(Teleprompter):
                 agent.memory = live_memory
                 result.lm_calls, result.tokens = budget.calls, budget.tokens
                 result.wall_time = time.perf_counter() - started
-        if self.tracking is not None:
-            result.version = self.tracking.record(result)
         if not result.promoted:
             agent.persona = production_text  # what serving uses; the candidate stays in the result
         agent.compile_result = result
@@ -145,7 +141,7 @@ class GatedPersonaOptimizer(Teleprompter):
             raise EmptyHistoryError(f"user {user_id!r} has an empty trainset; ingest interactions first")
         foreign = [it.id for it in items if it.user_id != user_id]
         if foreign:
-            raise ValueError(f"trainset holds interactions of other users (ids {foreign[:3]}); "
+            raise ConfigurationError(f"trainset holds interactions of other users (ids {foreign[:3]}); "
                              f"compile one user at a time (agent user {user_id!r})")
         items.sort(key=lambda it: (it.timestamp, it.id))
         needed = self.n_recent + (0 if valset is not None else self.n_val)

@@ -1,0 +1,127 @@
+"""Align one user: read production -> compile -> record, each fact read once.
+
+``align_user(user_id, optimizer, memory=..., tracking=...) -> Alignment`` is what the CLI, the fleet
+(threads and Ray), the demo and the evaluation run for one user. The optimizer's ``compile`` is pure
+(memory and LM only); this function owns the reads around it (the user's episodes, read once as a
+snapshot that also gives the data watermark; the production persona; the last recorded compile)
+and the one write after it (``Tracking.record``). Without ``tracking`` nothing is read from or
+written to MLflow: the student's persona is production (evaluation).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.errors import EmptyHistoryError
+from persona_dspy.memory.episodic import EpisodicMemory
+from persona_dspy.memory.snapshot import UserSnapshot
+from persona_dspy.results import CompileResult
+
+if TYPE_CHECKING:
+    from persona_dspy.data.records import Interaction
+    from persona_dspy.optimizers.base import GatedPersonaOptimizer
+    from persona_dspy.tracking.tracker import Tracking
+
+Status = Literal["promoted", "kept", "skipped"]
+
+
+@dataclass
+class Alignment:
+    """What ``align_user`` did for one user.
+
+    ``agent`` serves the persona in production after the call (None when skipped); ``result`` is the
+    compile's record (None when skipped; ``result.version`` is set once recorded). ``timings``:
+    seconds in ``memory`` (the snapshot read), ``tracking`` (reads and the record) and ``compile``.
+    """
+
+    user_id: str
+    status: Status
+    reason: str
+    agent: PersonaAgent | None = None
+    result: CompileResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def version(self) -> int | None:
+        return self.result.version if self.result is not None else None
+
+
+def unchanged_since_last_compile(last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer,
+                                 watermark: float) -> bool:
+    """True when the last recorded compile used the same optimizer, params and data watermark
+    (compared as MLflow logged them: strings)."""
+    if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
+        return False
+    return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
+
+
+def align_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory | UserSnapshot,
+               tracking: Tracking | None = None, student: PersonaAgent | None = None,
+               valset: list[Interaction] | None = None, skip_unchanged: bool = True,
+               discard_unfinished: bool = False, read_seconds: float = 0.0) -> Alignment:
+    """Compile ``user_id``'s persona under the current DSPy LM and record it in ``tracking``.
+
+    ``memory``: the store, or the user's ``UserSnapshot`` already read (``read_seconds`` is then its
+    share of that read, for the timings). ``student``: the agent to align (its task, tools, k and
+    semantic memory); default ``PersonaAgent`` on the task of the user's latest interaction. Its
+    persona is replaced by the production persona when ``tracking`` holds one.
+
+    With ``tracking``: a user whose last recorded compile had the same optimizer, params and data
+    watermark is ``skipped`` (``skip_unchanged``); ``discard_unfinished`` first deletes the user's
+    runs a killed process left unfinished (call it only when no other process compiles this user);
+    ``Tracking(trace=True)`` traces the compile's LM calls under its run. Errors propagate; nothing
+    is recorded for a compile that raised.
+    """
+    started = time.perf_counter()
+    timings = {"memory": read_seconds, "tracking": 0.0, "compile": 0.0}
+
+    def done(status: Status, reason: str, **fields: Any) -> Alignment:
+        return Alignment(user_id=user_id, status=status, reason=reason, timings=timings,
+                         seconds=time.perf_counter() - started, **fields)
+
+    view = memory.snapshot(user_id) if isinstance(memory, EpisodicMemory) else memory
+    history = view.history(user_id)
+    if not history:
+        raise EmptyHistoryError(f"user {user_id!r} has no interactions in memory; ingest its history first")
+    watermark = max(it.timestamp for it in history)
+    timings["memory"] += time.perf_counter() - started
+
+    production = None
+    if tracking is not None:
+        mark = time.perf_counter()
+        if discard_unfinished:
+            tracking.discard_unfinished(user_id)
+        if skip_unchanged and unchanged_since_last_compile(tracking.last_compile(user_id), optimizer, watermark):
+            timings["tracking"] = time.perf_counter() - mark
+            return done("skipped", "unchanged since its last compile (same data watermark and optimizer params)")
+        production = tracking.production_persona(user_id)
+        timings["tracking"] = time.perf_counter() - mark
+
+    if student is None:
+        student = PersonaAgent(history[-1].task, user_id=user_id, memory=view, persona=production)
+    else:
+        student = student.deepcopy()
+        student.memory = view
+        if production is not None:
+            student.persona = production
+
+    with tracking.compile_run(user_id) if tracking is not None else nullcontext():
+        mark = time.perf_counter()
+        agent = optimizer.compile(student, trainset=history, valset=valset, production=production)
+        result: CompileResult = agent.compile_result
+        timings["compile"] = time.perf_counter() - mark
+        if tracking is not None:
+            mark = time.perf_counter()
+            result.version = tracking.record(result)
+            timings["tracking"] += time.perf_counter() - mark
+    if isinstance(memory, EpisodicMemory):
+        agent.memory = memory  # the snapshot served the compile; the agent serves from the live store
+    return done("promoted" if result.promoted else "kept", result.reason, agent=agent, result=result)
+
+
+__all__ = ["Alignment", "align_user", "unchanged_since_last_compile"]
