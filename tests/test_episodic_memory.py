@@ -1,9 +1,10 @@
+"""The ``Memory`` contract, run against every implementation: Qdrant Edge (a folder, the default),
+qdrant-client in memory (``:memory:``) and on a folder (``local:``), and ``UserSnapshot`` where a
+read-only view applies. Real engines, the real embedder; nothing mocked."""
+
 import persona_dspy  # noqa: F401
 
-import sqlite3
-import subprocess
-import sys
-import textwrap
+import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,12 +13,14 @@ import pytest
 
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import MalformedInteractionError, StoreUnavailableError, UnknownUserError
+from persona_dspy.errors import MalformedInteractionError, UnknownUserError
+from persona_dspy.memory import Episode, EpisodicMemory, Memory, MemoryReader, UserSnapshot
 from persona_dspy.memory.embedder import OnnxEmbedder
-from persona_dspy.memory.episodic import Episode, EpisodicMemory
 
 TOPICS = ["cooking pasta carbonara", "debugging a python import error", "planning a trip to Kyoto",
           "training for a marathon", "growing tomatoes on a balcony"]
+ENGINES = {"edge": lambda tmp: str(tmp / "qdrant"), "memory": lambda tmp: ":memory:",
+           "local": lambda tmp: f"local:{tmp / 'qdrant_local'}"}
 
 
 def rec(user: str, i: int, *, output: str | None = None, ts: float | None = None) -> Interaction:
@@ -26,22 +29,30 @@ def rec(user: str, i: int, *, output: str | None = None, ts: float | None = None
                        timestamp=float(i) if ts is None else ts)
 
 
-@pytest.fixture(params=["folder", "memory"])
+@pytest.fixture(params=list(ENGINES))
 def mem(request: pytest.FixtureRequest, tmp_path: Path, embedder: OnnxEmbedder) -> Iterator[EpisodicMemory]:
-    location = str(tmp_path / "qdrant") if request.param == "folder" else ":memory:"
-    with EpisodicMemory(Settings(qdrant=location, state_dir=tmp_path), embedder=embedder) as m:
+    with EpisodicMemory(Settings(qdrant=ENGINES[request.param](tmp_path), state_dir=tmp_path),
+                        embedder=embedder) as m:
         yield m
 
 
-def test_no_io_until_first_use(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    folder = tmp_path / "qdrant"
-    m = EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder)
+def test_every_implementation_is_a_memory(mem: EpisodicMemory) -> None:
+    mem.add([rec("alice", 0)])
+    assert isinstance(mem, Memory)
+    assert isinstance(mem.snapshot("alice"), MemoryReader) and not isinstance(mem.snapshot("alice"), Memory)
+
+
+@pytest.mark.parametrize("engine", ["edge", "local"])
+def test_no_io_until_first_use(engine: str, tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    location = ENGINES[engine](tmp_path)
+    folder = Path(location.removeprefix("local:"))
+    m = EpisodicMemory(Settings(qdrant=location), embedder=embedder)
     assert not folder.exists()
     assert m.count() == 0 and folder.exists()
     m.close()
 
 
-def test_idempotent_reingest(mem: EpisodicMemory) -> None:
+def test_idempotent_readd(mem: EpisodicMemory) -> None:
     batch = [rec("alice", i) for i in range(6)]
     assert mem.add(batch) == 6
     assert mem.add(batch) == 0
@@ -71,110 +82,84 @@ def test_user_isolation(mem: EpisodicMemory) -> None:
     assert mem.users() == ["alice", "bob"]
 
 
-def test_time_bound_is_strict(mem: EpisodicMemory) -> None:
-    mem.add([rec("alice", i) for i in range(10)])  # timestamps 0.0 .. 9.0
-    before = 5.0
-    recalled = [e.interaction.timestamp for e in mem.recall("alice", "cooking pasta", k=100, before=before)]
-    assert sorted(recalled) == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert [it.timestamp for it in mem.recent("alice", 3, before=before)] == [2.0, 3.0, 4.0]
-    assert [it.timestamp for it in mem.history("alice", before=before)] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert [it.timestamp for it in mem.recent("alice", 2)] == [8.0, 9.0]
-    assert mem.recall("alice", "anything", before=0.0) == []  # known user, nothing earlier: empty, no error
+def test_isolation_under_concurrent_writers(mem: EpisodicMemory) -> None:
+    users = [f"user{u}" for u in range(6)]
+
+    def work(user: str) -> list[str]:
+        for start in range(0, 15, 5):
+            mem.add([rec(user, i) for i in range(start, start + 5)], batch_size=3)
+            assert {e.interaction.user_id for e in mem.recall(user, "pasta", k=50)} == {user}
+            assert {it.user_id for it in mem.recent(user, 50)} == {user}
+        return [it.id for it in mem.history(user)]
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        histories = dict(zip(users, pool.map(work, users)))
+    for user, ids in histories.items():
+        assert ids == [f"{user}-{i}" for i in range(15)]
+    assert mem.count() == 90 and mem.users() == users
 
 
-def test_forget_removes_exactly_one_user(mem: EpisodicMemory) -> None:
+def test_before_bound_is_strict_at_the_boundary(mem: EpisodicMemory) -> None:
+    just_below, just_above = math.nextafter(5.0, 0.0), math.nextafter(5.0, 10.0)
+    stamps = [1.0, 2.0, just_below, 5.0, just_above, 9.0]
+    mem.add([rec("alice", i, ts=ts) for i, ts in enumerate(stamps)])
+    expected = [1.0, 2.0, just_below]
+    assert sorted(e.interaction.timestamp for e in mem.recall("alice", "pasta", k=100, before=5.0)) == expected
+    assert [it.timestamp for it in mem.history("alice", before=5.0)] == expected
+    assert [it.timestamp for it in mem.recent("alice", 2, before=5.0)] == [2.0, just_below]
+    assert [it.timestamp for it in mem.recent("alice", 2, before=just_above)] == [just_below, 5.0]
+    assert [it.timestamp for it in mem.recent("alice", 2)] == [just_above, 9.0]
+    assert mem.recall("alice", "anything", before=1.0) == []  # known user, nothing earlier: empty, no error
+
+
+def test_forget_leaves_zero_points_of_that_user(mem: EpisodicMemory) -> None:
     mem.add([rec("alice", i) for i in range(4)] + [rec("bob", i) for i in range(3)])
     assert mem.forget("alice") == 4
-    assert mem.count() == mem.count("bob") == 3
-    assert not mem.has_user("alice") and mem.has_user("bob")
+    assert mem.count("alice") == 0 and mem.count() == mem.count("bob") == 3
+    assert not mem.has_user("alice") and mem.has_user("bob") and mem.users() == ["bob"]
+    assert mem.snapshots(["alice", "bob"]).keys() == {"bob"}
     assert mem.forget("alice") == 0
     with pytest.raises(UnknownUserError):
         mem.recall("alice", "pasta")
 
 
 def test_malformed_batch_writes_nothing(mem: EpisodicMemory) -> None:
+    good = [rec("alice", i) for i in range(300)]  # more than one write batch before the bad record
     with pytest.raises(MalformedInteractionError) as err:
-        mem.add([rec("alice", 0), rec("alice", 1), rec("alice", 0, output="other")])
+        mem.add(good + [rec("alice", 0, output="other")])
     assert err.value.record_id == "alice-0" and err.value.field == "id"
     with pytest.raises(MalformedInteractionError) as err:
-        mem.add([rec("alice", 0), {"user_id": "alice", "id": "x", "input": "", "output": "", "timestamp": 1}])
+        mem.add(good + [{"user_id": "alice", "id": "x", "input": "", "output": "", "timestamp": 1}])
     assert err.value.record_id == "x" and err.value.field == "input"
+    with pytest.raises(MalformedInteractionError):
+        mem.add([rec("alice", 0), "not a record"])  # type: ignore[list-item]
     assert mem.count() == 0
 
 
 def test_unknown_user(mem: EpisodicMemory) -> None:
     mem.add([rec("alice", 0)])
     for call in (lambda: mem.recall("nobody", "pasta"), lambda: mem.recent("nobody", 3),
-                 lambda: mem.history("nobody")):
+                 lambda: mem.history("nobody"), lambda: mem.snapshot("nobody")):
         with pytest.raises(UnknownUserError, match="nobody"):
             call()
 
 
-def test_same_folder_shared_in_process_and_persisted(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    settings = Settings(qdrant=str(tmp_path / "q"))
-    a, b = EpisodicMemory(settings, embedder=embedder), EpisodicMemory(settings, embedder=embedder)
-    a.add([rec("alice", 0)])
-    assert b.count("alice") == 1
-    a.close()
-    assert b.recent("alice", 1)[0].id == "alice-0"  # b still open after a closed
-    b.close()
-    with EpisodicMemory(settings, embedder=embedder) as c:
-        assert c.history("alice")[0] == rec("alice", 0)
-
-
-def test_folder_commits_in_wal_mode(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    # the default rollback journal fsyncs once per point (~70 points/s): see _fast_local_commits
-    folder = tmp_path / "q"
-    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder) as m:
-        m.add([rec("alice", i) for i in range(3)])
-        (db,) = folder.glob("collection/*/storage.sqlite")
-        with sqlite3.connect(db) as conn:
-            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder) as m:
-        assert m.count("alice") == 3
-
-
-def test_folder_locked_by_another_process(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    folder = tmp_path / "locked"
-    script = textwrap.dedent(f"""
-        import time
-        from qdrant_client import QdrantClient
-        client = QdrantClient(path={str(folder)!r})
-        print("ready", flush=True)
-        time.sleep(60)
-    """)
-    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as holder:
-        try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-            with pytest.raises(StoreUnavailableError, match="one process") as err:
-                EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder).count()
-            assert str(folder) in str(err.value) and "PERSONA_DSPY_QDRANT" in str(err.value)
-        finally:
-            holder.kill()
-
-
-def test_unreachable_server(embedder: OnnxEmbedder) -> None:
-    with pytest.raises(StoreUnavailableError, match="127.0.0.1:9"):
-        EpisodicMemory(Settings(qdrant="http://127.0.0.1:9"), embedder=embedder).count()
-
-
-def test_concurrent_writers_keep_isolation(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    settings = Settings(qdrant=str(tmp_path / "q"))
-    users = [f"user{u}" for u in range(6)]
-
-    def work(user: str) -> list[str]:
-        with EpisodicMemory(settings, embedder=embedder) as m:
-            for start in range(0, 20, 5):
-                m.add([rec(user, i) for i in range(start, start + 5)], batch_size=3)
-                assert {e.interaction.user_id for e in m.recall(user, "pasta", k=50)} == {user}
-            return [it.id for it in m.history(user)]
-
-    with ThreadPoolExecutor(len(users)) as pool:
-        histories = dict(zip(users, pool.map(work, users)))
-    for user, ids in histories.items():
-        assert ids == [f"{user}-{i}" for i in range(20)]
-    with EpisodicMemory(settings, embedder=embedder) as m:
-        assert m.count() == 120 and m.users() == users
+def test_snapshot_answers_like_the_store(mem: EpisodicMemory) -> None:
+    mem.add([rec(u, i, ts=10.0 * i) for u in ("ann", "ben") for i in range(12)])
+    snap = mem.snapshot("ann")
+    assert isinstance(snap, UserSnapshot)
+    for before in (None, 0.0, 30.0, math.nextafter(30.0, 0.0), 115.0, 1e9):
+        assert snap.history("ann", before) == mem.history("ann", before)
+        assert snap.recent("ann", 4, before) == mem.recent("ann", 4, before)
+        for query in ("Help me with planning a trip to Kyoto", "marathon training plan"):
+            direct, copied = mem.recall("ann", query, k=3, before=before), snap.recall("ann", query, k=3, before=before)
+            assert [e.interaction for e in copied] == [e.interaction for e in direct]
+            assert [e.score for e in copied] == pytest.approx([e.score for e in direct], abs=1e-5)
+    assert snap.count("ann") == snap.count() == mem.count("ann") == 12 and snap.count("ben") == 0
+    assert snap.has_user("ann") and not snap.has_user("ben") and snap.users() == ["ann"]
+    assert snap.snapshot("ann") is snap
+    with pytest.raises(UnknownUserError):
+        snap.history("ben")  # a snapshot answers for its own user only
 
 
 def test_snapshots_of_many_users_in_one_read_equal_single_snapshots(mem: EpisodicMemory) -> None:
@@ -184,8 +169,4 @@ def test_snapshots_of_many_users_in_one_read_equal_single_snapshots(mem: Episodi
     for user in ("ann", "cy"):
         one = mem.snapshot(user)
         assert many[user].history(user) == one.history(user) == mem.history(user)
-        query = "Help me with planning a trip to Kyoto"
-        assert [e.interaction.id for e in many[user].recall(user, query, k=3, before=3.0)] == \
-            [e.interaction.id for e in mem.recall(user, query, k=3, before=3.0)]
-    with pytest.raises(UnknownUserError):
-        many["ann"].history("cy")  # a snapshot answers for its own user only
+        assert (many[user].vectors == one.vectors).all()

@@ -241,7 +241,7 @@ class EdgeEngine:
         if not total:
             return []
         hits = self.shard.facet(qe.FacetRequest("user_id", limit=total, exact=True)).hits
-        return sorted(str(h.value) for h in hits)
+        return sorted(str(h.value) for h in hits if h.count > 0)  # 0.9 keeps forgotten users with count 0
 
     def delete_user(self, user_id: str) -> int:
         n = self.count(user_id)
