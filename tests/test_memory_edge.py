@@ -1,0 +1,179 @@
+"""Qdrant Edge as the folder engine: its indexes, one process per folder, a process killed while
+writing, and the migration of a folder written by the previous engine (qdrant-client local mode)."""
+
+import persona_dspy  # noqa: F401
+
+import signal
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qdrant_edge as qe
+
+from persona_dspy.cli import main
+from persona_dspy.config import Settings
+from persona_dspy.data.records import Interaction
+from persona_dspy.errors import StoreUnavailableError
+from persona_dspy.memory import EpisodicMemory
+from persona_dspy.memory.edge_engine import EdgeEngine
+from persona_dspy.memory.embedder import DIM, OnnxEmbedder
+
+
+class HashedVectors:
+    """Precomputed-style vectors (a fixed function of the text) for writes too big for the real embedder."""
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=DIM) for t in texts])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+
+def items(n: int, users: int = 50) -> list[Interaction]:
+    return [Interaction(user_id=f"u{i % users}", id=str(i), input=f"episode {i} of user {i % users}",
+                        output=str(i), timestamp=float(i)) for i in range(n)]
+
+
+def hold(script: str) -> subprocess.Popen:
+    """A child process that runs ``script`` (which prints "ready" once it holds what it opened)."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_folder_and_edge_prefix_name_the_same_store(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    with EpisodicMemory(Settings(qdrant=str(tmp_path / "q")), embedder=embedder) as m:
+        m.add(items(3))
+    with EpisodicMemory(Settings(qdrant=f"edge:{tmp_path / 'q'}"), embedder=embedder) as m:
+        assert m.count() == 3 and m.users() == ["u0", "u1", "u2"]
+
+
+def test_default_store_is_an_edge_folder_in_the_state_dir(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    with EpisodicMemory(Settings(state_dir=tmp_path), embedder=embedder) as m:
+        m.add(items(2))
+    assert (tmp_path / "qdrant" / "persona_episodes" / "edge_config.json").is_file()
+
+
+def test_indexes_a_tenant_keyword_user_id_and_a_float_timestamp(tmp_path: Path) -> None:
+    engine = EdgeEngine(tmp_path / "q", "episodes")
+    try:
+        schema = engine.shard.info().payload_schema
+        assert schema["user_id"].data_type == qe.PayloadSchemaType.Keyword and schema["user_id"].params.is_tenant
+        assert schema["timestamp"].data_type == qe.PayloadSchemaType.Float
+    finally:
+        engine.close()
+
+
+def test_same_folder_shared_in_process_and_persisted(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    settings = Settings(qdrant=str(tmp_path / "q"))
+    a, b = EpisodicMemory(settings, embedder=embedder), EpisodicMemory(settings, embedder=embedder)
+    a.add(items(1))
+    assert b.count("u0") == 1
+    a.close()
+    assert b.recent("u0", 1)[0].id == "0"  # b still open after a closed
+    b.close()
+    with EpisodicMemory(settings, embedder=embedder) as c:
+        assert c.history("u0") == items(1)
+
+
+def test_second_process_on_the_folder_fails_clearly(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    folder = tmp_path / "q"
+    holder = hold(f"""
+        import time
+        from persona_dspy import Settings
+        from persona_dspy.memory import EpisodicMemory
+        EpisodicMemory(Settings(qdrant={str(folder)!r})).count()
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    try:
+        with pytest.raises(StoreUnavailableError, match=f"in use by process {holder.pid}") as err:
+            EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder).count()
+        assert str(folder) in str(err.value) and "PERSONA_DSPY_QDRANT=http://" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder) as m:  # the kernel dropped its lock
+        assert m.count() == 0
+
+
+def test_shard_held_by_a_bare_edge_process_fails_clearly(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    EdgeEngine(tmp_path / "q", "persona_episodes").close()
+    holder = hold(f"""
+        import time
+        import qdrant_edge
+        shard = qdrant_edge.EdgeShard.load({str(tmp_path / "q" / "persona_episodes")!r})
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    try:
+        with pytest.raises(StoreUnavailableError, match="open in another process"):
+            EpisodicMemory(Settings(qdrant=str(tmp_path / "q")), embedder=embedder).count()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_process_killed_while_adding_leaves_an_openable_store_that_a_readd_completes(tmp_path: Path) -> None:
+    folder, total = tmp_path / "q", 60_000
+    writer = hold(f"""
+        from persona_dspy import Settings
+        from persona_dspy.memory import EpisodicMemory
+        from test_memory_edge import HashedVectors, items
+        with EpisodicMemory(Settings(qdrant={str(folder)!r}), embedder=HashedVectors()) as m:
+            m.add(items(500))
+            print("ready", flush=True)
+            m.add(items({total}))
+        print("finished", flush=True)
+    """)
+    try:
+        writer.wait(timeout=1.5)
+    except subprocess.TimeoutExpired:
+        writer.send_signal(signal.SIGKILL)
+    assert writer.wait() == -signal.SIGKILL, "the writer finished before it was killed: make the batch bigger"
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        stored = m.count()
+        assert 500 <= stored < total
+        assert all(it.user_id == "u7" for it in m.history("u7"))
+        assert m.add(items(total)) == total - stored
+        assert m.count() == total and m.history("u7") == items(total)[7::50]
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        assert m.count() == total
+
+
+def test_forgetting_most_of_the_store_vacuums_on_close(tmp_path: Path) -> None:
+    settings = Settings(qdrant=str(tmp_path / "q"))
+    with EpisodicMemory(settings, embedder=HashedVectors()) as m:
+        m.add(items(2_000, users=4))
+        assert m.forget("u0") + m.forget("u1") == 1_000
+    with EpisodicMemory(settings, embedder=HashedVectors()) as m:
+        assert m.count() == 1_000 and m.users() == ["u2", "u3"]
+        assert m.history("u2") == items(2_000, users=4)[2::4]
+
+
+def test_legacy_local_folder_is_detected_and_migrated(tmp_path: Path, embedder: OnnxEmbedder,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "qdrant"
+    old = items(40, users=4)
+    with EpisodicMemory(Settings(qdrant=f"local:{folder}"), embedder=embedder) as m:
+        m.add(old)
+        before = [e.interaction for e in m.recall("u1", "episode 13 of user 1", k=3)]
+    with pytest.raises(StoreUnavailableError, match=f"persona-dspy memory migrate {folder}"):
+        EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder).count()
+
+    assert main(["memory", "migrate", str(folder)]) == 0
+    assert "persona_episodes: 40 points copied" in capsys.readouterr().out
+    backup = folder.with_name("qdrant.local-backup")
+    assert (backup / "meta.json").is_file() and (backup / "collection").is_dir()  # the old folder is kept
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=embedder) as m:
+        assert m.count() == 40 and m.users() == ["u0", "u1", "u2", "u3"]
+        assert m.history("u1") == old[1::4]
+        assert [e.interaction for e in m.recall("u1", "episode 13 of user 1", k=3)] == before
+        assert m.add(old) == 0  # same ids: the migrated points are the same points
+    assert main(["memory", "migrate", str(folder)]) == 7  # StoreUnavailableError: nothing to migrate
