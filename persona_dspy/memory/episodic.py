@@ -29,7 +29,7 @@ from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import MalformedInteractionError, UnknownUserError
 from persona_dspy.memory.embedder import OnnxEmbedder
-from persona_dspy.memory.engine import Engine, Payload
+from persona_dspy.memory.engine import Engine
 from persona_dspy.memory.protocol import Episode
 from persona_dspy.memory.snapshot import UserSnapshot
 
@@ -49,10 +49,6 @@ def point_id(interaction: Interaction) -> str:
 def to_interaction(payload: Mapping[str, Any] | None) -> Interaction:
     payload = payload or {}
     return Interaction.model_validate({k: payload[k] for k in _INTERACTION_FIELDS if k in payload})
-
-
-def to_payload(interaction: Interaction) -> Payload:
-    return {**interaction.model_dump(mode="json"), "content_hash": interaction.content_hash}
 
 
 def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[Interaction]:
@@ -175,10 +171,12 @@ class EpisodicMemory:
                 batch = items[start:start + batch_size]
                 ids = [point_id(it) for it in batch]
                 known = engine.content_hashes(ids)
-                todo = [(pid, it) for pid, it in zip(ids, batch) if known.get(pid) != it.content_hash]
+                todo = [(pid, it, digest) for pid, it in zip(ids, batch)
+                        if known.get(pid) != (digest := it.content_hash)]
                 if todo:
-                    vectors = self.embedder.embed([it.input for _, it in todo])
-                    engine.upsert([pid for pid, _ in todo], vectors, [to_payload(it) for _, it in todo])
+                    vectors = self.embedder.embed([it.input for _, it, _ in todo])
+                    engine.upsert([pid for pid, _, _ in todo], vectors,
+                                  [{**it.model_dump(mode="json"), "content_hash": digest} for _, it, digest in todo])
                     written += len(todo)
                 bar.update(len(batch))
         return written
