@@ -16,6 +16,8 @@ class Step(BaseModel):
     predictions: list[str | None]
     loss: str = ""
     updated_persona: str | None = None
+    candidate_scores: list[float] = Field(default_factory=list, description="replay score of each usable rewrite")
+    rejected: list[str] = Field(default_factory=list, description="rewrites rejected for contradicting the facts")
 
 
 class CompileResult(BaseModel):

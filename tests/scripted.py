@@ -10,14 +10,16 @@ from persona_dspy.optimizers import prompts
 
 LOW, HIGH = "1.0", "4.0"
 CRITIQUE = "- The user rates movies harshly, mostly 1 or 2 stars; the persona should say the user is a harsh rater."
-NEW_PERSONA = "This user is a harsh critic who rates most movies low (1 to 2 stars)."
+NEW_PERSONA = "For this user, answer as a harsh critic: most movies get 1 to 2 stars."
+"""The guidance every scripted rewrite returns (the persona's trainable part)."""
 
 
 def rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
     system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
-    if system.startswith(prompts.LOSS_SYSTEM[:40]):
+    kind = prompts.prompt_kind(messages)
+    if kind == "loss":
         return CRITIQUE
-    if system.startswith(prompts.TGD_SYSTEM[:40]):
+    if kind == "update":
         return f"<IMPROVED_VARIABLE>{NEW_PERSONA}</IMPROVED_VARIABLE>"
     if "profile" in system and "previous_profile" in system:
         return {"profile": "- rates low\n- likes comedies"}

@@ -61,8 +61,10 @@ class DSPyEngine(EngineLM):
                    if key not in _NOT_GENERATION and value is not None}
         messages = [{"role": "system", "content": system_prompt or self.system_prompt},
                     {"role": "user", "content": _text(prompt)}]
+        rollout = {**self.overrides, **kwargs}.get("rollout_id")  # a distinct sample (and cache entry) per id
         try:
-            response = lm(request_from_openai_chat({"model": lm.model, "messages": messages, **options}))
+            request = request_from_openai_chat({"model": lm.model, "messages": messages, **options})
+            response = lm(request) if rollout is None else lm(request, rollout_id=rollout)
         except Exception as exc:  # the LM layer already applied its own bounded retries
             raise LMOutputError(f"the LM call failed ({type(exc).__name__}: {str(exc)[:200]}); nothing was "
                                 "promoted. Check the LM (PERSONA_DSPY_LM, api_base, key) and retry.") from exc

@@ -1,9 +1,18 @@
-"""PersonaOptimizer: test-time preference alignment of a user's persona with TextGrad.
+"""PersonaOptimizer: test-time preference alignment of a user's persona, grounded in measured facts.
 
-For each iteration: replay the user's latest ``n`` interactions with the current persona (memory
-bounded by each interaction's own time), critique the replay against what the user really did
-(textual loss, one LM call for the batch), back-propagate the critique to the persona and let TGD
-rewrite it. The gate, budget and tracking are shared with the baselines (``base.py``).
+1. **Ground.** Measure the user's facts (how they answer overall, and per facet such as a movie
+   genre) from the interactions *before* the replayed and gated ones, and write them into the
+   persona under the task's base instructions (``grounding``, ``prompts.compose``).
+2. **Replay** the user's latest ``n_recent`` interactions with that persona (memory bounded by each
+   interaction's own time) and compare each simulated answer with what the user really did.
+3. **Textual loss and gradient**: the measured errors in words (plus an optional LM critique that
+   may not contradict them), back-propagated by TextGrad to the *guidance*, the one trainable part.
+4. **Step**: TextGrad's TGD rewrites the guidance into ``candidates`` rewrites; a rewrite that
+   contradicts the facts is rejected; the others are replayed and the best is kept only if it
+   replays strictly better.
+5. **Gate** (``_gate``): the candidate is promoted only with evidence: a higher mean score than
+   production on the ``n_val`` held-back interactions by more than ``min_gain``, and more wins than
+   losses there.
 """
 
 from __future__ import annotations
@@ -14,115 +23,181 @@ from tqdm.auto import tqdm
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import LMOutputError
+from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserError
+from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
+from persona_dspy.optimizers.grounding import UserFacts, contradictions, measure
 from persona_dspy.results import CompileResult, Step
 
 SCORE_TOLERANCE = 1e-9
 """Replay scores closer than this are equal (means of per-interaction scores)."""
 
 MIN_LEAK_CHARS = 12
-"""Replayed answers at least this long are redacted from a rewritten persona (no memorized answers)."""
+"""Replayed answers at least this long are redacted from a rewritten guidance (no memorized answers)."""
+
+MAX_GUIDANCE_CHARS = 400
 
 
 class PersonaOptimizer(GatedPersonaOptimizer):
-    """``PersonaOptimizer(n_recent=3, iterations=3).compile(agent, trainset=history) -> PersonaAgent``.
+    """``PersonaOptimizer(n_recent=3, iterations=1).compile(agent, trainset=history) -> PersonaAgent``.
 
-    Cost per iteration: ``n_recent`` replays + 1 loss + 1 update, and the gate adds ``2 * n_val``
-    replays when the persona changed: ``iterations * (n + 2) + 2 * n_val`` at most. The replay that
-    starts an iteration also judges the previous update, so the loop stops early, for free:
+    Cost: ``n_recent`` replays, then per iteration ``candidates`` rewrites (+1 critique with
+    ``critique=True``) and ``n_recent`` replays per usable rewrite, and ``2 * n_val`` gate replays
+    when the persona changed. Defaults (3 + 1 + 3 + 2 * 4): 15 LM calls at most.
 
-    - every replayed answer matches the user: nothing left to learn from this batch;
-    - the update made the replay worse than the best persona so far: that step is undone, the
-      candidate is the best persona;
-    - ``patience`` iterations in a row without a better replay (default 1; ``None``: never);
-    - the update returned the persona unchanged (its replay would be the same).
-
-    ``result.stopped`` says which.
+    The loop stops early when every replayed answer matches the user, when no rewrite replays
+    better than the current persona, or when the rewrite is unchanged; ``result.stopped`` says which.
+    ``ground=False`` leaves the facts out (an ablation), ``critique=True`` adds an LM critique to the
+    measured loss (another).
     """
 
     name = "PersonaOptimizer"
 
-    def __init__(self, n_recent: int = 3, iterations: int = 3, *, patience: int | None = 1, **kwargs: Any) -> None:
-        super().__init__(n_recent, **kwargs)
+    def __init__(self, n_recent: int = 3, iterations: int = 1, *, candidates: int = 1, ground: bool = True,
+                 critique: bool = False, min_gain: float = 0.0, n_val: int = 4, **kwargs: Any) -> None:
+        super().__init__(n_recent, n_val=n_val, **kwargs)
         if iterations < 1:
-            raise ValueError("iterations must be >= 1")
-        if patience is not None and patience < 1:
-            raise ValueError("patience must be >= 1 or None")
-        self.iterations, self.patience = iterations, patience
+            raise ConfigurationError(f"iterations must be >= 1 (got {iterations})")
+        if candidates < 1:
+            raise ConfigurationError(f"candidates must be >= 1 (got {candidates})")
+        self.iterations, self.candidates, self.ground, self.critique = iterations, candidates, ground, critique
+        self.min_gain = min_gain
 
     @property
     def params(self) -> dict[str, Any]:
-        return {**super().params, "iterations": self.iterations, "patience": self.patience}
+        return {**super().params, "iterations": self.iterations, "candidates": self.candidates,
+                "ground": self.ground, "critique": self.critique, "min_gain": self.min_gain}
 
+    # -- grounding ---------------------------------------------------------------------------------
+    def facts(self, agent: PersonaAgent, train: list[Interaction], val_ids: list[str]) -> UserFacts:
+        """The user's facts from interactions strictly before every replayed and gated one."""
+        if not self.ground or agent.memory is None:
+            return UserFacts(kind=agent.task.kind, n=0)
+        try:
+            history = agent.memory.history(agent.user_id)
+        except UnknownUserError:
+            return UserFacts(kind=agent.task.kind, n=0)
+        window = {it.id for it in train} | set(val_ids)
+        cut = min([it.timestamp for it in history if it.id in window] + [it.timestamp for it in train])
+        return measure(agent.task, [it for it in history if it.timestamp < cut])
+
+    # -- the loop ----------------------------------------------------------------------------------
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
         from persona_dspy.lm.textgrad_engine import DSPyEngine
-        from persona_dspy.optimizers import prompts, textgrad_ops as ops
+        from persona_dspy.optimizers import textgrad_ops as ops
+
+        base, _, guidance_text = prompts.decompose(agent.persona)
+        facts = self.facts(agent, train, result.val_ids)
+        facts_text = facts.text()
+
+        def persona_of(guidance: str) -> str:
+            return prompts.compose(base, facts_text, "" if guidance == prompts.NO_GUIDANCE else guidance)
 
         engine = DSPyEngine()
-        persona = ops.PersonaVariable(agent.persona)
-        constraints = [f"At most {self.max_persona_chars} characters.",
-                       f"Write it as instructions to the assistant about this user, starting with '{prompts.PERSONA_START}', "
-                       "stating the user's preferences and answering habits concretely.",
-                       f"Keep the task's output contract: {agent.task.contract()}"]
-        optimizer = ops.tgd_optimizer(persona, engine, constraints)
-        loss_fn = ops.PreferenceLoss(engine, agent.task.contract(), agent.task.kind)
-        best_score, best_persona, stale = -1.0, persona.value, 0
+        guidance = ops.GuidanceVariable(guidance_text or prompts.NO_GUIDANCE)
+        constraints = [
+            f"Start with '{prompts.GUIDANCE_START}'. One to three short sentences, at most {MAX_GUIDANCE_CHARS} "
+            "characters, telling the assistant how to answer for this user.",
+            "Only say what the measured errors and the facts support; never contradict them.",
+            f"Facts measured from the user's past answers: {facts_text or '(none)'}",
+            f"Keep the task's output contract: {agent.task.contract()}",
+        ]
+        optimizer = ops.tgd_optimizer(guidance, engine, constraints)
+        loss_fn = ops.PreferenceLoss(engine, agent.task, facts=facts_text, critique=self.critique)
+        agent.persona = persona_of(guidance.value)
+        score, preds = self.replay(agent, train, budget, "replay")
         bar = tqdm(range(self.iterations), desc=f"align {agent.user_id}", disable=not self.progress, leave=False)
         for i in bar:
-            agent.persona = persona.value
-            score, preds = self.replay(agent, train, budget, f"iteration {i + 1} replay")
-            step = Step(iteration=i + 1, persona=persona.value, train_score=score, predictions=preds)
+            step = Step(iteration=i + 1, persona=persona_of(guidance.value), train_score=score, predictions=preds)
             result.steps.append(step)
             bar.set_postfix(score=f"{score:.2f}")
-            if score < best_score - SCORE_TOLERANCE:
-                result.stopped = (f"the update of iteration {i} made the replay worse ({score:.3f} < {best_score:.3f}); "
-                                  "the candidate is the best persona replayed")
-                return best_persona
-            stale = stale + 1 if i and score <= best_score + SCORE_TOLERANCE else 0
-            best_score, best_persona = score, persona.value
-            if score >= 1.0:
+            if score >= 1.0 - SCORE_TOLERANCE:
                 result.stopped = f"every replayed answer matched the user (iteration {i + 1})"
-                return persona.value
-            if self.patience is not None and stale >= self.patience:
-                result.stopped = f"no better replay for {stale} iteration(s) (patience {self.patience})"
-                return persona.value
-            budget.reserve(2, f"iteration {i + 1} loss and update")
+                break
+            budget.reserve(self.candidates + int(self.critique), f"iteration {i + 1} loss and rewrite")
             optimizer.zero_grad()
             cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
-            replay = ops.Replay()(persona, cases, agent.task)
-            loss = loss_fn(persona, replay, ops.metric_summary(cases, agent.task))
+            loss = loss_fn(ops.Replay()(guidance, cases, agent.task), cases)
             step.loss = loss.value
             loss.backward(engine)
-            step.updated_persona = self._step(optimizer, persona, engine, train)
-            if step.updated_persona == step.persona:
-                result.stopped = f"the update of iteration {i + 1} left the persona unchanged"
-                return persona.value
-        result.stopped = f"{self.iterations} iteration(s) done"
-        return persona.value
+            best = None
+            for text in self._rewrites(optimizer, guidance, engine, train, facts, step):
+                agent.persona = persona_of(text)
+                s, p = self.replay(agent, train, budget, f"iteration {i + 1} candidate")
+                step.candidate_scores.append(s)
+                if best is None or s > best[0] + SCORE_TOLERANCE:
+                    best = (s, text, p)
+            if best is None:
+                result.stopped = f"no usable rewrite in iteration {i + 1} ({step.rejected or 'unchanged'})"
+                break
+            step.updated_persona = persona_of(best[1])
+            if best[0] <= score + SCORE_TOLERANCE:
+                result.stopped = (f"no rewrite replayed better than the current persona in iteration {i + 1} "
+                                  f"({best[0]:.3f} vs {score:.3f})")
+                break
+            score, preds = best[0], best[2]
+            guidance.set_value(best[1])
+        else:
+            result.stopped = f"{self.iterations} iteration(s) done"
+        return persona_of(guidance.value)
 
-    def _step(self, optimizer: Any, persona: Any, engine: Any, train: list[Interaction]) -> str:
-        """One TGD update, validated; one retry on unusable output, then ``LMOutputError``."""
-        previous = persona.value
-        retry_engine = type(engine)(temperature=0.7)  # a different cache key, a different sample
-        try:
-            for attempt_engine in (engine, retry_engine):
-                optimizer.engine = attempt_engine
-                try:
-                    optimizer.step()
-                except IndexError:  # no <IMPROVED_VARIABLE> tag in the answer
-                    persona.set_value(previous)
-                    continue
-                text = self._redact(persona.value.strip().strip("{}\"'` \n"), train)
-                if 20 <= len(text) <= self.max_persona_chars:
-                    persona.set_value(text)
-                    return text
-                persona.set_value(previous)
-        finally:
-            optimizer.engine = engine
-        raise LMOutputError("the LM's persona update was unusable twice (missing <IMPROVED_VARIABLE> tags, "
-                            f"empty, or over {self.max_persona_chars} characters); production was not moved. "
-                            "Try a stronger LM for alignment (PERSONA_DSPY_LM).")
+    def _rewrites(self, optimizer: Any, guidance: Any, engine: Any, train: list[Interaction], facts: UserFacts,
+                  step: Step) -> list[str]:
+        """Up to ``candidates`` usable, distinct rewrites of the guidance (TGD steps at temperature 0,
+        then sampled). Unparsable or over-long output is retried once; a rewrite contradicting the facts
+        is rejected (``step.rejected``). Raises ``LMOutputError`` when no attempt was even parsable."""
+        previous, out, parsed = guidance.value, [], 0
+        for attempt in range(self.candidates + 1):
+            if len(out) == self.candidates or (attempt == self.candidates and parsed):
+                break
+            optimizer.engine = engine if attempt == 0 else type(engine)(temperature=0.7, rollout_id=attempt)
+            try:
+                optimizer.step()
+            except IndexError:  # no <IMPROVED_VARIABLE> tag in the answer
+                guidance.set_value(previous)
+                continue
+            finally:
+                optimizer.engine = engine
+            text = self._redact(guidance.value.strip().strip("{}\"'` \n"), train)
+            guidance.set_value(previous)
+            if not 10 <= len(text) <= MAX_GUIDANCE_CHARS:
+                continue
+            parsed += 1
+            problems = contradictions(text, facts)
+            if problems:
+                step.rejected.append(f"{text[:80]!r}: {problems[0]}")
+            elif text != previous and text not in out:
+                out.append(text)
+        if not parsed:
+            raise LMOutputError("the LM's guidance rewrite was unusable twice (missing <IMPROVED_VARIABLE> tags, "
+                                f"empty, or over {MAX_GUIDANCE_CHARS} characters); production was not moved. "
+                                "Try a stronger LM for alignment (PERSONA_DSPY_LM).")
+        return out
+
+    # -- the gate ----------------------------------------------------------------------------------
+    def _gate(self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget,
+              result: CompileResult) -> None:
+        """Promote only with evidence: higher mean score by more than ``min_gain`` AND more wins than
+        losses on the held-back interactions (a tie on every item is not evidence)."""
+        candidate_text = agent.persona
+        if candidate_text == production_text:
+            result.reason = "the persona did not change"
+            return
+        if not val:
+            result.reason = "no held-back interactions to gate on; candidate registered, production not moved"
+            return
+        agent.persona = production_text
+        result.val_score_production, prod = self.replay(agent, val, budget, "gate (production)")
+        agent.persona = candidate_text
+        result.val_score_candidate, cand = self.replay(agent, val, budget, "gate (candidate)")
+        score = agent.task.score
+        diffs = [score(c, it.output) - score(p, it.output) for c, p, it in zip(cand, prod, val)]
+        wins, losses = sum(d > SCORE_TOLERANCE for d in diffs), sum(d < -SCORE_TOLERANCE for d in diffs)
+        gain = result.val_score_candidate - result.val_score_production
+        result.promoted = gain > self.min_gain + SCORE_TOLERANCE and wins > losses
+        result.reason = (f"candidate {result.val_score_candidate:.3f} vs production {result.val_score_production:.3f} "
+                         f"on {len(val)} held-back interactions ({wins} better, {losses} worse; "
+                         f"promotion needs a gain > {self.min_gain:g} and more better than worse)")
 
     @staticmethod
     def _redact(text: str, train: list[Interaction]) -> str:

@@ -1,42 +1,42 @@
-"""The TextGrad graph of one alignment step: persona -> replay -> preference loss.
+"""The TextGrad graph of one alignment step: guidance -> replay -> preference loss.
 
-Two custom autograd functions keep the step at ``n + 2`` LM calls (n replays, one loss, one TGD
-update) instead of TextGrad's naive ``4n + 1``:
-
-* ``PreferenceLoss`` critiques *all* replayed interactions in one LM call, and phrases the
-  critique as feedback on the persona, so its backward passes the critique on unchanged;
-* ``Replay`` runs the DSPy agent (its own LM calls, memory bounded by each interaction's time)
-  and its backward hands the transcript's feedback to the persona, with the transcript as context.
-
-``loss.backward()`` and ``textgrad.TGD(...).step()`` are TextGrad's own.
+* ``Replay`` turns the agent's replayed answers (run by DSPy, memory bounded by each interaction's
+  time) into a transcript variable whose predecessor is the trainable guidance;
+* ``PreferenceLoss`` is the textual loss between simulated and true answers: the *measured* errors
+  in words, computed from the task metric (so the loss can never contradict them), plus, when
+  asked, one LM critique of the replay that is dropped if it points the other way;
+* ``loss.backward()`` hands the loss to the guidance with the transcript as context, and
+  ``PersonaTGD`` (TextGrad's TGD) rewrites it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import textgrad as tg
 from textgrad.autograd.function import BackwardContext, Function
 from textgrad.engine import EngineLM
 
+from persona_dspy.compat.textgrad import update_prompt
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import LMOutputError
 from persona_dspy.optimizers import prompts
 from persona_dspy.signatures.tasks import TaskSpec
 
 # TextGrad logs every prompt at INFO to stderr and a file; the compile's texts are in its MLflow run instead.
 logging.getLogger("textgrad").setLevel(logging.WARNING)
 
-PERSONA_ROLE = "persona: the system prompt telling the assistant how this specific user answers"
+GUIDANCE_ROLE = "guidance: short instructions telling the assistant how this specific user answers"
 TRANSCRIPT_ROLE = "the assistant's replayed answers next to the user's real answers"
+MAX_TASK_CHARS = 160
 
 
-class PersonaVariable(tg.Variable):
-    """The trainable persona. Shown in full to the optimizer (TextGrad abbreviates long variables)."""
+class GuidanceVariable(tg.Variable):
+    """The trainable guidance. Shown in full to the optimizer (TextGrad abbreviates long variables)."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text, requires_grad=True, role_description=PERSONA_ROLE)
+        super().__init__(text, requires_grad=True, role_description=GUIDANCE_ROLE)
 
     def get_short_value(self, n_words_offset: int = 10) -> str:
         return self.value
@@ -49,80 +49,104 @@ class ReplayCase:
     interaction: Interaction
     predicted: str | None
     score: float
-
     verdict: str
+    signed_error: float | None  # rating tasks: predicted - true
 
-    def line(self, index: int, task: TaskSpec) -> str:
+    def line(self, task: TaskSpec) -> str:
         text = task.compact(self.interaction.input)
-        if len(text) > 300:
-            text = text[:297] + "..."
+        if len(text) > MAX_TASK_CHARS:
+            text = text[: MAX_TASK_CHARS - 3] + "..."
         said = self.predicted if self.predicted is not None else "(invalid answer)"
-        return (f"{index}. Task: {text}\n   Assistant answered: {said}\n"
-                f"   User really answered: {self.interaction.output} ({self.verdict})")
+        return f"- {text}: assistant {said}, user {self.interaction.output} ({self.verdict})"
 
 
 def replay_case(task: TaskSpec, interaction: Interaction, predicted: str | None) -> ReplayCase:
+    p, g = task.parse(predicted), task.parse(interaction.output)
+    signed = float(p) - float(g) if task.kind == "rating" and p is not None and g is not None else None
     return ReplayCase(interaction, predicted, task.score(predicted, interaction.output),
-                      task.compare(predicted, interaction.output))
+                      task.compare(predicted, interaction.output), signed)
 
 
-def metric_summary(cases: list[ReplayCase], task: TaskSpec) -> str:
-    """The task metric over the batch, in words: the part of the loss that needs no LM."""
+def measured_feedback(cases: list[ReplayCase], task: TaskSpec) -> str:
+    """The task metric over the replay, in words: the direction and size of the errors, exactly."""
     if task.kind == "rating":
-        deltas = [float(c.predicted) - float(task.parse(c.interaction.output))
-                  for c in cases if c.predicted is not None and task.parse(c.interaction.output) is not None]
-        if deltas:
-            mean = sum(deltas) / len(deltas)
-            if not mean:
-                return "On average the assistant's ratings were right."
-            return f"On average the assistant rated {abs(mean):.1f} {'higher' if mean > 0 else 'lower'} than the user."
-    return f"{sum(c.score == 1.0 for c in cases)} of {len(cases)} answers matched the user."
+        errors = [c.signed_error for c in cases if c.signed_error is not None]
+        invalid = len(cases) - len(errors)
+        if not errors:
+            return f"All {len(cases)} answers were invalid (outside the output contract)."
+        mean = sum(errors) / len(errors)
+        high, low = sum(e > 0 for e in errors), sum(e < 0 for e in errors)
+        text = (f"{high} of {len(errors)} answers were higher than the user's, {low} lower; "
+                f"on average the assistant answered {abs(mean):.1f} {'higher' if mean > 0 else 'lower'} than the user.")
+        if not mean:
+            text = f"{high} of {len(errors)} answers were higher than the user's, {low} lower; on average they were right."
+        return text + (f" {invalid} answer(s) were invalid." if invalid else "")
+    right = sum(c.score == 1.0 for c in cases)
+    text = f"{right} of {len(cases)} answers matched the user."
+    if task.kind == "label":
+        missed = [c.interaction.output for c in cases if c.score < 1.0]
+        if missed:
+            text += " Where the assistant was wrong the user answered: " + ", ".join(sorted(set(missed))) + "."
+    return text
 
 
 def transcript(cases: list[ReplayCase], task: TaskSpec) -> str:
-    lines = [case.line(i, task) for i, case in enumerate(cases, start=1)]
-    return "\n".join([*lines, metric_summary(cases, task)])
+    return "\n".join(case.line(task) for case in cases)
+
+
+_WRONG_WAY = {1: re.compile(r"\b(higher|increase|raise|more generous)\b", re.I),
+              -1: re.compile(r"\b(lower|decrease|reduce|harsher)\b", re.I)}
+
+
+def contradicts_measure(critique: str, cases: list[ReplayCase]) -> bool:
+    """A rating critique that asks to move answers in the direction they were already wrong."""
+    errors = [c.signed_error for c in cases if c.signed_error is not None]
+    if not errors or not sum(errors):
+        return False
+    sign = 1 if sum(errors) > 0 else -1  # +1: the assistant was too high, it must not be told to go higher
+    return bool(_WRONG_WAY[sign].search(critique)) and not _WRONG_WAY[-sign].search(critique)
 
 
 class Replay(Function):
-    """persona -> transcript of replayed interactions. The replay itself is done by the caller (DSPy)."""
+    """guidance -> transcript of replayed interactions. The replay itself is done by the caller (DSPy)."""
 
-    def forward(self, persona: tg.Variable, cases: list[ReplayCase], task: TaskSpec) -> tg.Variable:
-        out = tg.Variable(transcript(cases, task), predecessors=[persona], requires_grad=True,
+    def forward(self, guidance: tg.Variable, cases: list[ReplayCase], task: TaskSpec) -> tg.Variable:
+        out = tg.Variable(transcript(cases, task), predecessors=[guidance], requires_grad=True,
                           role_description=TRANSCRIPT_ROLE)
-        out.set_grad_fn(BackwardContext(self.backward, persona=persona, out=out))
+        out.set_grad_fn(BackwardContext(self.backward, guidance=guidance, out=out))
         return out
 
-    def backward(self, persona: tg.Variable, out: tg.Variable, backward_engine: EngineLM) -> None:
+    def backward(self, guidance: tg.Variable, out: tg.Variable, backward_engine: EngineLM) -> None:
         for grad in out.gradients:
-            feedback = tg.Variable(grad.value, requires_grad=False, role_description=f"feedback to the {PERSONA_ROLE}")
-            persona.gradients.add(feedback)
-            persona.gradients_context[feedback] = {
-                "context": out.value, "response_desc": TRANSCRIPT_ROLE, "variable_desc": PERSONA_ROLE}
+            feedback = tg.Variable(grad.value, requires_grad=False, role_description=f"feedback to the {GUIDANCE_ROLE}")
+            guidance.gradients.add(feedback)
+            guidance.gradients_context[feedback] = {
+                "context": out.value, "response_desc": TRANSCRIPT_ROLE, "variable_desc": GUIDANCE_ROLE}
 
 
 class PreferenceLoss(Function):
-    """The textual loss: one LM critique of the whole replay against what the user really did, plus
-    the task metric in words (``measured``)."""
+    """The textual loss of a replay: measured errors in words, plus an optional LM critique.
 
-    def __init__(self, engine: EngineLM, contract: str, kind: str = "text") -> None:
+    With ``critique=True`` one LM call reads the transcript, the measured errors and the user's
+    facts; a critique that points the other way than the measured errors (or is empty) is dropped,
+    so the loss never says "the user rates lower" when the assistant was too low.
+    """
+
+    def __init__(self, engine: EngineLM, task: TaskSpec, *, facts: str = "", critique: bool = False) -> None:
         super().__init__()
-        self.engine = engine
-        self.contract = contract
-        self.system = prompts.loss_system(kind)
+        self.engine, self.task, self.facts, self.critique = engine, task, facts, critique
 
-    def forward(self, persona: tg.Variable, replay: tg.Variable, measured: str = "") -> tg.Variable:
-        prompt = prompts.LOSS_PROMPT.format(persona=persona.value, contract=self.contract, transcript=replay.value)
-        critique = self.engine(prompt, system_prompt=self.system).strip()
-        if not critique:  # one retry with a different sample, then a specific error
-            critique = type(self.engine)(temperature=0.7)(prompt, system_prompt=self.system).strip()
-        if not critique:
-            raise LMOutputError("the LM returned an empty critique twice; production was not moved. "
-                                "Try a stronger LM for alignment (PERSONA_DSPY_LM).")
-        if measured:  # the task metric is part of the loss, stated exactly
-            critique = f"{critique}\n- Measured: {measured}"
-        loss = tg.Variable(critique, predecessors=[replay], requires_grad=True,
-                           role_description="critique of the persona from the replayed interactions")
+    def forward(self, replay: tg.Variable, cases: list[ReplayCase]) -> tg.Variable:
+        measured = measured_feedback(cases, self.task)
+        text = f"Measured: {measured}"
+        if self.critique:
+            prompt = prompts.LOSS_PROMPT.format(facts=self.facts or "(none measured)",
+                                                transcript=f"{replay.value}\n{measured}")
+            critique = self.engine(prompt, system_prompt=prompts.LOSS_SYSTEM).strip()
+            if critique and not contradicts_measure(critique, cases):
+                text = f"{text}\nCritique: {critique}"
+        loss = tg.Variable(text, predecessors=[replay], requires_grad=True,
+                           role_description="the replay's errors against what the user really did")
         loss.set_grad_fn(BackwardContext(self.backward, replay=replay, loss=loss))
         return loss
 
@@ -133,22 +157,22 @@ class PreferenceLoss(Function):
 
 class PersonaTGD(tg.TGD):
     """TextGrad's TGD step, tolerant of one habit of small models: an answer that drops the
-    ``<IMPROVED_VARIABLE>`` tags is still accepted when it follows the persona constraint (it starts
-    with ``PERSONA_START``); anything else without tags is unusable (``IndexError``, as in TGD)."""
+    ``<IMPROVED_VARIABLE>`` tags is still accepted when it follows the guidance constraint (it starts
+    with ``GUIDANCE_START``); anything else without tags is unusable (``IndexError``, as in TGD)."""
 
     def step(self) -> None:
         start, end = self.new_variable_tags
         for parameter in self.parameters:
-            answer = self.engine(self._update_prompt(parameter), system_prompt=self.optimizer_system_prompt).strip()
+            answer = self.engine(update_prompt(self, parameter), system_prompt=self.optimizer_system_prompt).strip()
             if start in answer:
                 value = answer.split(start)[1].split(end)[0].strip()
-            elif answer.startswith(prompts.PERSONA_START):
+            elif answer.startswith(prompts.GUIDANCE_START):
                 value = answer
             else:
-                raise IndexError(f"the persona update has no {start} tags: {answer[:200]!r}")
+                raise IndexError(f"the guidance update has no {start} tags: {answer[:200]!r}")
             parameter.set_value(value)
 
 
-def tgd_optimizer(persona: PersonaVariable, engine: EngineLM, constraints: list[str]) -> tg.TGD:
-    return PersonaTGD(parameters=[persona], engine=engine, constraints=constraints,
+def tgd_optimizer(guidance: GuidanceVariable, engine: EngineLM, constraints: list[str]) -> tg.TGD:
+    return PersonaTGD(parameters=[guidance], engine=engine, constraints=constraints,
                       optimizer_system_prompt=prompts.TGD_SYSTEM)

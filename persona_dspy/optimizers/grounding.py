@@ -1,0 +1,149 @@
+"""Facts about a user, measured from their past interactions: what a persona may state.
+
+A 1.5B model cannot infer a user's habits from three replayed examples, and when asked to it
+invents them ("This user tends to overestimate their own performance."). The optimizer therefore
+measures the facts itself — how this user answers overall, and where their answers differ for one
+facet of the task (a movie genre, ...) — hands them to the persona rewrite, and rejects a rewrite
+that contradicts them (``contradictions``).
+
+Facts are computed only from interactions strictly before the ones the compile replays or gates
+on, so a replayed answer never reaches the persona that is scored on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from persona_dspy.data.records import Interaction
+from persona_dspy.signatures.tasks import TaskSpec
+
+MIN_FACET_COUNT = 3
+"""A facet (genre, ...) is stated only when the user answered at least this many of its items."""
+
+MIN_FACET_SHIFT = 0.4
+"""... and its mean rating differs from the user's overall mean by at least this much (stars)."""
+
+MAX_FACETS = 3
+"""At most this many facets per direction (higher / lower), the largest differences first."""
+
+_FACETS = re.compile(r"genres?:\s*(.+?)\s*$", re.I | re.M)
+
+
+def facets(text: str) -> list[str]:
+    """The facets of one task text: the genres of a movie (``genres: A, B``); none otherwise."""
+    match = _FACETS.search(text)
+    return [g.strip() for g in match.group(1).split(",") if g.strip()] if match else []
+
+
+@dataclass(frozen=True)
+class FacetStat:
+    name: str
+    mean: float
+    count: int
+
+
+@dataclass(frozen=True)
+class UserFacts:
+    """What the user's answers show, for rating tasks (mean, usual range, facet shifts) and label
+    tasks (most frequent labels)."""
+
+    kind: str
+    n: int
+    mean: float | None = None
+    low: float | None = None
+    high: float | None = None
+    higher: tuple[FacetStat, ...] = ()
+    lower: tuple[FacetStat, ...] = ()
+    labels: tuple[tuple[str, int], ...] = ()
+    all_facets: dict[str, FacetStat] = field(default_factory=dict)
+
+    def statements(self) -> list[str]:
+        """The facts as short sentences a persona can carry as they are."""
+        if not self.n:
+            return []
+        if self.kind == "rating":
+            out = [f"This user's average rating is {self.mean:.1f}; half of their ratings are between "
+                   f"{self.low:g} and {self.high:g}."]
+            if self.higher:
+                out.append("They rate " + ", ".join(f"{f.name} {f.mean:.1f} on average" for f in self.higher)
+                           + ": higher than their average.")
+            if self.lower:
+                out.append("They rate " + ", ".join(f"{f.name} {f.mean:.1f} on average" for f in self.lower)
+                           + ": lower than their average.")
+            return out
+        if self.kind == "label" and self.labels:
+            total = self.n
+            return ["This user's most frequent answers: "
+                    + ", ".join(f"{label} ({100 * c / total:.0f}%)" for label, c in self.labels) + "."]
+        return []
+
+    def text(self) -> str:
+        return " ".join(self.statements())
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    s = sorted(values)
+    return s[len(s) // 4], s[(3 * len(s)) // 4]
+
+
+def measure(task: TaskSpec, history: Sequence[Interaction]) -> UserFacts:
+    """The facts of ``history`` (already bounded in time by the caller)."""
+    answers = [(it, a) for it in history if (a := task.parse(it.output)) is not None]
+    if not answers:
+        return UserFacts(kind=task.kind, n=0)
+    if task.kind == "rating":
+        values = [float(a) for _, a in answers]
+        mean = sum(values) / len(values)
+        low, high = _quartiles(values)
+        by: dict[str, list[float]] = defaultdict(list)
+        for it, a in answers:
+            for name in facets(task.compact(it.input)):
+                by[name].append(float(a))
+        stats = {name: FacetStat(name, sum(v) / len(v), len(v)) for name, v in by.items()}
+        ok = [s for s in stats.values() if s.count >= MIN_FACET_COUNT]
+        higher = sorted((s for s in ok if s.mean - mean >= MIN_FACET_SHIFT), key=lambda s: s.mean - mean, reverse=True)
+        lower = sorted((s for s in ok if mean - s.mean >= MIN_FACET_SHIFT), key=lambda s: mean - s.mean, reverse=True)
+        return UserFacts(kind="rating", n=len(values), mean=mean, low=low, high=high,
+                         higher=tuple(higher[:MAX_FACETS]), lower=tuple(lower[:MAX_FACETS]), all_facets=stats)
+    counts: dict[str, int] = defaultdict(int)
+    for _, a in answers:
+        counts[a] += 1
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return UserFacts(kind=task.kind, n=len(answers), labels=tuple(top))
+
+
+_MEAN_CLAIM = re.compile(r"average (?:rating )?(?:is |of )?(?:about |around )?(\d(?:\.\d+)?)", re.I)
+_DIRECTION = re.compile(r"\b(higher|lower|more|less|like|love|enjoy|dislike|hate)\b", re.I)
+
+
+def contradictions(text: str, facts: UserFacts, tolerance: float = 0.3) -> list[str]:
+    """Statements of ``text`` that the measured facts refute (empty: nothing contradicts them).
+
+    Checked: an average rating that differs from the measured mean by more than ``tolerance``, and a
+    facet (genre) said to be rated higher / liked while its measured mean is below the user's
+    average (or lower / disliked while above). Only sentences naming one facet are judged.
+    """
+    if facts.kind != "rating" or not facts.n or facts.mean is None:
+        return []
+    found = []
+    for m in _MEAN_CLAIM.finditer(text):
+        claimed = float(m.group(1))
+        if abs(claimed - facts.mean) > tolerance:
+            found.append(f"states an average rating of {claimed:g}, measured {facts.mean:.2f}")
+    for sentence in re.split(r"(?<=[.;!?])\s+|\n", text):
+        named = [f for name, f in facts.all_facets.items()
+                 if f.count >= MIN_FACET_COUNT and re.search(rf"\b{re.escape(name)}\b", sentence, re.I)]
+        words = {w.lower() for w in _DIRECTION.findall(sentence)}
+        if len(named) != 1 or not words:
+            continue
+        f = named[0]
+        up = bool(words & {"higher", "more", "like", "love", "enjoy"})
+        down = bool(words & {"lower", "less", "dislike", "hate"})
+        if up and not down and f.mean < facts.mean - MIN_FACET_SHIFT / 2:
+            found.append(f"says {f.name} is rated higher, measured {f.mean:.1f} vs average {facts.mean:.1f}")
+        if down and not up and f.mean > facts.mean + MIN_FACET_SHIFT / 2:
+            found.append(f"says {f.name} is rated lower, measured {f.mean:.1f} vs average {facts.mean:.1f}")
+    return found

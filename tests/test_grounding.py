@@ -1,0 +1,49 @@
+"""The facts a persona may state: measured from past answers, and checked against every rewrite."""
+
+from __future__ import annotations
+
+from persona_dspy.data import Interaction
+from persona_dspy.optimizers.grounding import contradictions, facets, measure
+from persona_dspy.signatures import TASKS
+
+MOVIES = TASKS["movielens_rating"]
+
+
+def rated(pairs: list[tuple[str, str]]) -> list[Interaction]:
+    return [Interaction(user_id="u", id=f"m{i}", input=f"movie: Film {i} (2001) genres: {genres}", output=rating,
+                        timestamp=float(i), task="movielens_rating") for i, (genres, rating) in enumerate(pairs)]
+
+
+def test_facets_are_the_genres_of_a_movie_and_nothing_else():
+    assert facets("movie: Heat (1995) genres: Action, Crime, Thriller") == ["Action", "Crime", "Thriller"]
+    assert facets("review summary: great strings") == []
+
+
+def test_measured_mean_range_and_genre_shifts():
+    facts = measure(MOVIES, rated([("Comedy", "5.0")] * 4 + [("Horror", "1.0")] * 4 + [("Drama", "3.0")] * 4))
+    assert facts.n == 12 and facts.mean == 3.0 and (facts.low, facts.high) == (1.0, 5.0)
+    assert [f.name for f in facts.higher] == ["Comedy"] and [f.name for f in facts.lower] == ["Horror"]
+    text = facts.text()
+    assert "average rating is 3.0" in text and "Comedy 5.0" in text and "Horror 1.0" in text
+    assert "Drama" not in text  # at the user's mean: not a fact worth a persona line
+
+
+def test_a_genre_with_too_few_ratings_is_not_stated():
+    facts = measure(MOVIES, rated([("Comedy", "5.0")] * 2 + [("Drama", "3.0")] * 6))
+    assert facts.higher == () and "Comedy" not in facts.text()
+
+
+def test_label_facts_are_the_most_frequent_answers():
+    task = TASKS["LaMP-2N"]
+    items = [Interaction(user_id="u", id=f"a{i}", input=f"article: text {i}", output=label, timestamp=float(i),
+                         task="LaMP-2N") for i, label in enumerate(["food & drink"] * 3 + ["travel"])]
+    assert measure(task, items).text() == "This user's most frequent answers: food & drink (75%), travel (25%)."
+
+
+def test_contradictions_catch_a_wrong_mean_and_a_wrong_direction():
+    facts = measure(MOVIES, rated([("Comedy", "5.0")] * 4 + [("Horror", "1.0")] * 4 + [("Drama", "3.0")] * 4))
+    assert contradictions("For this user, rate Comedy higher and Horror lower.", facts) == []
+    assert contradictions("For this user, their average rating is 3.1.", facts) == []
+    assert contradictions("For this user, their average rating is 4.5.", facts)
+    assert contradictions("For this user: they love Horror movies.", facts)
+    assert contradictions("For this user, rate Comedy lower than other movies.", facts)
