@@ -81,7 +81,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     settings = _settings(args)
     users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
     optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 patience=args.patience or None, max_lm_calls=args.max_lm_calls)
+                                 candidates=args.candidates, critique=args.critique, max_lm_calls=args.max_lm_calls)
     report = compile_users(users, optimizer, settings=settings, tracking=Tracking(settings, trace=args.trace),
                            workers=args.workers, backend=args.backend, resume=args.resume, verbose=args.verbose)
     print(report.format())
@@ -190,10 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--backend", choices=["threads", "ray"], default="threads")
     fleet.add_argument("--resume", action="store_true", help="skip users this fleet's journal lists as finished")
     fleet.add_argument("--n-recent", type=int, default=3)
-    fleet.add_argument("--iterations", type=int, default=3)
-    fleet.add_argument("--n-val", type=int, default=2)
-    fleet.add_argument("--patience", type=int, default=1,
-                       help="stop after this many iterations without a better replay (0: never)")
+    fleet.add_argument("--iterations", type=int, default=1)
+    fleet.add_argument("--n-val", type=int, default=4, help="held-back interactions the gate replays")
+    fleet.add_argument("--candidates", type=int, default=1, help="guidance rewrites replayed per iteration")
+    fleet.add_argument("--critique", action="store_true", help="add an LM critique to the measured loss")
     fleet.add_argument("--max-lm-calls", type=int, default=40, help="per-user budget")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")
     fleet.set_defaults(func=cmd_compile)
