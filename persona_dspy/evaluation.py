@@ -44,6 +44,9 @@ class CaseResult(BaseModel):
     seconds: float = 0.0
     iteration_scores: list[float] = Field(default_factory=list)
     promoted: bool | None = None
+    persona: str | None = Field(None, description="the persona that answered the query")
+    compile: dict[str, Any] | None = Field(None, description="the aligning methods' compile: stopped, reason, "
+                                                             "gate scores, candidate persona")
 
 
 class EvaluationReport(BaseModel):
@@ -127,8 +130,12 @@ def _prompt_texts(entries: list[dict[str, Any]]) -> list[str]:
 # -- running a method ----------------------------------------------------------------------------
 def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy.BaseLM | None,
              semantic_factory: Callable[[], Any] | None = None, k: int = 4, n_recent: int = 3,
-             iterations: int = 2, n_val: int = 2, max_lm_calls: int = 20, progress: bool = True) -> EvaluationReport:
-    """Run ``method`` on every case; each case's past is ingested just before and forgotten after."""
+             iterations: int = 2, n_val: int = 2, max_lm_calls: int = 20, progress: bool = True,
+             optimizer_options: dict[str, Any] | None = None) -> EvaluationReport:
+    """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
+
+    ``optimizer_options`` go to the aligning method's optimizer (e.g. ``{"critique": True}`` for an
+    ablation of ``PersonaOptimizer``)."""
     from persona_dspy.optimizers import PersonaOptimizer, usage_totals
     from persona_dspy.optimizers.baselines import GEPABaseline
     from persona_dspy.pipeline import align_user
@@ -159,13 +166,16 @@ def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy
                                      actions=_ACTIONS[method])
                 if method in ("persona+align", "gepa"):
                     cls = PersonaOptimizer if method == "persona+align" else GEPABaseline
-                    kwargs = {"iterations": iterations} if method == "persona+align" else {}
+                    kwargs = {"iterations": iterations, **(optimizer_options or {})} if method == "persona+align" else {}
                     optimizer = cls(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **kwargs)
                     aligned = align_user(case.user_id, optimizer, memory=memory, student=agent)  # no tracking
                     agent = aligned.agent
                     result.iteration_scores = [s.train_score for s in aligned.result.steps]
                     result.promoted = aligned.result.promoted
-                persona = agent.persona
+                    result.compile = aligned.result.model_dump(include={
+                        "stopped", "reason", "val_score_production", "val_score_candidate", "candidate_persona",
+                        "lm_calls", "tokens"})
+                persona = result.persona = agent.persona
                 result.prediction = agent(task=q.input, before=q.timestamp).answer
         result.lm_calls, result.tokens = usage_totals(usage)
         result.score = task.score(result.prediction, q.output)
