@@ -86,7 +86,7 @@ def test_empty_lm_output_gives_invalid_answers_then_lm_output_error(memory, trac
     student = PersonaAgent("movielens_rating", user_id="empty", memory=memory)
     with dspy.context(lm=lm):
         assert student(task="movie: X", before=100.0).answer is None  # garbage -> retried once -> worst
-        with pytest.raises(LMOutputError, match="empty critique"):
+        with pytest.raises(LMOutputError):
             align_user("empty", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking,
                        student=student)
     assert tracking.history("empty") == []

@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from dspy.clients.engines.base import validate_request
-from dspy.clients.lm15_boundary import request_kwargs
 from dspy.lm15 import (
     ConfigurationError,
     ContextLengthError,
@@ -25,6 +23,8 @@ from dspy.lm15 import (
     response_from_openai_chat,
     response_to_events,
 )
+
+from persona_dspy.compat.dspy import request_kwargs, validate_request
 
 DEFAULT_SEED = 0
 _shared: dict[Path, LlamaCppEngine] = {}

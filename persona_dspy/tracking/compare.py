@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mlflow.entities import Run
 
 from persona_dspy.tracking.registry import prompt_name
-from persona_dspy.tracking.tracker import Tracking
+
+if TYPE_CHECKING:
+    from persona_dspy.tracking.tracker import Tracking
 
 _NOT_PARAMS = {"optimizer", "data_watermark", "val_ids"}
 
@@ -32,7 +35,7 @@ class RunRow:
     @classmethod
     def from_run(cls, run: Run) -> RunRow:
         tags, metrics = run.data.tags, run.data.metrics
-        as_int = lambda v: None if v is None else int(v)  # noqa: E731
+        as_int = lambda v: None if v is None else int(v)
         return cls(run_id=run.info.run_id, user_id=tags.get("user_id", "?"), optimizer=tags.get("optimizer", "?"),
                    params={k: v for k, v in run.data.params.items() if k not in _NOT_PARAMS},
                    before=metrics.get("val_score_production"), after=metrics.get("val_score_candidate"),
@@ -47,7 +50,7 @@ def compare_runs(tracking: Tracking, user_id: str | None = None, *, max_runs: in
     where = "attributes.status = 'FINISHED'"
     if user_id is not None:
         where += f" and tags.persona_prompt = '{prompt_name(user_id)}'"
-    with tracking._store("searching runs") as client:
+    with tracking.store.guard("searching runs") as client:
         runs = client.search_runs([exp_id], filter_string=where, max_results=max_runs,
                                   order_by=["attributes.start_time ASC"])
     rows = [RunRow.from_run(r) for r in runs if "compile_id" in r.data.tags]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.prompt.constants import IS_PROMPT_TAG_KEY, PROMPT_EXPERIMENT_IDS_TAG_KEY
-from mlflow.prompt.registry_utils import PromptCache
 
+from persona_dspy.compat.mlflow import (
+    IS_PROMPT_TAG_KEY,
+    PROMPT_EXPERIMENT_IDS_TAG_KEY,
+    forget_cached_prompt,
+    registry_store,
+)
 from persona_dspy.errors import PersonaNotFoundError
 
 CANDIDATE, PRODUCTION = "candidate", "production"
@@ -106,7 +112,7 @@ class PersonaRegistry:
         name = prompt_name(user_id)
         latest = self.get(user_id, CANDIDATE)  # the latest registered version (register moves it there)
         if latest is None or latest.text != text:
-            store = self.client._get_registry_client()
+            store = registry_store(self.client)
             if latest is None:  # a new prompt, or one whose candidate alias was removed by hand
                 prompt_tags = {IS_PROMPT_TAG_KEY: "true", "user_id": user_id}
                 if experiment_id is not None:
@@ -118,7 +124,7 @@ class PersonaRegistry:
                         raise
             pv = store.create_prompt_version(name, template=text, description=commit_message,
                                              tags={"user_id": user_id, **tags})
-            PromptCache.get_instance().delete(name, alias="latest", registry_uri=self.client._registry_uri)
+            forget_cached_prompt(self.client, name, "latest")
             latest = self._version(user_id, pv)
             self._set_alias(name, CANDIDATE, latest.version)
         return latest
@@ -130,13 +136,34 @@ class PersonaRegistry:
                                        f"See `persona-dspy personas history {user_id}`.")
         self._set_alias(prompt_name(user_id), PRODUCTION, version)
 
+    def rollback(self, user_id: str, to_version: int | None = None, *, reason: str = "") -> PersonaVersion:
+        """Move ``production`` to ``to_version`` (default: the production before the current one); the
+        version is tagged with who rolled back, why and when."""
+        versions = self.history(user_id)
+        if not versions:
+            raise PersonaNotFoundError(f"user {user_id!r} has no persona versions; nothing to roll back")
+        current = next((v for v in versions if PRODUCTION in v.aliases), None)
+        if to_version is None:
+            earlier = [v for v in versions if v.tags.get("promoted") == "true"
+                       and (current is None or v.version < current.version)]
+            if not earlier:
+                raise PersonaNotFoundError(f"user {user_id!r} has no earlier production persona to roll back to; "
+                                           "pass --to VERSION")
+            to_version = earlier[-1].version
+        self.promote(user_id, to_version)
+        name = prompt_name(user_id)
+        self.client.set_prompt_version_tag(name, to_version, "rolled_back_by", getpass.getuser())
+        self.client.set_prompt_version_tag(name, to_version, "rollback_reason", reason or "manual rollback")
+        self.client.set_prompt_version_tag(name, to_version, "rolled_back_at", str(int(time.time())))
+        return self.get(user_id, to_version)
+
     def _set_alias(self, name: str, alias: str, version: int) -> None:
         """``MlflowClient.set_prompt_alias`` without its existence check: that check loads the registered
         model with every one of its versions (~18 ms per call on sqlite, growing with the user's
         history, twice per promoted compile), and every caller here has just registered or read the
         version. The cache invalidation is MlflowClient's."""
-        self.client._get_registry_client().set_prompt_alias(name, alias, version)
-        PromptCache.get_instance().delete(name, alias=alias, registry_uri=self.client._registry_uri)
+        registry_store(self.client).set_prompt_alias(name, alias, version)
+        forget_cached_prompt(self.client, name, alias)
 
     def forget(self, user_id: str) -> int:
         """Delete every persona version of the user; returns how many."""

@@ -99,9 +99,8 @@ class LocalMlflowServer:
 def migrated_sqlite(path: Path) -> Path:
     """Create (once) an empty, fully migrated sqlite MLflow store at ``path``; returns it."""
     if not path.exists():
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from persona_dspy.compat.mlflow import migrate_sqlite
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "unused-artifacts"))
-        store.engine.dispose()
+        migrate_sqlite(path)
     return path

@@ -1,0 +1,58 @@
+"""MLflow internals persona_dspy relies on (contract: tests/test_compat.py), pinned to mlflow 3.17.
+
+- The registry store behind ``MlflowClient`` (``client._get_registry_client()``): registering a
+  version and moving an alias through it skips what the public client adds per call (copying every
+  version tag onto the prompt, reloading all versions to check one exists, a background thread
+  linking the prompt to the fluent experiment; see ``tracking/registry.py``).
+- The prompt cache MLflow keeps per registry URI (``PromptCache``, ``client._registry_uri``):
+  invalidated after those writes, as ``MlflowClient`` does.
+- The prompt tags MLflow's UI reads (``IS_PROMPT_TAG_KEY``, ``PROMPT_EXPERIMENT_IDS_TAG_KEY``).
+- The SQLAlchemy tracking store (``client._tracking_client.store``) and its ``_hard_delete_run``:
+  what ``mlflow gc`` does to purge a run; there is no public API for it.
+- ``get_artifact_repository``: the artifact repository of a run's URI (public in use, private path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.prompt.constants import IS_PROMPT_TAG_KEY, PROMPT_EXPERIMENT_IDS_TAG_KEY
+from mlflow.prompt.registry_utils import PromptCache
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+__all__ = ["IS_PROMPT_TAG_KEY", "PROMPT_EXPERIMENT_IDS_TAG_KEY", "forget_cached_prompt", "get_artifact_repository",
+           "hard_delete_run", "migrate_sqlite", "registry_store", "sql_store"]
+
+
+def registry_store(client: MlflowClient) -> Any:
+    """The model-registry store the client writes prompts through (``create_registered_model``,
+    ``create_prompt_version``, ``set_prompt_alias``)."""
+    return client._get_registry_client()
+
+
+def forget_cached_prompt(client: MlflowClient, name: str, alias: str) -> None:
+    """Drop ``prompts:/name@alias`` from MLflow's process-wide prompt cache after moving it."""
+    PromptCache.get_instance().delete(name, alias=alias, registry_uri=client._registry_uri)
+
+
+def sql_store(client: MlflowClient) -> SqlAlchemyStore | None:
+    """The SQLAlchemy store behind a sqlite/database URI (None for a tracking server)."""
+    store = client._tracking_client.store
+    return store if isinstance(store, SqlAlchemyStore) else None
+
+
+def hard_delete_run(client: MlflowClient, run_id: str) -> bool:
+    """Purge a run with its metadata (what ``mlflow gc`` does); False when the store cannot (a server)."""
+    store = sql_store(client)
+    if store is None:
+        return False
+    store._hard_delete_run(run_id)
+    return True
+
+
+def migrate_sqlite(path: Path) -> None:
+    """Create a sqlite tracking store at ``path`` with every migration applied."""
+    SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "unused-artifacts")).engine.dispose()

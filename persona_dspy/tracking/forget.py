@@ -1,0 +1,57 @@
+"""Forgetting a user in MLflow: runs (with artifacts and traces) and persona versions."""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from persona_dspy.compat.mlflow import get_artifact_repository, hard_delete_run
+from persona_dspy.tracking.registry import PersonaRegistry
+from persona_dspy.tracking.runs import user_runs
+from persona_dspy.tracking.store import MlflowStore
+
+
+def forget_user(store: MlflowStore, user_id: str) -> dict[str, int]:
+    """Delete the user's runs, their artifacts and traces, and every persona version; returns counts.
+
+    On a sqlite store runs are purged (what ``mlflow gc`` does); a tracking server has no purge over
+    REST, so there runs are deleted with their artifacts and traces, and their metadata is purged by
+    ``mlflow gc`` on the server (counted as ``runs_awaiting_gc``).
+    """
+    exp_id = store.experiment_id()
+    counts = {"persona_versions": 0, "runs": 0, "artifact_files": 0, "traces": 0, "runs_awaiting_gc": 0}
+    with store.guard("forgetting a user") as client:
+        runs = user_runs(client, exp_id, user_id, view=ViewType.ALL)
+        for run in runs:
+            run_id = run.info.run_id
+            counts["traces"] += _delete_traces(client, exp_id, run_id)
+            repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=store.tracking_uri)
+            counts["artifact_files"] += _count_files(repo)
+            repo.delete_artifacts()
+            if not hard_delete_run(client, run_id):
+                if run.info.lifecycle_stage != "deleted":
+                    client.delete_run(run_id)
+                counts["runs_awaiting_gc"] += 1
+        counts["runs"] = len(runs)
+        counts["persona_versions"] = PersonaRegistry(client).forget(user_id)
+    return counts
+
+
+def _delete_traces(client: MlflowClient, exp_id: str, run_id: str) -> int:
+    ids, token = [], None
+    while True:
+        page = client.search_traces(locations=[exp_id], run_id=run_id, include_spans=False, max_results=100,
+                                    page_token=token)
+        ids += [t.info.trace_id for t in page]
+        token = page.token
+        if not token:
+            break
+    for start in range(0, len(ids), 100):
+        client.delete_traces(exp_id, trace_ids=ids[start:start + 100])
+    return len(ids)
+
+
+def _count_files(repo) -> int:
+    def walk(path: str | None) -> int:
+        return sum(walk(f.path) if f.is_dir else 1 for f in repo.list_artifacts(path))
+    return walk(None)
