@@ -1,7 +1,8 @@
 """``persona-dspy``: demo, ingest, compile, and the persona registry (history, rollback, forget).
 
-Errors of persona_dspy become one line on stderr and a distinct exit code; ``--debug`` shows
-the traceback.
+Every error becomes one line on stderr and an exit code, never a traceback (``--debug`` shows it):
+bad arguments and settings exit 2 (``ConfigurationError``, checked before any work starts), each
+``PersonaDSPyError`` its own code (``errors.EXIT_CODES``), anything unexpected 1.
 """
 
 from __future__ import annotations
@@ -12,15 +13,68 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
+
+from pydantic import ValidationError
 
 from persona_dspy.config import Settings
-from persona_dspy.errors import PersonaDSPyError
+from persona_dspy.errors import ConfigurationError, PersonaDSPyError
+
+PROG = "persona-dspy"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line (no usage block) with ConfigurationError's code."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ConfigurationError.exit_code, f"{PROG}: ConfigurationError: {self.prog}: {message} (see --help)\n")
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive = _int_at_least(1)
+non_negative = _int_at_least(0)
+
+
+def input_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path} does not exist")
+    return path
+
+
+def output_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    return path
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The one ``Settings`` of a command: flags over ``PERSONA_DSPY_*`` variables over defaults."""
     overrides = {k: v for k, v in {"lm": args.lm, "state_dir": args.state_dir, "qdrant": args.qdrant,
                                    "mlflow_tracking_uri": args.mlflow_tracking_uri}.items() if v is not None}
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"PERSONA_DSPY_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigurationError(f"invalid setting: {problems}") from exc
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -40,10 +94,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from persona_dspy.data import load_shared
-    from persona_dspy.evaluation import evaluate, format_report
+    from persona_dspy.evaluation import METHODS, evaluate, format_report
     from persona_dspy.lm import build_lm
     from persona_dspy.memory import EpisodicMemory, SemanticMemory
 
+    if args.method not in METHODS:
+        raise ConfigurationError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
     settings = _settings(args)
     cases = load_shared(args.data, limit_users=args.users)
     lm = None if args.method == "trivial" else build_lm(settings)
@@ -151,9 +207,9 @@ def cmd_memory_migrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="persona-dspy", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--lm", help="LiteLLM model string (default: the embedded local model)")
     common.add_argument("--state-dir", type=Path, help="where the embedded stores live")
     common.add_argument("--qdrant", help="':memory:', a folder or a URL")
@@ -163,38 +219,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", parents=[common], help="run the offline end-to-end demo on the bundled users")
-    demo.add_argument("--users", type=int, default=3)
-    demo.add_argument("--n-recent", type=int, default=2)
-    demo.add_argument("--iterations", type=int, default=1)
+    demo.add_argument("--users", type=positive, default=3)
+    demo.add_argument("--n-recent", type=positive, default=2)
+    demo.add_argument("--iterations", type=positive, default=1)
     demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="run a method on a data file in the shared schema")
-    evaluate.add_argument("--data", type=Path, required=True, help="JSONL with id, task, user_id, input, output, profile")
+    evaluate.add_argument("--data", type=input_file, required=True, help="JSONL with id, task, user_id, input, output, profile")
     evaluate.add_argument("--method", required=True, help="none, icl, rag, profile, persona, persona+align, gepa, trivial")
-    evaluate.add_argument("--users", type=int, help="only the first K users")
-    evaluate.add_argument("--k", type=int, default=4, help="episodes in the prompt (icl, rag, persona)")
-    evaluate.add_argument("--n-recent", type=int, default=3)
-    evaluate.add_argument("--iterations", type=int, default=2)
-    evaluate.add_argument("--max-lm-calls", type=int, default=20, help="per-user budget of the aligning methods")
-    evaluate.add_argument("--out", type=Path, help="write per-case results as JSON")
+    evaluate.add_argument("--users", type=positive, help="only the first K users")
+    evaluate.add_argument("--k", type=positive, default=4, help="episodes in the prompt (icl, rag, persona)")
+    evaluate.add_argument("--n-recent", type=positive, default=3)
+    evaluate.add_argument("--iterations", type=positive, default=2)
+    evaluate.add_argument("--max-lm-calls", type=positive, default=20, help="per-user budget of the aligning methods")
+    evaluate.add_argument("--out", type=output_file, help="write per-case results as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
     ingest = sub.add_parser("ingest", parents=[common], help="add interactions (JSONL) to episodic memory")
-    ingest.add_argument("file", type=Path)
+    ingest.add_argument("file", type=input_file)
     ingest.add_argument("--shared", action="store_true", help="the file is in the shared LaMP-style schema")
     ingest.set_defaults(func=cmd_ingest)
 
     fleet = sub.add_parser("compile", parents=[common], help="compile the persona of many users (concurrent, resumable)")
     fleet.add_argument("--users", default="all", help="'all' (every user in episodic memory) or u1,u2,...")
-    fleet.add_argument("--workers", type=int, default=4)
+    fleet.add_argument("--workers", type=positive, default=4)
     fleet.add_argument("--backend", choices=["threads", "ray"], default="threads")
     fleet.add_argument("--resume", action="store_true", help="skip users this fleet's journal lists as finished")
-    fleet.add_argument("--n-recent", type=int, default=3)
-    fleet.add_argument("--iterations", type=int, default=1)
-    fleet.add_argument("--n-val", type=int, default=4, help="held-back interactions the gate replays")
-    fleet.add_argument("--candidates", type=int, default=1, help="guidance rewrites replayed per iteration")
+    fleet.add_argument("--n-recent", type=positive, default=3)
+    fleet.add_argument("--iterations", type=positive, default=1)
+    fleet.add_argument("--n-val", type=non_negative, default=4, help="held-back interactions the gate replays")
+    fleet.add_argument("--candidates", type=positive, default=1, help="guidance rewrites replayed per iteration")
     fleet.add_argument("--critique", action="store_true", help="add an LM critique to the measured loss")
-    fleet.add_argument("--max-lm-calls", type=int, default=40, help="per-user budget")
+    fleet.add_argument("--max-lm-calls", type=positive, default=40, help="per-user budget")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")
     fleet.set_defaults(func=cmd_compile)
 
@@ -206,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollback = sub.add_parser("rollback", parents=[common], help="move a user's production alias back")
     rollback.add_argument("user")
-    rollback.add_argument("--to", type=int, help="version (default: the previous production)")
+    rollback.add_argument("--to", type=positive, help="version (default: the previous production)")
     rollback.add_argument("--reason")
     rollback.set_defaults(func=cmd_rollback)
 
@@ -240,14 +296,17 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except PersonaDSPyError as exc:
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
         if args.debug:
             raise
-        print(f"persona-dspy: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("persona-dspy: interrupted", file=sys.stderr)
-        return 130
+        known = isinstance(exc, PersonaDSPyError)
+        message = " ".join(str(exc).split()) or "(no message)"
+        hint = "" if known else " (unexpected; rerun with --debug for the traceback)"
+        print(f"{PROG}: {type(exc).__name__}: {message}{hint}", file=sys.stderr)
+        return exc.exit_code if known else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,109 @@
+"""Every subcommand, given bad values, answers with one line on stderr and an exit code: never a traceback.
+
+Values are checked before any work starts (no store is opened, no file is written).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persona_dspy.cli import main
+from persona_dspy.errors import EXIT_CODES, ConfigurationError, PersonaNotFoundError
+
+BAD = ConfigurationError.exit_code
+
+
+def run(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse exits from inside parse_args
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "data.jsonl"
+    path.write_text("")
+    return path
+
+
+BAD_ARGUMENTS = {
+    "no command": [],
+    "unknown command": ["train"],
+    "compile --n-recent 0": ["compile", "--n-recent", "0"],
+    "compile --n-recent -1": ["compile", "--n-recent", "-1"],
+    "compile --iterations 0": ["compile", "--iterations", "0"],
+    "compile --n-val -1": ["compile", "--n-val", "-1"],
+    "compile --workers 0": ["compile", "--workers", "0"],
+    "compile --candidates 0": ["compile", "--candidates", "0"],
+    "compile --max-lm-calls abc": ["compile", "--max-lm-calls", "abc"],
+    "compile --backend spark": ["compile", "--backend", "spark"],
+    "demo --users 0": ["demo", "--users", "0"],
+    "demo --n-recent 0": ["demo", "--n-recent", "0"],
+    "demo --iterations -2": ["demo", "--iterations", "-2"],
+    "evaluate without --data": ["evaluate", "--method", "icl"],
+    "evaluate --data DIR": ["evaluate", "--data", "{tmp}", "--method", "icl"],
+    "evaluate --data MISSING": ["evaluate", "--data", "{tmp}/missing.jsonl", "--method", "icl"],
+    "evaluate --method bogus": ["evaluate", "--data", "{data}", "--method", "bogus", "--state-dir", "{tmp}"],
+    "evaluate --out DIR": ["evaluate", "--data", "{data}", "--method", "icl", "--out", "{tmp}"],
+    "evaluate --out in a missing folder": ["evaluate", "--data", "{data}", "--method", "icl", "--out",
+                                           "{tmp}/nowhere/out.json"],
+    "evaluate --k 0": ["evaluate", "--data", "{data}", "--method", "icl", "--k", "0"],
+    "ingest DIR": ["ingest", "{tmp}"],
+    "ingest MISSING": ["ingest", "{tmp}/missing.jsonl"],
+    "rollback --to 0": ["rollback", "u", "--to", "0"],
+    "rollback without a user": ["rollback"],
+    "personas history without a user": ["personas", "history"],
+    "personas unknown": ["personas", "list"],
+    "runs compare --bogus": ["runs", "compare", "--bogus"],
+    "forget without a user": ["forget"],
+    "sync with an extra argument": ["sync", "now"],
+    "memory migrate without a folder": ["memory", "migrate"],
+}
+
+
+@pytest.mark.parametrize("argv", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_a_bad_argument_is_one_line_and_exit_code_2(argv, tmp_path, data_file, capsys):
+    argv = [a.format(tmp=tmp_path, data=data_file) for a in argv]
+    code, err = run(argv, capsys)
+    assert code == BAD, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("persona-dspy: ConfigurationError: ")
+    assert not (tmp_path / "qdrant").exists() and not (tmp_path / "mlflow.db").exists()  # no work started
+
+
+@pytest.mark.parametrize("variable, value", [("PERSONA_DSPY_LM_TEMPERATURE", "hot"),
+                                             ("PERSONA_DSPY_EMBEDDED_CTX", "-"),
+                                             ("PERSONA_DSPY_LM_MAX_TOKENS", "lots")])
+@pytest.mark.parametrize("command", [["sync"], ["personas", "history", "u"], ["runs", "compare"], ["rollback", "u"],
+                                     ["forget", "u"], ["compile"], ["demo"], ["ingest", "{data}"],
+                                     ["evaluate", "--data", "{data}", "--method", "icl"]])
+def test_a_bad_environment_setting_is_one_line_naming_the_variable(command, variable, value, tmp_path, data_file,
+                                                                   monkeypatch, capsys):
+    monkeypatch.setenv(variable, value)
+    code, err = run([a.format(data=data_file) for a in command] + ["--state-dir", str(tmp_path)], capsys)
+    assert code == BAD and len(err.strip().splitlines()) == 1, err
+    assert variable in err and repr(value) in err
+
+
+def test_a_persona_dspy_error_is_one_line_with_its_own_exit_code(tmp_path, capsys):
+    code, err = run(["rollback", "nobody", "--state-dir", str(tmp_path)], capsys)
+    assert code == PersonaNotFoundError.exit_code == EXIT_CODES["PersonaNotFoundError"]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_exit_codes_are_distinct_per_error_class():
+    assert len(set(EXIT_CODES.values())) == len(EXIT_CODES)
+
+
+def test_the_installed_entry_point_prints_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "persona_dspy.cli", "compile", "--n-recent", "0"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == BAD
+    assert done.stderr.strip().splitlines() == [
+        "persona-dspy: ConfigurationError: persona-dspy compile: argument --n-recent: must be >= 1, got 0 (see --help)"]
