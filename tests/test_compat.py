@@ -70,7 +70,7 @@ def test_mlflow_sql_store_purges_a_run_and_a_server_uri_has_none(mlflow_uri):
 
 # -- DSPy ---------------------------------------------------------------------------------------------
 def test_dspy_lm15_request_helpers_turn_a_request_into_a_chat_body():
-    import dspy.lm15 as lm15
+    from dspy import lm15
 
     from persona_dspy.compat.dspy import request_kwargs, validate_request
 

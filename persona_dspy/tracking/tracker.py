@@ -20,11 +20,10 @@ from mlflow import MlflowClient
 from persona_dspy.config import Settings
 from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
 from persona_dspy.results import CompileResult
-from persona_dspy.tracking import runs
 from persona_dspy.tracking.forget import forget_user
 from persona_dspy.tracking.pending import PendingCompiles
 from persona_dspy.tracking.registry import CANDIDATE, PRODUCTION, PersonaRegistry, PersonaVersion
-from persona_dspy.tracking.runs import compile_id
+from persona_dspy.tracking.runs import compile_id, discard_unfinished, last_compile, record_run
 from persona_dspy.tracking.store import MlflowStore, redact_uri
 from persona_dspy.tracking.tracing import Tracer
 
@@ -104,7 +103,7 @@ class Tracking:
         """
         cid = compile_id(result)
         try:
-            return runs.record_run(self.store, result, cid, open_run_id=self._tracer.open_run(result.user_id))
+            return record_run(self.store, result, cid, open_run_id=self._tracer.open_run(result.user_id))
         except TrackingUnavailableError as exc:
             kept = self.pending_compiles.keep(result, cid)
             raise TrackingUnavailableError(f"{exc} The compile result was kept in {kept}; run `persona-dspy sync` "
@@ -125,19 +124,19 @@ class Tracking:
         """
         synced = []
         for path, result in self.pending_compiles:
-            synced.append((result.user_id, runs.record_run(self.store, result, path.stem, recheck_gate=True)))
+            synced.append((result.user_id, record_run(self.store, result, path.stem, recheck_gate=True)))
             path.unlink()
         return synced
 
     def last_compile(self, user_id: str) -> dict[str, Any] | None:
         """The user's latest recorded compile (``runs.last_compile``): what ``align_user`` compares to
         skip a user whose data and optimizer params are unchanged."""
-        return runs.last_compile(self.store, user_id)
+        return last_compile(self.store, user_id)
 
     def discard_unfinished(self, user_id: str) -> int:
         """Delete the user's runs a killed process left unfinished; returns how many. Call it only when no
         other process is compiling this user (the fleet holds a lock)."""
-        return runs.discard_unfinished(self.store, user_id)
+        return discard_unfinished(self.store, user_id)
 
     def forget(self, user_id: str) -> dict[str, int]:
         """Delete everything of the user in MLflow (``forget.forget_user``) and its kept pending compiles."""
