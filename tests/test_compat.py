@@ -68,6 +68,18 @@ def test_mlflow_sql_store_purges_a_run_and_a_server_uri_has_none(mlflow_uri):
     assert sql_store(MlflowClient(tracking_uri="http://127.0.0.1:9")) is None
 
 
+def test_mlflow_dspy_tracing_callback_replaces_an_earlier_one():
+    from mlflow.dspy.callback import MlflowCallback
+
+    from persona_dspy.compat.mlflow import with_dspy_tracing
+
+    other = object()
+    once = with_dspy_tracing([other])
+    twice = with_dspy_tracing(once)
+    assert once[0] is other and isinstance(once[1], MlflowCallback)
+    assert len(twice) == 2 and twice[1] is not once[1]
+
+
 # -- DSPy ---------------------------------------------------------------------------------------------
 def test_dspy_lm15_request_helpers_turn_a_request_into_a_chat_body():
     from dspy import lm15

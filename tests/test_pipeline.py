@@ -122,3 +122,29 @@ def test_align_user_without_tracking_keeps_the_students_persona_as_production(me
     assert aligned.result.production_persona == DEFAULT_PERSONA
     assert aligned.status == "promoted" and aligned.version is None
     assert NEW_PERSONA in aligned.agent.persona and aligned.agent.persona == aligned.result.candidate_persona
+
+
+def test_a_traced_align_user_puts_the_compiles_lm_calls_under_its_run(memory, mlflow_uri, tmp_path):
+    from persona_dspy import Settings
+    from persona_dspy.tracking import Tracking
+
+    traced = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri, trace=True)
+    memory.add(harsh_history("traced").interactions)
+    with dspy.context(lm=ScriptedLM(rule)):
+        aligned = align_user("traced", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
+                             tracking=traced)
+    run_id = traced.load_persona("traced", "candidate").tags["run_id"]
+    assert traced.client.get_run(run_id).data.tags["persona_version"] == str(aligned.version)
+    traces = traced.client.search_traces(locations=[traced.experiment_id()], run_id=run_id)
+    assert len(traces) >= aligned.result.lm_calls > 0
+
+
+def test_the_optimizer_base_is_abstract_and_takes_no_tracking():
+    import pytest
+
+    from persona_dspy.optimizers import GatedPersonaOptimizer
+
+    with pytest.raises(TypeError, match="abstract"):
+        GatedPersonaOptimizer()
+    with pytest.raises(TypeError, match="tracking"):
+        PersonaOptimizer(tracking=None)

@@ -10,6 +10,10 @@
 - The SQLAlchemy tracking store (``client._tracking_client.store``) and its ``_hard_delete_run``:
   what ``mlflow gc`` does to purge a run; there is no public API for it.
 - ``get_artifact_repository``: the artifact repository of a run's URI (public in use, private path).
+- ``mlflow.dspy.callback.MlflowCallback``: the DSPy callback ``mlflow.dspy.autolog`` installs with
+  ``dspy.configure``. A ``dspy.context`` copies the settings when it is entered, so a compile already
+  inside one (every fleet worker, ``align_user`` under the caller's LM) never sees it: tracing passes
+  its own instance through ``dspy.context(callbacks=...)``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 __all__ = ["IS_PROMPT_TAG_KEY", "PROMPT_EXPERIMENT_IDS_TAG_KEY", "forget_cached_prompt", "get_artifact_repository",
-           "hard_delete_run", "migrate_sqlite", "registry_store", "sql_store"]
+           "hard_delete_run", "migrate_sqlite", "registry_store", "sql_store", "with_dspy_tracing"]
 
 
 def registry_store(client: MlflowClient) -> Any:
@@ -56,3 +60,10 @@ def hard_delete_run(client: MlflowClient, run_id: str) -> bool:
 def migrate_sqlite(path: Path) -> None:
     """Create a sqlite tracking store at ``path`` with every migration applied."""
     SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "unused-artifacts")).engine.dispose()
+
+
+def with_dspy_tracing(callbacks: list[Any]) -> list[Any]:
+    """``callbacks`` with a new MLflow tracing callback in place of any earlier one (for ``dspy.context``)."""
+    from mlflow.dspy.callback import MlflowCallback
+
+    return [c for c in callbacks if not isinstance(c, MlflowCallback)] + [MlflowCallback()]

@@ -1,7 +1,9 @@
 """Traced compiles: MLflow's DSPy autologging turns every LM call of a compile into a trace of its run.
 
 Autologging and the fluent tracking URI are process-wide MLflow state: they are switched on while
-at least one traced compile of this ``Tracer`` runs (the active run is per thread).
+at least one traced compile of this ``Tracer`` runs (the active run is per thread). The DSPy callback
+that makes the traces is passed through ``dspy.context`` too: a compile usually runs inside the
+caller's ``dspy.context(lm=...)``, which does not see what autologging configures after it began.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from persona_dspy.compat.mlflow import with_dspy_tracing
 from persona_dspy.tracking.runs import user_tags
 from persona_dspy.tracking.store import STORE_ERRORS, MlflowStore
 
@@ -29,6 +32,7 @@ class Tracer:
 
     @contextmanager
     def compile_run(self, user_id: str) -> Iterator[str]:
+        import dspy
         import mlflow
         import mlflow.dspy
 
@@ -46,7 +50,8 @@ class Tracer:
                                        tags=user_tags(user_id), nested=mlflow.active_run() is not None)
             self._open_runs[user_id] = run.info.run_id
             try:
-                yield run.info.run_id
+                with dspy.context(callbacks=with_dspy_tracing(dspy.settings.callbacks)):
+                    yield run.info.run_id
                 status = "FINISHED"
             finally:
                 self._open_runs.pop(user_id, None)
