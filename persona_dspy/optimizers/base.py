@@ -189,7 +189,7 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
             result.reason = "the persona did not change"
             return
         if not val:
-            result.reason = "no held-back interactions to gate on; candidate registered, production not moved"
+            result.reason = "no held-back interactions to gate on; the candidate is not promoted"
             return
         agent.persona = production_text
         result.val_score_production, _ = self.replay(agent, val, budget, "gate (production)")

@@ -1,8 +1,8 @@
 """DSPy's own optimizers as baselines, acting on the persona only, under the same split, gate and budget.
 
 The agent's only predictor instructions *are* the persona, so GEPA and MIPROv2 (instruction-only,
-no demos) optimize exactly what PersonaOptimizer optimizes; everything else (held-back gate,
-registration, promotion, usage counting) is ``GatedPersonaOptimizer``'s.
+no demos) optimize exactly what PersonaOptimizer optimizes; everything else (split, budget,
+held-back gate, usage counting) is ``GatedPersonaOptimizer``'s, and recording is ``Tracking``'s.
 """
 
 from __future__ import annotations
