@@ -10,5 +10,5 @@ from persona_dspy.memory.protocol import Episode, Memory, MemoryReader
 from persona_dspy.memory.semantic import Profile, SemanticMemory
 from persona_dspy.memory.snapshot import UserSnapshot
 
-__all__ = ["OnnxEmbedder", "Episode", "EpisodicMemory", "Memory", "MemoryReader", "Profile", "SemanticMemory",
+__all__ = ["Episode", "EpisodicMemory", "Memory", "MemoryReader", "OnnxEmbedder", "Profile", "SemanticMemory",
            "UserSnapshot"]

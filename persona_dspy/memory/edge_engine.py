@@ -87,7 +87,7 @@ def legacy_folder_error(folder: Path) -> StoreUnavailableError:
 
 def _lock(folder: Path, collection: str) -> IO[str]:
     path = folder / f"{collection}.lock"
-    handle = open(path, "a+")
+    handle = open(path, "a+")  # noqa: SIM115 (held open: closing it releases the lock)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

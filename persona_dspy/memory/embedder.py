@@ -68,7 +68,7 @@ class OnnxEmbedder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
 
-    def __deepcopy__(self, memo: dict) -> "OnnxEmbedder":
+    def __deepcopy__(self, memo: dict) -> OnnxEmbedder:
         return self  # stateless apart from the loaded model: share it
 
     def _load(self) -> tuple[ort.InferenceSession, Tokenizer]:

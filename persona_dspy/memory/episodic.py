@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from pydantic import ValidationError
@@ -146,7 +146,7 @@ class EpisodicMemory:
     def __deepcopy__(self, memo: dict) -> EpisodicMemory:
         return self  # a store, not a parameter: copies of an agent share it
 
-    def __enter__(self) -> EpisodicMemory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,7 @@ Contract of every read: only ``user_id``'s interactions; with ``before``, only t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -78,6 +78,6 @@ class Memory(MemoryReader, Protocol):
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> Memory: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...

@@ -23,7 +23,7 @@ from persona_dspy.errors import EmptyHistoryError, LMOutputError
 from persona_dspy.signatures.tasks import TaskSpec, get_task, render_episode
 
 if TYPE_CHECKING:
-    from persona_dspy.memory.episodic import EpisodicMemory
+    from persona_dspy.memory.protocol import Memory
 
 MAX_PROFILE_CHARS = 700
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.*\S)")
@@ -60,7 +60,7 @@ def clean_profile(raw: str | None) -> str | None:
 class SemanticMemory:
     """Per-user profile versions, kept in memory and (when ``store_dir`` is set) in one JSON file per user."""
 
-    def __init__(self, episodic: EpisodicMemory, store_dir: str | Path | None = None, *,
+    def __init__(self, episodic: Memory, store_dir: str | Path | None = None, *,
                  task: str | TaskSpec = "generic", max_episodes: int = 30, retries: int = 2) -> None:
         self.episodic = episodic
         self.store_dir = Path(store_dir) if store_dir else None
@@ -71,7 +71,7 @@ class SemanticMemory:
         self._lock = threading.Lock()
         self.distill = dspy.Predict(DistillProfile)
 
-    def __deepcopy__(self, memo: dict) -> "SemanticMemory":
+    def __deepcopy__(self, memo: dict) -> SemanticMemory:
         return self  # a store, not a parameter: copies of an agent share it
 
     def _path(self, user_id: str) -> Path | None:
