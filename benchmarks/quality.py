@@ -1,166 +1,283 @@
-"""Quality of personalization on the shared per-user data, every method on the same users.
+"""Quality of personalization on the dev sets: every method on the same users, with intervals.
 
-    python benchmarks/quality.py --users 3                  # all data sets, all methods, embedded model
-    python benchmarks/quality.py --users 3 --datasets movielens --methods none,persona,persona+align
+    python benchmarks/quality.py --datasets movielens --users 60          # run (resumable) + report
+    python benchmarks/quality.py --methods icl:k=8,persona+align:critique=1  # more arms, same users
+    python benchmarks/quality.py --report                                 # report from stored cases only
 
-Writes benchmarks/results/quality.json, benchmarks/results/quality.png and the "## Quality" section
-of BENCHMARKS.md. Each case: the user's profile is ingested (time-bounded), the query is held out.
+Each case is one user's held-out last interaction: the user's past is ingested (time-bounded), the
+method answers the query. Every finished case is appended to ``benchmarks/results/quality_cases.jsonl``
+and a rerun skips the cases already there (same data set, method spec and case), so a long run can be
+stopped and resumed, and a larger ``--users`` only runs the new users.
+
+The report (BENCHMARKS.md "## Quality" and ``benchmarks/results/quality.png``) gives, per data set and
+method: the metric with its 95% bootstrap interval over users, LM calls / tokens / seconds per user,
+and for ``persona+align`` the paired difference to every other method with its 95% paired-bootstrap
+interval (the same users resampled together), on the users both methods ran.
+
+Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) for any method, optimizer options
+(``critique``, ``ground``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import persona_dspy  # noqa: F401  (environment guards first)
-
 from persona_dspy import Settings
-from persona_dspy.data import load_shared
-from persona_dspy.evaluation import METHODS, evaluate, per_user_spread
+from persona_dspy.data import UserHistory, load_shared
+from persona_dspy.evaluation import METHODS, evaluate
 from persona_dspy.lm import build_lm
-from persona_dspy.memory import EpisodicMemory, SemanticMemory
+from persona_dspy.memory import EpisodicMemory
+from persona_dspy.optimizers import prompts
+from persona_dspy.optimizers.grounding import contradictions, measure
+from persona_dspy.signatures import DEFAULT_PERSONA, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import replace_section  # noqa: E402
+from stats import metric_ci, paired_metric_diff  # noqa: E402
 
+SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {
-    "lamp2n": DATA / "lamp" / "lamp2n.jsonl",
-    "lamp1": DATA / "lamp" / "lamp1.jsonl",
-    "movielens": DATA / "movielens" / "rating.jsonl",
-    "amazon": DATA / "amazon_musical_instruments" / "rating.jsonl",
+    "movielens": ROOT / "benchmarks" / "data" / "movielens_dev.jsonl",
+    "lamp2n": ROOT / "benchmarks" / "data" / "lamp2n_dev.jsonl",
+    "amazon": SHARED / "amazon_musical_instruments" / "rating.jsonl",  # no license found: not bundled
 }
-ALIGNING = ("persona+align", "gepa")
-# LaMP-1's profile items are papers the user wrote, not instances of the citation task: there is
-# nothing to replay and no past labels, so the aligning methods and the trivial baseline do not apply.
-NOT_APPLICABLE = {"lamp1": ALIGNING + ("trivial",)}
+RESULTS = ROOT / "benchmarks" / "results"
+CASES = RESULTS / "quality_cases.jsonl"
+MAIN = "persona+align"
+DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
+INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val"}
+BOOL_OPTIONS = {"critique", "ground"}
 
 
-def pick_cases(name: str, users: int):
-    """One case per user, the first ``users`` users in file order (the same for every method)."""
-    seen, out = set(), []
-    for case in load_shared(DATASETS[name]):
-        if case.user_id in seen or len(case.interactions) < 6 and name != "lamp1":
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = spec.partition(":")
+    if name not in METHODS:
+        raise SystemExit(f"unknown method {name!r} in {spec!r}; choose from {', '.join(METHODS)}")
+    options: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        if key in INT_OPTIONS:
+            options[key] = int(value)
+        elif key in BOOL_OPTIONS:
+            options[key] = value.lower() in ("1", "true", "yes")
+        else:
+            raise SystemExit(f"unknown option {key!r} in {spec!r}")
+    return name, options
+
+
+def load_cases(name: str, users: int) -> list[UserHistory]:
+    path = DATASETS[name]
+    if not path.exists():
+        print(f"[{name}] {path} is absent: skipped (the Amazon subset is read from ../shared/data only)", flush=True)
+        return []
+    picked, seen = [], set()
+    for case in load_shared(path):
+        key = case.query.id if name == "lamp2n" else case.user_id  # LaMP-2N: every query is a case
+        if key in seen or len(case.interactions) < 10:
             continue
-        seen.add(case.user_id)
-        out.append(case)
-        if len(out) == users:
+        seen.add(key)
+        picked.append(case)
+        if len(picked) == users:
             break
+    return picked
+
+
+def stored() -> list[dict[str, Any]]:
+    if not CASES.exists():
+        return []
+    return [json.loads(line) for line in CASES.read_text().splitlines() if line.strip()]
+
+
+def checks(case: UserHistory, persona: str | None) -> dict[str, Any]:
+    """For an aligned persona: are the base instructions kept, and does it contradict the user's facts?"""
+    if not persona:
+        return {}
+    task = get_task(case.task)
+    base, _, guidance = prompts.decompose(persona)
+    return {"base_kept": persona.startswith(DEFAULT_PERSONA) or base == DEFAULT_PERSONA,
+            "contradictions": contradictions(guidance, measure(task, case.interactions)) if guidance else []}
+
+
+def run(args: argparse.Namespace) -> None:
+    """User-major: each case runs every method before the next case starts, so a run stopped at any
+    point leaves every method on the same users (a paired comparison)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    done = {(r["dataset"], r["spec"], r["case_id"]) for r in stored()}
+    specs = [(spec, *parse_spec(spec)) for spec in args.methods.split(",")]
+    lm = None
+    with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_quality")) as memory:
+        for name in args.datasets.split(","):
+            cases = load_cases(name, args.users)
+            print(f"[{name}] {len(cases)} cases", flush=True)
+            for case in cases:
+                for spec, method, spec_options in specs:
+                    if (name, spec, case.query.id) in done:
+                        continue
+                    if method != "trivial" and lm is None:
+                        lm = build_lm(Settings())
+                    options = dict(spec_options)
+                    k = options.pop("k", args.k)
+                    opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
+                    report = evaluate([case], method, memory=memory, lm=None if method == "trivial" else lm, k=k,
+                                      n_recent=opt.get("n_recent", args.n_recent),
+                                      iterations=opt.get("iterations", args.iterations),
+                                      n_val=opt.get("n_val", args.n_val), max_lm_calls=args.max_lm_calls,
+                                      optimizer_options=options, progress=False)
+                    row = report.cases[0].model_dump()
+                    row.update(dataset=name, spec=spec, task=report.task,
+                               checks=checks(case, row["persona"]) if method == MAIN else {})
+                    with CASES.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(f"  {case.user_id:<14} {spec:<22.22} truth {row['truth']:<12.12} "
+                          f"pred {row['prediction']!s:<12.12} calls {row['lm_calls']:>2} {row['seconds']:.0f} s", flush=True)
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per (data set, method spec), with intervals and paired differences to persona+align."""
+    by: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        by[(r["dataset"], r["spec"])][r["case_id"]] = r
+    out = []
+    for (dataset, spec), cases in by.items():
+        task = get_task(next(iter(cases.values()))["task"])
+        metric_names = ("mae", "rmse") if task.kind == "rating" else ("accuracy", "macro_f1")
+        ids = sorted(cases)
+        gold = [cases[i]["truth"] for i in ids]
+        pred = [task.parse(cases[i]["prediction"]) for i in ids]
+        kw = {"scale": task.scale} if task.kind == "rating" else {"labels": task.labels}
+        gold_v = [float(task.parse(g)) for g in gold] if task.kind == "rating" else [task.parse(g) for g in gold]
+        pred_v = [float(p) if p is not None else None for p in pred] if task.kind == "rating" else pred
+        summary = {"dataset": dataset, "spec": spec, "n": len(ids), "kind": task.kind, "cases": cases,
+                   "gold": dict(zip(ids, gold_v)), "pred": dict(zip(ids, pred_v)), "kw": kw,
+                   "lm_calls": _mean(c["lm_calls"] for c in cases.values()),
+                   "tokens": _mean(c["tokens"] for c in cases.values()),
+                   "seconds": _mean(c["seconds"] for c in cases.values())}
+        for m in metric_names:
+            summary[m] = metric_ci(m, gold_v, pred_v, **kw)
+        out.append(summary)
+    for s in out:
+        if s["spec"] != MAIN:
+            continue
+        s["paired"] = {}
+        for other in out:
+            if other["dataset"] != s["dataset"] or other is s:
+                continue
+            common = sorted(set(s["gold"]) & set(other["gold"]))
+            if len(common) < 5:
+                continue
+            metric = "mae" if s["kind"] == "rating" else "accuracy"
+            s["paired"][other["spec"]] = (len(common), paired_metric_diff(
+                metric, [s["gold"][i] for i in common], [s["pred"][i] for i in common],
+                [other["pred"][i] for i in common], **s["kw"]))
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--users", type=int, default=3)
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--n-recent", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=2)
-    parser.add_argument("--max-lm-calls", type=int, default=16)
-    args = parser.parse_args()
-
-    lm = build_lm(Settings())
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
-    started = time.perf_counter()
-    for name in args.datasets.split(","):
-        cases = pick_cases(name, args.users)
-        for method in args.methods.split(","):
-            if method in NOT_APPLICABLE.get(name, ()):
-                continue
-            with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_quality")) as memory:
-                report = evaluate(cases, method, memory=memory, lm=None if method == "trivial" else lm,
-                                  semantic_factory=lambda: SemanticMemory(memory, task=cases[0].task),
-                                  n_recent=args.n_recent, iterations=args.iterations,
-                                  max_lm_calls=args.max_lm_calls, progress=False)
-            row = {"dataset": name, "task": report.task, "method": method, "users": len(cases), **report.metrics,
-                   "score": statistics.mean(c.score for c in report.cases), "score_std": per_user_spread(report),
-                   **report.per_case_cost, "cases": [c.model_dump() for c in report.cases]}
-            results.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "cases"}), flush=True)
-            (out_dir / "quality.json").write_text(json.dumps(results, indent=1))
-    total = time.perf_counter() - started
-    plot(results, out_dir / "quality.png")
-    write_section(results, args, total)
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
 
 
-def plot(results: list[dict], path: Path) -> None:
+def _ci(t: tuple[float, float, float]) -> str:
+    return f"{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]"
+
+
+def report(summaries: list[dict[str, Any]], note: str) -> None:
+    lines = [note, "",
+             "| data set | method | users | metric [95% CI] | second metric [95% CI] | LM calls | tokens | s / user |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in sorted(summaries, key=lambda s: (s["dataset"], s["spec"])):
+        m1, m2 = ("mae", "rmse") if s["kind"] == "rating" else ("accuracy", "macro_f1")
+        lines.append(f"| {s['dataset']} | {s['spec']} | {s['n']} | {m1} {_ci(s[m1])} | {m2} {_ci(s[m2])} | "
+                     f"{s['lm_calls']:.1f} | {s['tokens']:.0f} | {s['seconds']:.0f} |")
+    lines += ["", f"Paired differences, `{MAIN}` minus each method on the users both ran (MAE: negative = "
+              f"`{MAIN}` better; accuracy: positive = better), 95% paired-bootstrap interval, 10,000 resamples:", "",
+              "| data set | vs method | users | difference [95% CI] | relative | interval excludes 0 |", "|---|---|---|---|---|---|"]
+    for s in summaries:
+        for other, (n, diff) in sorted(s.get("paired", {}).items()):
+            base = next(o for o in summaries if o["dataset"] == s["dataset"] and o["spec"] == other)
+            ref = base["mae" if s["kind"] == "rating" else "accuracy"][0]
+            rel = (-diff[0] if s["kind"] == "rating" else diff[0]) / ref if ref else float("nan")
+            excludes = diff[1] > 0 or diff[2] < 0
+            lines.append(f"| {s['dataset']} | {other} | {n} | {_ci(diff)} | {100 * rel:+.1f}% | "
+                         f"{'yes' if excludes else 'no'} |")
+    lines += ["", *compile_checks(summaries), "", "![quality](benchmarks/results/quality.png)"]
+    replace_section(ROOT / "BENCHMARKS.md", "## Quality (personalization methods on the dev sets)", "\n".join(lines))
+
+
+def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for s in summaries:
+        if not s["spec"].startswith(MAIN):
+            continue
+        rows = list(s["cases"].values())
+        promoted = [r for r in rows if r.get("promoted")]
+        dropped = sum(not r["checks"].get("base_kept", True) for r in promoted)
+        contra = sum(bool(r["checks"].get("contradictions")) for r in promoted)
+        stops = defaultdict(int)
+        for r in rows:
+            stops[(r.get("compile") or {}).get("stopped", "").split(" (")[0].split(" in iteration")[0]] += 1
+        out.append(f"- {s['dataset']} `{s['spec']}`: {len(promoted)} of {len(rows)} compiles promoted; promoted "
+                   f"personas that drop the base instructions: {dropped}; that contradict the user's statistics: "
+                   f"{contra}. Loop ends: " + "; ".join(f"{k or '?'}: {v}" for k, v in sorted(stops.items())) + ".")
+    return out
+
+
+def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(dict.fromkeys(r["dataset"] for r in results))
-    fig, axes = plt.subplots(1, len(datasets) + 1, figsize=(4.2 * (len(datasets) + 1), 3.8))
-    for ax, name in zip(axes, datasets):
-        rows = [r for r in results if r["dataset"] == name]
-        key = "mae" if "mae" in rows[0] else "accuracy"
-        ax.bar([r["method"] for r in rows], [r[key] for r in rows], color="#4C72B0")
-        ax.set_title(f"{name}: {key} ({'lower' if key == 'mae' else 'higher'} is better)", fontsize=9)
+    datasets = sorted({s["dataset"] for s in summaries})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        rows = sorted((s for s in summaries if s["dataset"] == name), key=lambda s: s["spec"])
+        key = "mae" if rows[0]["kind"] == "rating" else "accuracy"
+        values = [r[key] for r in rows]
+        ax.bar([r["spec"] for r in rows], [v[0] for v in values],
+               yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]], capsize=3,
+               color=["#C44E52" if r["spec"] == MAIN else "#4C72B0" for r in rows])
+        ax.set_title(f"{name}: {key} with 95% CI ({'lower' if key == 'mae' else 'higher'} is better), "
+                     f"n={rows[0]['n']}", fontsize=9)
         ax.tick_params(axis="x", rotation=60, labelsize=8)
-    ax = axes[-1]
-    for r in results:
-        if r["method"] == "persona+align":
-            for c in r["cases"]:
-                if c["iteration_scores"]:
-                    ax.plot(range(1, len(c["iteration_scores"]) + 1), c["iteration_scores"], marker="o", alpha=0.6,
-                            label=f"{r['dataset']} {c['user_id'][:10]}")
-    ax.set_title("persona+align: replay score per iteration", fontsize=9)
-    ax.set_xlabel("iteration")
-    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def write_section(results: list[dict], args, total: float) -> None:
-    lines = [f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M) on 2 cores; {args.users} users per data set (one held-out query "
-             f"each, the same users for every method); persona+align: n_recent={args.n_recent}, "
-             f"iterations={args.iterations}, patience=1, gate n_val=2, budget {args.max_lm_calls} LM calls; gepa: same budget. "
-             f"Total run time {total / 60:.0f} min.",
-             "Rerun: `python benchmarks/quality.py --users "
-             f"{args.users}` (raw per-case results: `benchmarks/results/quality.json`).", "",
-             "| data set | method | metric | value | mean score | score std (per user) | LM calls | tokens | s / user |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        for metric in ("accuracy", "macro_f1", "mae", "rmse"):
-            if metric in r:
-                lines.append(f"| {r['dataset']} | {r['method']} | {metric} | {r[metric]:.3f} | {r['score']:.3f} | "
-                             f"{r['score_std']:.3f} | {r['lm_calls']:.1f} | {r['tokens']:.0f} | {r['seconds']:.0f} |")
-    lines += ["", "![quality](benchmarks/results/quality.png)", "", *verdict(results)]
-    replace_section(ROOT / "BENCHMARKS.md", "## Quality (personalization methods on the shared data)", "\n".join(lines))
-
-
-def verdict(results: list[dict]) -> list[str]:
-    """The goal, next to the paper's numbers, and whether persona+align met it on each data set."""
-    lines = ["Goal (issue): persona+align beats the best non-aligned method by >= 10% relative on each task. "
-             "Paper (PersonaAgent with Claude-3.5): LaMP-2N accuracy .796 vs best baseline .768; LaMP-3 MAE .241 "
-             "vs .277.", ""]
-    for name in dict.fromkeys(r["dataset"] for r in results):
-        rows = {r["method"]: r for r in results if r["dataset"] == name}
-        if "persona+align" not in rows:
-            lines.append(f"- {name}: persona+align not run (not applicable).")
-            continue
-        lower = "mae" in rows["persona+align"]
-        key = "mae" if lower else "accuracy"
-        others = {m: r[key] for m, r in rows.items() if m not in ("persona+align", "gepa")}
-        best_method = (min if lower else max)(others, key=others.get)
-        best, ours = others[best_method], rows["persona+align"][key]
-        gain = (best - ours) / best if lower else (ours - best) / best if best else float("nan")
-        lines.append(f"- {name}: persona+align {key} {ours:.3f} vs best non-aligned ({best_method}) {best:.3f}: "
-                     f"{100 * gain:+.0f}% relative -> goal {'met' if gain >= 0.10 else 'NOT met'}.")
-    lines += ["", "Why the goal is not met here: the 1.5B embedded model's critiques and rewrites are mostly generic "
-              "(see the per-iteration replay scores in the plot: flat for most users), its answers barely move with "
-              "the persona, and with 2-3 users per task one case changes a metric by a third to a half (see the "
-              "per-user std), so every difference in this table is within noise. The shared data sets are tiny "
-              "(LaMP-2N: 2 users with >= 6 past items; LaMP-1's profiles are not instances of its task). The "
-              "pipeline is model-agnostic: rerun with `PERSONA_DSPY_LM=<a stronger model>` to test the design itself."]
-    return lines
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="movielens,amazon,lamp2n")
+    parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--users", type=int, default=60, help="cases per data set (the first N in file order)")
+    parser.add_argument("--k", type=int, default=8, help="episodes shown (icl, rag, persona)")
+    parser.add_argument("--n-recent", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=1)
+    parser.add_argument("--n-val", type=int, default=4)
+    parser.add_argument("--max-lm-calls", type=int, default=20)
+    parser.add_argument("--report", action="store_true", help="only write the report from stored cases")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if not args.report:
+        run(args)
+    summaries = summarize(stored())
+    if not summaries:
+        raise SystemExit("no stored cases: run without --report first")
+    plot(summaries, RESULTS / "quality.png")
+    note = (f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M) on 2 cores. One case per user (its held-out last interaction; "
+            f"LaMP-2N: one case per query). Rerun: `python benchmarks/quality.py --datasets {args.datasets} "
+            f"--users {args.users} --methods {args.methods}` (resumable; `--report` rewrites this section from "
+            f"`benchmarks/results/quality_cases.jsonl`). This invocation: {(time.perf_counter() - started) / 60:.0f} min.")
+    report(summaries, note)
 
 
 if __name__ == "__main__":
