@@ -174,7 +174,7 @@ def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy
                     result.promoted = aligned.result.promoted
                     result.compile = aligned.result.model_dump(include={
                         "stopped", "reason", "val_score_production", "val_score_candidate", "candidate_persona",
-                        "lm_calls", "tokens"})
+                        "lm_calls", "tokens", "steps"})
                 persona = result.persona = agent.persona
                 result.prediction = agent(task=q.input, before=q.timestamp).answer
         result.lm_calls, result.tokens = usage_totals(usage)
