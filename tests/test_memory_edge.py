@@ -147,14 +147,21 @@ def test_process_killed_while_adding_leaves_an_openable_store_that_a_readd_compl
         assert m.count() == total
 
 
-def test_forgetting_most_of_the_store_vacuums_on_close(tmp_path: Path) -> None:
+def test_forget_vacuums_on_close_once_edge_finds_it_worth_it(tmp_path: Path) -> None:
     settings = Settings(qdrant=str(tmp_path / "q"))
+    segments = lambda: sorted(p.name for p in (tmp_path / "q" / "persona_episodes" / "segments").iterdir())  # noqa: E731
     with EpisodicMemory(settings, embedder=HashedVectors()) as m:
-        m.add(items(2_000, users=4))
-        assert m.forget("u0") + m.forget("u1") == 1_000
+        m.add(items(2_000, users=40))
+    written = segments()
     with EpisodicMemory(settings, embedder=HashedVectors()) as m:
-        assert m.count() == 1_000 and m.users() == ["u2", "u3"]
-        assert m.history("u2") == items(2_000, users=4)[2::4]
+        assert m.forget("u0") == 50  # 2.5% deleted: below Edge's vacuum threshold (20%)
+    assert segments() == written
+    with EpisodicMemory(settings, embedder=HashedVectors()) as m:
+        assert sum(m.forget(f"u{u}") for u in range(1, 20)) == 950  # half deleted: vacuumed into a new segment
+    assert segments() != written
+    with EpisodicMemory(settings, embedder=HashedVectors()) as m:
+        assert m.count() == 1_000 and m.users() == [f"u{u}" for u in range(20, 40)]
+        assert m.history("u21") == items(2_000, users=40)[21::40]
 
 
 def test_legacy_local_folder_is_detected_and_migrated(tmp_path: Path, embedder: OnnxEmbedder,

@@ -13,9 +13,8 @@ folder shares one shard (the engine is thread-safe).
 
 Segments: Edge runs no background optimizer; points stay in one appendable segment, which the
 tenant index keeps fast, and HNSW is never built (``indexing_threshold=0``: every read is filtered
-to one user, a few hundred points, which exact scoring answers faster than a graph). Deletes and
-updates leave tombstones; ``optimize()`` vacuums them. It runs on close once a tenth of the points
-written or deleted through this process were removals (``forget``/updates), see ``_maybe_optimize``.
+to one user, a few hundred points, which exact scoring answers faster than a graph). ``forget``
+leaves tombstones; ``optimize()`` vacuums them, see ``_vacuum``.
 """
 
 from __future__ import annotations
@@ -38,8 +37,6 @@ from persona_dspy.memory.engine import Payload
 
 EDGE_CONFIG_FILE = "edge_config.json"
 SCROLL_PAGE = 4096
-VACUUM_FRACTION = 0.1
-"""Optimize on close once removed points reach this fraction of the shard (see ``_maybe_optimize``)."""
 
 
 def edge_config() -> qe.EdgeConfig:
@@ -55,7 +52,7 @@ class _OpenShard:
 
     def close(self) -> None:
         try:
-            _maybe_optimize(self)
+            _vacuum(self)
             self.shard.flush()
             self.shard.close()
         finally:
@@ -66,14 +63,15 @@ _OPEN: dict[str, _OpenShard] = {}
 _GUARD = threading.Lock()
 
 
-def _maybe_optimize(entry: _OpenShard) -> None:
-    """Vacuum tombstones when this process removed a tenth of the shard's points.
+def _vacuum(entry: _OpenShard) -> None:
+    """On close, after a ``forget``: let Edge's planner vacuum the segments it finds worth it.
 
-    Measured at 100k points (BENCHMARKS.md): removals do not slow user-filtered reads (the tenant
-    index skips them), they only hold disk until a vacuum; ``optimize()`` with indexing off took
-    1.6 s after a third of 100k points were forgotten, so it runs at close, never on a read path.
+    Edge vacuums a segment once 20% of it is deleted (and it holds >= 1000 vectors); below that
+    ``optimize()`` returns at once. Measured (BENCHMARKS.md): tombstones do not slow user-filtered
+    reads (the tenant index skips them), they only hold disk; the vacuum took 1.6 s after a third of
+    100k points were forgotten, so it runs at close, never on a read path.
     """
-    if entry.removed and entry.removed >= VACUUM_FRACTION * max(1, entry.shard.info().points_count):
+    if entry.removed:
         entry.shard.optimize()
         entry.removed = 0
 
@@ -194,10 +192,6 @@ class EdgeEngine:
         if self._entry is not None:
             self._entry = None
             _release(self.folder, self.collection)
-
-    def optimize(self) -> bool:
-        """Vacuum tombstones now (what close does once enough were removed); True if anything changed."""
-        return self.shard.optimize()
 
     # -- Engine -----------------------------------------------------------------------------
 
