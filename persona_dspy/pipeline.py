@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.errors import EmptyHistoryError
-from persona_dspy.memory.episodic import EpisodicMemory
-from persona_dspy.memory.snapshot import UserSnapshot
+from persona_dspy.memory.protocol import Memory, MemoryReader
 from persona_dspy.results import CompileResult
 
 if TYPE_CHECKING:
@@ -60,7 +59,7 @@ def unchanged_since_last_compile(last: dict[str, Any] | None, optimizer: GatedPe
     return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
 
 
-def align_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory | UserSnapshot,
+def align_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Memory | MemoryReader,
                tracking: Tracking | None = None, student: PersonaAgent | None = None,
                valset: list[Interaction] | None = None, skip_unchanged: bool = True,
                discard_unfinished: bool = False, read_seconds: float = 0.0) -> Alignment:
@@ -84,7 +83,8 @@ def align_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Episod
         return Alignment(user_id=user_id, status=status, reason=reason, timings=timings,
                          seconds=time.perf_counter() - started, **fields)
 
-    view = memory.snapshot(user_id) if isinstance(memory, EpisodicMemory) else memory
+    store = memory if isinstance(memory, Memory) else None  # else: the user's snapshot, already read
+    view = store.snapshot(user_id) if store is not None else memory
     history = view.history(user_id)
     if not history:
         raise EmptyHistoryError(f"user {user_id!r} has no interactions in memory; ingest its history first")
@@ -119,8 +119,8 @@ def align_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Episod
             mark = time.perf_counter()
             result.version = tracking.record(result)
             timings["tracking"] += time.perf_counter() - mark
-    if isinstance(memory, EpisodicMemory):
-        agent.memory = memory  # the snapshot served the compile; the agent serves from the live store
+    if store is not None:
+        agent.memory = store  # the snapshot served the compile; the agent serves from the live store
     return done("promoted" if result.promoted else "kept", result.reason, agent=agent, result=result)
 
 

@@ -1,10 +1,13 @@
 """Compile many users: one independent compile per user, concurrent, resumable, idempotent.
 
-``compile_users(users, optimizer, workers=N, backend="threads"|"ray") -> FleetReport``. For each user:
-its history from episodic memory, an agent that starts from its ``production`` persona, then
-``optimizer.compile(agent, trainset=history)`` (which records the run and moves ``production`` only
-if the gate passes). One user's failure is recorded with its error and a traceback summary and
-never stops the others.
+``compile_users(users, optimizer, workers=N, backend="threads"|"ray") -> FleetReport``. Each user goes
+through ``pipeline.align_user`` (its snapshot, its production persona, the compile, ``Tracking.record``:
+``production`` moves only if the gate passes). One user's failure is recorded with its error and a
+traceback summary and never stops the others.
+
+Modules: ``run`` (``compile_users``), ``report`` (``UserReport``, ``FleetReport``), ``journal``
+(resume), ``reads`` (snapshots read in chunks ahead of the workers), ``worker`` (one user, errors
+isolated), ``executors/threads`` and ``executors/ray``.
 
 Idempotence and resumption, at two levels:
 
@@ -18,8 +21,8 @@ Idempotence and resumption, at two levels:
 Backends:
 
 - ``threads``: a ``ThreadPoolExecutor``; each thread runs its compiles under ``dspy.context(lm=...)``
-  (thread-local) on its user's snapshot, read ahead of the workers in few store reads. Threads help LM-bound compiles against an API LM. The embedded model is one
-  in-process llama.cpp engine whose calls are serialized by its own lock, and embedded Qdrant
+  (thread-local) on its user's snapshot, read ahead of the workers in few store reads. Threads help
+  LM-bound compiles against an API LM. The embedded model is one in-process llama.cpp engine whose calls are serialized by its own lock, and embedded Qdrant
   serializes its calls too: with the embedded defaults threads do not speed a fleet up.
 - ``ray``: one Ray task per user, each against a Qdrant server URL and an MLflow tracking URI from
   ``Settings``. Embedded Qdrant is single-process, so a Ray run pointed at a folder or ``:memory:``
