@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,25 @@ def test_same_folder_shared_in_process_and_persisted(tmp_path: Path, embedder: O
     b.close()
     with EpisodicMemory(settings, embedder=embedder) as c:
         assert c.history("u0") == items(1)
+
+
+def test_concurrent_writers_each_with_their_own_memory_on_one_folder(tmp_path: Path) -> None:
+    settings = Settings(qdrant=str(tmp_path / "q"))
+    users = [f"w{u}" for u in range(8)]
+
+    def work(user: str) -> list[str]:
+        with EpisodicMemory(settings, embedder=HashedVectors()) as m:  # opens and closes the shared shard
+            for start in range(0, 200, 50):
+                m.add([Interaction(user_id=user, id=str(i), input=f"{user} {i}", output="", timestamp=float(i))
+                       for i in range(start, start + 50)], batch_size=16)
+                assert {e.interaction.user_id for e in m.recall(user, f"{user} 3", k=100)} == {user}
+            return [it.id for it in m.history(user)]
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        histories = dict(zip(users, pool.map(work, users)))
+    assert all(ids == [str(i) for i in range(200)] for ids in histories.values())
+    with EpisodicMemory(settings, embedder=HashedVectors()) as m:
+        assert m.count() == 1_600 and m.users() == users
 
 
 def test_second_process_on_the_folder_fails_clearly(tmp_path: Path, embedder: OnnxEmbedder) -> None:
