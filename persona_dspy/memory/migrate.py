@@ -42,10 +42,13 @@ def migrate_local_folder(folder: str | Path, *, progress: Callable[[str, int, in
                          spot_checks: int = SPOT_CHECKS) -> MigrationReport:
     """Convert ``folder`` in place (see the module docstring); ``progress(collection, done, total)``."""
     folder = Path(folder).expanduser().resolve()
+    backup, staging = backup_path(folder), folder.with_name(folder.name + ".edge-migrating")
+    if not folder.exists() and backup.is_dir() and staging.is_dir():
+        raise StoreUnavailableError(f"a migration of {folder} stopped after its verified copy: finish it with "
+                                    f"mv {staging} {folder}")
     if not is_local_folder(folder):
         raise StoreUnavailableError(f"{folder} is not a qdrant-client local-mode folder (no meta.json and "
                                     "collection/): nothing to migrate.")
-    backup, staging = backup_path(folder), folder.with_name(folder.name + ".edge-migrating")
     if backup.exists():
         raise StoreUnavailableError(f"{backup} already exists: move it away, then migrate again.")
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted migration
