@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import MalformedInteractionError, UnknownUserError
+from persona_dspy.memory.client_engine import ClientEngine
+from persona_dspy.memory.edge_engine import EdgeEngine
 from persona_dspy.memory.embedder import OnnxEmbedder
 from persona_dspy.memory.engine import Engine
 from persona_dspy.memory.protocol import Episode
@@ -81,20 +83,15 @@ def open_engine(settings: Settings, client: QdrantClient | None = None) -> Engin
     """The engine ``settings.qdrant`` names (see the module docstring); opens it."""
     loc, collection = settings.qdrant_location, settings.collection
     if client is not None:
-        from persona_dspy.memory.client_engine import ClientEngine
-
         return ClientEngine(collection, location=loc, client=client)
-    if loc == ":memory:" or settings.qdrant_is_server or loc.startswith("local:"):
-        from persona_dspy.memory.client_engine import ClientEngine
-
-        if loc.startswith("local:"):
-            path = str(Path(loc.removeprefix("local:")).expanduser().resolve())
-            return ClientEngine(collection, location=loc, local_path=path)
+    if loc.startswith("local:"):
+        return ClientEngine(collection, location=loc,
+                            local_path=str(Path(loc.removeprefix("local:")).expanduser().resolve()))
+    if settings.qdrant_is_server:
         key = settings.qdrant_api_key
-        return ClientEngine(collection, location=loc, url=loc if settings.qdrant_is_server else None,
-                            api_key=key.get_secret_value() if key else None)
-    from persona_dspy.memory.edge_engine import EdgeEngine
-
+        return ClientEngine(collection, location=loc, url=loc, api_key=key.get_secret_value() if key else None)
+    if loc == ":memory:":
+        return ClientEngine(collection, location=loc)
     return EdgeEngine(loc.removeprefix("edge:"), collection)
 
 
