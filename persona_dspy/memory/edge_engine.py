@@ -163,14 +163,14 @@ def _close_all() -> None:
 
 
 def _user_filter(user_id: str, before: float | None) -> qe.Filter:
-    must = [qe.FieldCondition(key="user_id", match=qe.MatchValue(user_id))]
+    must: list[qe.ConditionType] = [qe.FieldCondition(key="user_id", match=qe.MatchValue(user_id))]
     if before is not None:
         must.append(qe.FieldCondition(key="timestamp", range=qe.RangeFloat(lt=before)))
     return qe.Filter(must=must)
 
 
 def _users_filter(user_ids: list[str] | None, before: float | None) -> qe.Filter | None:
-    must = []
+    must: list[qe.ConditionType] = []
     if user_ids is not None:
         must.append(qe.FieldCondition(key="user_id", match=qe.MatchAny(user_ids)))
     if before is not None:
@@ -196,7 +196,8 @@ class EdgeEngine:
     # -- Engine -----------------------------------------------------------------------------
 
     def content_hashes(self, ids: list[str]) -> dict[str, str | None]:
-        found = self.shard.retrieve(ids, with_payload=["content_hash"], with_vector=False)
+        point_ids: list[qe.PointId] = list(ids)
+        found = self.shard.retrieve(point_ids, with_payload=["content_hash"], with_vector=False)
         return {str(r.id): (r.payload or {}).get("content_hash") for r in found}
 
     def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[Payload]) -> None:
