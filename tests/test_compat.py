@@ -80,6 +80,18 @@ def test_mlflow_dspy_tracing_callback_replaces_an_earlier_one():
     assert len(twice) == 2 and twice[1] is not once[1]
 
 
+def test_mlflow_dspy_callback_reads_the_log_traces_flag_that_enable_dspy_tracing_sets():
+    import mlflow.dspy.callback as callback
+    from mlflow.utils.autologging_utils import get_autologging_config
+
+    from persona_dspy.compat.mlflow import enable_dspy_tracing
+
+    enable_dspy_tracing()
+    assert get_autologging_config("dspy", "log_traces") is True
+    assert callback.FLAVOR_NAME == "dspy" and hasattr(callback, "skip_if_trace_disabled"), (
+        "MLflow's DSPy callback no longer gates its spans on the autologging flag: revisit enable_dspy_tracing")
+
+
 # -- DSPy ---------------------------------------------------------------------------------------------
 def test_dspy_lm15_request_helpers_turn_a_request_into_a_chat_body():
     from dspy import lm15

@@ -262,3 +262,17 @@ def test_a_large_fleet_on_an_embedded_store_reads_it_whole_once(memory, monkeypa
     store_reads.clear()
     list(reads.snapshots(memory, users[:2], None))
     assert store_reads == [users[:2]]  # a small fleet reads only its users
+
+
+def test_a_traced_fleet_keeps_each_users_lm_calls_under_its_own_run(settings, memory):
+    users = ["trace-a", "trace-b", "trace-c"]
+    memory.add([it for u in users for it in history(u)])
+    traced = Tracking(settings, trace=True)
+    report = compile_users(users, optimizer(), memory=memory, tracking=traced, lm=ScriptedLM(fleet_rule), workers=2,
+                           progress=False)
+    assert report.counts()["promoted"] == 3, report.format()
+    for u in users:
+        (run,) = active_runs(traced, u)
+        traces = traced.client.search_traces(locations=[traced.experiment_id()], run_id=run.info.run_id)
+        assert len(traces) == report.users[users.index(u)].lm_calls > 0
+        assert all(f"user={u}" in str(t.data.spans[0].inputs) for t in traces)

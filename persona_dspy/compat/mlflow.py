@@ -10,10 +10,11 @@
 - The SQLAlchemy tracking store (``client._tracking_client.store``) and its ``_hard_delete_run``:
   what ``mlflow gc`` does to purge a run; there is no public API for it.
 - ``get_artifact_repository``: the artifact repository of a run's URI (public in use, private path).
-- ``mlflow.dspy.callback.MlflowCallback``: the DSPy callback ``mlflow.dspy.autolog`` installs with
-  ``dspy.configure``. A ``dspy.context`` copies the settings when it is entered, so a compile already
-  inside one (every fleet worker, ``align_user`` under the caller's LM) never sees it: tracing passes
-  its own instance through ``dspy.context(callbacks=...)``.
+- ``mlflow.dspy.callback.MlflowCallback`` and the ``log_traces`` flag it checks in
+  ``AUTOLOGGING_INTEGRATIONS["dspy"]``: ``mlflow.dspy.autolog`` sets the flag and installs the callback
+  with ``dspy.configure``, which only the thread that first configured DSPy may call (a fleet worker
+  may not), and a ``dspy.context`` entered earlier (the caller's ``dspy.context(lm=...)``) never
+  sees it. Tracing sets the flag alone and passes its own callback through ``dspy.context``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ from mlflow.prompt.registry_utils import PromptCache
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-__all__ = ["IS_PROMPT_TAG_KEY", "PROMPT_EXPERIMENT_IDS_TAG_KEY", "forget_cached_prompt", "get_artifact_repository",
-           "hard_delete_run", "migrate_sqlite", "registry_store", "sql_store", "with_dspy_tracing"]
+__all__ = [
+    "IS_PROMPT_TAG_KEY",
+    "PROMPT_EXPERIMENT_IDS_TAG_KEY",
+    "enable_dspy_tracing",
+    "forget_cached_prompt",
+    "get_artifact_repository",
+    "hard_delete_run",
+    "migrate_sqlite",
+    "registry_store",
+    "sql_store",
+    "with_dspy_tracing",
+]
 
 
 def registry_store(client: MlflowClient) -> Any:
@@ -67,3 +78,12 @@ def with_dspy_tracing(callbacks: list[Any]) -> list[Any]:
     from mlflow.dspy.callback import MlflowCallback
 
     return [c for c in callbacks if not isinstance(c, MlflowCallback)] + [MlflowCallback()]
+
+
+def enable_dspy_tracing() -> None:
+    """Let MLflow's DSPy callback record traces (what ``mlflow.dspy.autolog(log_traces=True)`` stores),
+    without autolog's process-wide ``dspy.configure`` and ``Teleprompter.compile`` patches."""
+    import mlflow.dspy  # noqa: F401  (importing it registers the integration: an empty config)
+    from mlflow.utils.autologging_utils import AUTOLOGGING_INTEGRATIONS
+
+    AUTOLOGGING_INTEGRATIONS.setdefault("dspy", {})["log_traces"] = True
