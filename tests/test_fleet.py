@@ -219,6 +219,11 @@ def test_resume_without_a_journal_and_a_concurrent_fleet_are_handled(settings, m
     assert [u.status for u in report.users] == ["promoted"]
 
 
+def test_a_fleet_without_configuration_is_refused_before_opening_anything():
+    with pytest.raises(ConfigurationError, match="settings="):
+        compile_users(["u"], optimizer(), progress=False)
+
+
 def test_ray_backend_refuses_an_embedded_qdrant_before_starting(tmp_path, mlflow_uri):
     settings = Settings(state_dir=tmp_path, qdrant=str(tmp_path / "qdrant"), mlflow_tracking_uri=mlflow_uri)
     with pytest.raises(ConfigurationError, match="scale-out needs a Qdrant server"):

@@ -33,8 +33,9 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
     """Compile the persona of every user in ``users`` (or ``"all"`` users in episodic memory).
 
     ``lm``: an LM object (threads), a zero-argument factory (threads or Ray), or None to build the
-    configured one (``build_lm(settings)``). ``optimizer`` defaults to ``PersonaOptimizer()``; it
-    records into ``tracking`` (default ``Tracking(settings)``). KeyboardInterrupt cancels the users
+    configured one (``build_lm(settings)``). ``settings`` defaults to the memory's (or the tracking's);
+    one of the three is required. ``optimizer`` defaults to ``PersonaOptimizer()``; each user is
+    recorded into ``tracking`` (default ``Tracking(settings)``). KeyboardInterrupt cancels the users
     not started; compiles in flight finish, and ``resume=True`` then does only the rest.
     ``read_chunk``: users whose episodes are read per store read (held in memory with their
     vectors until compiled). Default: 64, or the whole embedded store in one unfiltered read for a
@@ -46,7 +47,11 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
         raise ConfigurationError(f"backend must be 'threads' or 'ray', not {backend!r}")
     if workers < 1:
         raise ConfigurationError("workers must be >= 1")
-    settings = settings or (memory.settings if memory is not None else Settings())
+    settings = settings or (memory.settings if memory is not None else tracking.settings if tracking is not None
+                            else None)
+    if settings is None:
+        raise ConfigurationError("compile_users needs its configuration: pass settings=Settings() (or the memory= / "
+                                 "tracking= it should use)")
     optimizer = optimizer or PersonaOptimizer()
     if backend == "ray" and not settings.qdrant_is_server and not ship_histories:
         raise ConfigurationError(
