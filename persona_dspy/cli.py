@@ -302,11 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        known = isinstance(exc, PersonaDSPyError)
         message = " ".join(str(exc).split()) or "(no message)"
-        hint = "" if known else " (unexpected; rerun with --debug for the traceback)"
-        print(f"{PROG}: {type(exc).__name__}: {message}{hint}", file=sys.stderr)
-        return exc.exit_code if known else 1
+        if isinstance(exc, PersonaDSPyError):
+            print(f"{PROG}: {type(exc).__name__}: {message}", file=sys.stderr)
+            return exc.exit_code
+        print(f"{PROG}: {type(exc).__name__}: {message} (unexpected; rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

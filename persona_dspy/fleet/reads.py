@@ -37,4 +37,4 @@ def snapshots(memory: EpisodicMemory, user_ids: list[str],
             if isinstance(found, Exception):
                 yield uid, found, share
             else:
-                yield uid, found.pop(uid, None) or UnknownUserError(uid), share
+                yield uid, found.pop(uid) if uid in found else UnknownUserError(uid), share

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import dspy
 
@@ -18,7 +18,7 @@ from persona_dspy.tracking.tracker import Tracking
 if TYPE_CHECKING:
     from persona_dspy.optimizers.base import GatedPersonaOptimizer
 
-LMSource = dspy.BaseLM | Callable[[], dspy.BaseLM] | None
+LMSource: TypeAlias = dspy.BaseLM | Callable[[], dspy.BaseLM] | None
 """An LM, a zero-argument factory of one (what Ray tasks need: it is pickled), or None for ``build_lm``."""
 
 

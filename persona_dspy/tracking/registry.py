@@ -155,7 +155,10 @@ class PersonaRegistry:
         self.client.set_prompt_version_tag(name, to_version, "rolled_back_by", getpass.getuser())
         self.client.set_prompt_version_tag(name, to_version, "rollback_reason", reason or "manual rollback")
         self.client.set_prompt_version_tag(name, to_version, "rolled_back_at", str(int(time.time())))
-        return self.get(user_id, to_version)
+        rolled = self.get(user_id, to_version)
+        if rolled is None:  # deleted between the move and this read
+            raise PersonaNotFoundError(f"user {user_id!r} has no persona version {to_version} any more")
+        return rolled
 
     def _set_alias(self, name: str, alias: str, version: int) -> None:
         """``MlflowClient.set_prompt_alias`` without its existence check: that check loads the registered

@@ -90,7 +90,10 @@ class MlflowStore:
                 try:
                     exp_id = client.create_experiment(self.experiment, artifact_location=self._artifact_location())
                 except MlflowException:  # created concurrently by another worker
-                    exp_id = client.get_experiment_by_name(self.experiment).experiment_id
+                    created = client.get_experiment_by_name(self.experiment)
+                    if created is None:
+                        raise
+                    exp_id = created.experiment_id
             else:
                 exp_id = exp.experiment_id
         with self._lock:
