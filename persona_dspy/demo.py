@@ -80,10 +80,10 @@ def format_table(rows: list[DemoRow]) -> str:
              "promoted" if r.promoted else "kept", str(r.version), str(r.lm_calls), str(r.tokens), f"{r.seconds:.0f} s")
             for r in rows]
     if rows:
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        mean = lambda xs: sum(xs) / len(xs)
         body.append(("mean", "", "", f"{mean([r.before_score for r in rows]):.2f}", "",
                      f"{mean([r.after_score for r in rows]):.2f}", "", "", f"{mean([r.lm_calls for r in rows]):.1f}",
                      f"{mean([r.tokens for r in rows]):.0f}", f"{mean([r.seconds for r in rows]):.0f} s"))
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])

@@ -3,4 +3,4 @@
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer, usage_totals
 from persona_dspy.optimizers.persona_optimizer import PersonaOptimizer
 
-__all__ = ["PersonaOptimizer", "GatedPersonaOptimizer", "Budget", "usage_totals"]
+__all__ = ["Budget", "GatedPersonaOptimizer", "PersonaOptimizer", "usage_totals"]

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 
 def free_port() -> int:
@@ -44,7 +45,7 @@ class LocalMlflowServer:
     def db(self) -> Path:
         return self.folder / "mlflow.db"
 
-    def start(self) -> LocalMlflowServer:
+    def start(self) -> Self:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.template_db is not None and not self.db.exists():
             shutil.copyfile(self.template_db, self.db)
@@ -60,7 +61,7 @@ class LocalMlflowServer:
                                         env=env, start_new_session=True)
         return self
 
-    def wait(self) -> LocalMlflowServer:
+    def wait(self) -> Self:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
@@ -89,7 +90,7 @@ class LocalMlflowServer:
         self._log.close()
         self.process = None
 
-    def __enter__(self) -> LocalMlflowServer:
+    def __enter__(self) -> Self:
         return self.start().wait()
 
     def __exit__(self, *exc: object) -> None:
