@@ -19,7 +19,7 @@ from persona_dspy.compat.mlflow import enable_dspy_tracing, with_dspy_tracing
 from persona_dspy.tracking.runs import user_tags
 from persona_dspy.tracking.store import STORE_ERRORS, MlflowStore
 
-_ONE_TRACED_COMPILE = threading.Lock()
+_ONE_TRACED_COMPILE = threading.RLock()  # re-entrant: a traced compile may nest another (a nested run)
 
 
 class Tracer:
