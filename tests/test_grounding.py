@@ -47,3 +47,10 @@ def test_contradictions_catch_a_wrong_mean_and_a_wrong_direction():
     assert contradictions("For this user, their average rating is 4.5.", facts)
     assert contradictions("For this user: they love Horror movies.", facts)
     assert contradictions("For this user, rate Comedy lower than other movies.", facts)
+
+
+def test_one_fixed_answer_for_every_task_is_rejected_but_a_relative_shift_is_not():
+    facts = measure(MOVIES, rated([("Comedy", "5.0")] * 4 + [("Drama", "3.0")] * 4))
+    assert contradictions("For this user, the assistant should answer with a rating of 3.5.", facts)
+    assert contradictions("For this user, always rate 3.", facts)
+    assert contradictions("For this user, answer about 0.7 lower than you would.", facts) == []

@@ -233,6 +233,7 @@ def test_a_critique_pointing_against_the_measured_error_is_dropped(memory):
     result, _ = compile_with(memory, rating_history("contrary", ["1.0"] * 10), contrary, iterations=1, critique=True)
     loss = result.steps[0].loss
     assert loss.startswith("Measured: 3 of 3 answers were higher") and "Critique" not in loss
+    assert "the guidance should tell the assistant to answer about 3.0 lower than it otherwise would" in loss  # the step's direction
 
 
 def test_the_base_instructions_survive_any_rewrite(memory):

@@ -116,19 +116,25 @@ def measure(task: TaskSpec, history: Sequence[Interaction]) -> UserFacts:
 
 
 _MEAN_CLAIM = re.compile(r"average (?:rating )?(?:is |of )?(?:about |around )?(\d(?:\.\d+)?)", re.I)
+_FIXED_ANSWER = re.compile(r"\b(?:answer|respond|rate)\s+(?:with\s+)?(?:a\s+rating\s+of\s+|only\s+|always\s+)?"
+                           r"\d(?:\.\d)?\b|\b(?:with|give)\s+a\s+rating\s+of\s+\d(?:\.\d)?\b", re.I)
 _DIRECTION = re.compile(r"\b(higher|lower|more|less|like|love|enjoy|dislike|hate)\b", re.I)
 
 
 def contradictions(text: str, facts: UserFacts, tolerance: float = 0.3) -> list[str]:
     """Statements of ``text`` that the measured facts refute (empty: nothing contradicts them).
 
-    Checked: an average rating that differs from the measured mean by more than ``tolerance``, and a
+    Checked: an average rating that differs from the measured mean by more than ``tolerance``; a
     facet (genre) said to be rated higher / liked while its measured mean is below the user's
-    average (or lower / disliked while above). Only sentences naming one facet are judged.
+    average (or lower / disliked while above), judged only in sentences naming one facet; and one
+    fixed answer for every task ("answer with a rating of 3.5"), which no measured preference supports.
     """
     if facts.kind != "rating" or not facts.n or facts.mean is None:
         return []
     found = []
+    for m in _FIXED_ANSWER.finditer(text):
+        if not re.search(r"\b(lower|higher|less|more|than)\b", text[m.end():m.end() + 30], re.I):
+            found.append(f"states one fixed answer ({m.group(0).strip()!r}), not a preference")
     for m in _MEAN_CLAIM.finditer(text):
         claimed = float(m.group(1))
         if abs(claimed - facts.mean) > tolerance:

@@ -30,6 +30,8 @@ logging.getLogger("textgrad").setLevel(logging.WARNING)
 GUIDANCE_ROLE = "guidance: short instructions telling the assistant how this specific user answers"
 TRANSCRIPT_ROLE = "the assistant's replayed answers next to the user's real answers"
 MAX_TASK_CHARS = 160
+MIN_SHIFT = 0.25
+"""A mean rating error at least this large (stars) is stated as the direction the guidance must move."""
 
 
 class GuidanceVariable(tg.Variable):
@@ -76,17 +78,24 @@ def measured_feedback(cases: list[ReplayCase], task: TaskSpec) -> str:
             return f"All {len(cases)} answers were invalid (outside the output contract)."
         mean = sum(errors) / len(errors)
         high, low = sum(e > 0 for e in errors), sum(e < 0 for e in errors)
+        way = "higher" if mean > 0 else "lower"
         text = (f"{high} of {len(errors)} answers were higher than the user's, {low} lower; "
-                f"on average the assistant answered {abs(mean):.1f} {'higher' if mean > 0 else 'lower'} than the user.")
+                f"on average the assistant answered {abs(mean):.1f} {way} than the user.")
+        if abs(mean) >= MIN_SHIFT:  # the direction of the step, stated so a small model need not infer it
+            text += (f" So the guidance should tell the assistant to answer about {abs(mean):.1f} "
+                     f"{'lower' if mean > 0 else 'higher'} than it otherwise would for this user.")
         if not mean:
             text = f"{high} of {len(errors)} answers were higher than the user's, {low} lower; on average they were right."
         return text + (f" {invalid} answer(s) were invalid." if invalid else "")
     right = sum(c.score == 1.0 for c in cases)
     text = f"{right} of {len(cases)} answers matched the user."
     if task.kind == "label":
-        missed = [c.interaction.output for c in cases if c.score < 1.0]
+        missed = [(c.predicted, c.interaction.output) for c in cases if c.score < 1.0]
         if missed:
-            text += " Where the assistant was wrong the user answered: " + ", ".join(sorted(set(missed))) + "."
+            text += (" Where the assistant was wrong the user answered: " + ", ".join(sorted({u for _, u in missed}))
+                     + ". So the guidance should tell the assistant when this user chooses "
+                     + " or ".join(sorted({u for _, u in missed})) + " instead of "
+                     + " or ".join(sorted({str(p) for p, _ in missed})) + ".")
     return text
 
 
