@@ -184,7 +184,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             result.reason = "the persona did not change"
             return
         if not val:
-            result.reason = "no held-back interactions to gate on; candidate registered, production not moved"
+            result.reason = "no held-back interactions to gate on; the candidate is not promoted"
             return
         agent.persona = production_text
         result.val_score_production, prod = self.replay(agent, val, budget, "gate (production)")
