@@ -54,12 +54,15 @@ from persona_dspy.tracking import Tracking
 from persona_dspy.tracking.server import migrated_sqlite
 
 SAMPLES = Path(persona_dspy.__file__).parent / "data" / "samples" / "movielens_users.jsonl"
-QUESTION = ("What rating would this user give the following movie, on MovieLens's 5-star scale with half-star "
-            "steps (0.5, 1.0, ..., 5.0)? Just answer with the number without further explanation. ")
+QUESTION = (
+    "What rating would this user give the following movie, on MovieLens's 5-star scale with half-star "
+    "steps (0.5, 1.0, ..., 5.0)? Just answer with the number without further explanation. "
+)
 GENRES = ["Action", "Adventure", "Comedy", "Crime", "Drama", "Fantasy", "Horror", "Romance", "Sci-Fi", "Thriller"]
 
 
 # -- the scripted LM (module level: Ray pickles it) -----------------------------------------------
+
 
 def instant_rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
     """Answers instantly: a rating that depends on the persona, a critique, a rewritten persona."""
@@ -67,8 +70,10 @@ def instant_rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
     if system.startswith(prompts.LOSS_SYSTEM[:40]):
         return "- The user rates lower than the assistant thinks, mostly 2 stars; say the user is a harsh rater."
     if system.startswith(prompts.TGD_SYSTEM[:40]):
-        return ("<IMPROVED_VARIABLE>This user is a harsh critic: most movies get 2 stars, dramas a little more, "
-                "loud action films less. Answer with a single rating.</IMPROVED_VARIABLE>")
+        return (
+            "<IMPROVED_VARIABLE>This user is a harsh critic: most movies get 2 stars, dramas a little more, "
+            "loud action films less. Answer with a single rating.</IMPROVED_VARIABLE>"
+        )
     return {"answer": "2.0" if "harsh" in system else "4.0"}
 
 
@@ -77,6 +82,7 @@ def instant_lm() -> ScriptedLM:
 
 
 # -- data -----------------------------------------------------------------------------------------
+
 
 def movie_pool() -> list[str]:
     """Distinct "movie: Title (Year) genres: ..." strings from the bundled samples' profiles."""
@@ -96,8 +102,16 @@ def synthetic_users(users: int, interactions: int, seed: int = 7) -> list[Intera
         bias = rng.choice([1.5, 2.0, 2.5, 3.5, 4.0])
         for i, movie in enumerate(rng.sample(pool, interactions)):
             rating = min(5.0, max(0.5, round((bias + rng.gauss(0, 0.7)) * 2) / 2))
-            out.append(Interaction(user_id=f"user-{u:05d}", id=f"r{i}", input=QUESTION + movie, output=str(rating),
-                                   timestamp=1.6e9 + u + i * 3600.0, task="movielens_rating"))
+            out.append(
+                Interaction(
+                    user_id=f"user-{u:05d}",
+                    id=f"r{i}",
+                    input=QUESTION + movie,
+                    output=str(rating),
+                    timestamp=1.6e9 + u + i * 3600.0,
+                    task="movielens_rating",
+                )
+            )
     return out
 
 
@@ -113,12 +127,13 @@ class PrecomputedEmbedder(OnnxEmbedder):
 
         todo = sorted({t for t in texts if t not in self._vectors})
         for start in range(0, len(todo), 256):
-            batch = todo[start:start + 256]
+            batch = todo[start : start + 256]
             self._vectors.update(zip(batch, super().embed(batch)))
         return np.stack([self._vectors[t] for t in texts])
 
 
 # -- measurements ---------------------------------------------------------------------------------
+
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
@@ -158,43 +173,58 @@ def profile(memory: EpisodicMemory, tracking: Tracking, optimizer: PersonaOptimi
 
 
 def zero_latency(args: argparse.Namespace, root: Path) -> str:
-    optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 max_lm_calls=None)
+    optimizer = PersonaOptimizer(
+        n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val, max_lm_calls=None
+    )
     db = migrated_sqlite(root / "mlflow.db")
     settings = Settings(state_dir=root / "state", qdrant=str(root / "qdrant"), mlflow_tracking_uri=f"sqlite:///{db}")
-    lines = [f"Zero-latency scripted LM; {args.users} users x {args.interactions} interactions in an embedded Qdrant "
-             f"folder ({args.users * args.interactions} points); sqlite MLflow; PersonaOptimizer(n_recent="
-             f"{args.n_recent}, iterations={args.iterations}, n_val={args.n_val}); {os.cpu_count()} cores.\n"]
+    lines = [
+        f"Zero-latency scripted LM; {args.users} users x {args.interactions} interactions in an embedded Qdrant "
+        f"folder ({args.users * args.interactions} points); sqlite MLflow; PersonaOptimizer(n_recent="
+        f"{args.n_recent}, iterations={args.iterations}, n_val={args.n_val}); {os.cpu_count()} cores.\n"
+    ]
 
     items = synthetic_users(args.users, args.interactions)
     started = time.perf_counter()
     with EpisodicMemory(settings, embedder=PrecomputedEmbedder()) as ingest:
         ingest.add(items, batch_size=1024)
-    lines.append(f"- ingest: {len(items)} interactions in {time.perf_counter() - started:.0f} s "
-                 "(distinct texts embedded once)")
+    lines.append(
+        f"- ingest: {len(items)} interactions in {time.perf_counter() - started:.0f} s (distinct texts embedded once)"
+    )
     users = sorted({it.user_id for it in items})
     embedder = OnnxEmbedder()
     memory = EpisodicMemory(settings, embedder=embedder)
     tracking = Tracking(settings)
     tracking.experiment_id()
 
-    rows = ["| backend | users | workers | wall s | users/hour (wall) | users per CPU-hour | CPU ms per user | "
-            "LM calls/user | median s/user: memory read / tracking / compile | failed |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    ray_users = users[len(users) - args.ray_users:] if args.ray_users else []
-    prof_users = users[len(users) - args.ray_users - args.profile_users:len(users) - args.ray_users]
+    rows = [
+        "| backend | users | workers | wall s | users/hour (wall) | users per CPU-hour | CPU ms per user | "
+        "LM calls/user | median s/user: memory read / tracking / compile | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ray_users = users[len(users) - args.ray_users :] if args.ray_users else []
+    prof_users = users[len(users) - args.ray_users - args.profile_users : len(users) - args.ray_users]
     rest = users[: len(users) - args.ray_users - args.profile_users]
     compile_n = rest[: args.compile_users or len(rest)]
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    report = compile_users(compile_n, optimizer, memory=memory, tracking=tracking, lm=instant_lm(),
-                           workers=args.workers, progress=args.progress)
+    report = compile_users(
+        compile_n,
+        optimizer,
+        memory=memory,
+        tracking=tracking,
+        lm=instant_lm(),
+        workers=args.workers,
+        progress=args.progress,
+    )
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     p = phases(report)
     n = len(report.users)
-    rows.append(f"| threads | {n} | {args.workers} | {wall:.0f} | {3600 * n / wall:.0f} | {3600 * n / cpu:.0f} | "
-                f"{1000 * cpu / n:.0f} | "
-                f"{report.lm_calls / max(1, n):.1f} | {p['memory']:.3f} / {p['tracking']:.3f} / {p['compile']:.3f} | "
-                f"{len(report.failed)} |")
+    rows.append(
+        f"| threads | {n} | {args.workers} | {wall:.0f} | {3600 * n / wall:.0f} | {3600 * n / cpu:.0f} | "
+        f"{1000 * cpu / n:.0f} | "
+        f"{report.lm_calls / max(1, n):.1f} | {p['memory']:.3f} / {p['tracking']:.3f} / {p['compile']:.3f} | "
+        f"{len(report.failed)} |"
+    )
     if report.failed:
         rows.append(f"\nthreads failures: {report.failed[0].error_type}: {report.failed[0].reason}")
     prof = profile(memory, tracking, optimizer, prof_users)
@@ -205,27 +235,45 @@ def zero_latency(args: argparse.Namespace, root: Path) -> str:
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
         try:
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            ray_report = compile_users(ray_users, optimizer, memory=memory, settings=settings, lm=instant_lm,
-                                       workers=args.workers, backend="ray", ship_histories=True,
-                                       progress=args.progress, resume=False)
+            ray_report = compile_users(
+                ray_users,
+                optimizer,
+                memory=memory,
+                settings=settings,
+                lm=instant_lm,
+                workers=args.workers,
+                backend="ray",
+                ship_histories=True,
+                progress=args.progress,
+                resume=False,
+            )
             wall = time.perf_counter() - wall0
         finally:
             ray.shutdown()
         p = phases(ray_report)
         n = len(ray_report.users)
         task_seconds = sum(u.seconds for u in ray_report.users)
-        rows.append(f"| ray (local, snapshots shipped) | {n} | {args.workers} | {wall:.0f} | {3600 * n / wall:.0f} | "
-                    f"{3600 * n / task_seconds:.0f} (per task-second) | {1000 * task_seconds / n:.0f} (task wall; median "
-                    f"{1000 * median([u.seconds for u in ray_report.users]):.0f}) | "
-                    f"{ray_report.lm_calls / max(1, n):.1f} | "
-                    f"{p['memory']:.3f} / {p['tracking']:.3f} / {p['compile']:.3f} | {len(ray_report.failed)} |")
+        rows.append(
+            f"| ray (local, snapshots shipped) | {n} | {args.workers} | {wall:.0f} | {3600 * n / wall:.0f} | "
+            f"{3600 * n / task_seconds:.0f} (per task-second) | {1000 * task_seconds / n:.0f} (task wall; median "
+            f"{1000 * median([u.seconds for u in ray_report.users]):.0f}) | "
+            f"{ray_report.lm_calls / max(1, n):.1f} | "
+            f"{p['memory']:.3f} / {p['tracking']:.3f} / {p['compile']:.3f} | {len(ray_report.failed)} |"
+        )
         if ray_report.failed:
             rows.append(f"\nRay failures: {ray_report.failed[0].error_type}: {ray_report.failed[0].reason}")
     memory.close()
 
-    lines += ["", *rows, "", f"Where a user's time goes (cProfile self time, {len(prof_users)} users compiled in the "
-              f"main thread; {prof['wall_per_user'] * 1000:.0f} ms/user under the profiler):", "",
-              "| part | ms per user | share |", "|---|---|---|"]
+    lines += [
+        "",
+        *rows,
+        "",
+        f"Where a user's time goes (cProfile self time, {len(prof_users)} users compiled in the "
+        f"main thread; {prof['wall_per_user'] * 1000:.0f} ms/user under the profiler):",
+        "",
+        "| part | ms per user | share |",
+        "|---|---|---|",
+    ]
     total = sum(prof["buckets"].values())
     for name, seconds in sorted(prof["buckets"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {seconds * 1000:.0f} | {100 * seconds / total:.0f}% |")
@@ -236,8 +284,11 @@ def embedded(args: argparse.Namespace, root: Path) -> str:
     """The embedded model on ``--users`` synthetic users: time per user and the LM's share of it."""
     from persona_dspy.lm import build_lm, embedded_engine
 
-    settings = Settings(state_dir=root / "state", qdrant=str(root / "qdrant"),
-                        mlflow_tracking_uri=f"sqlite:///{migrated_sqlite(root / 'mlflow.db')}")
+    settings = Settings(
+        state_dir=root / "state",
+        qdrant=str(root / "qdrant"),
+        mlflow_tracking_uri=f"sqlite:///{migrated_sqlite(root / 'mlflow.db')}",
+    )
     engine = embedded_engine(settings)
     lm_seconds = [0.0]
     complete = engine.complete
@@ -253,17 +304,25 @@ def embedded(args: argparse.Namespace, root: Path) -> str:
     with EpisodicMemory(settings) as memory:
         memory.add(synthetic_users(args.users, args.interactions))
         started = time.perf_counter()
-        report = compile_users("all", PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations,
-                                                       n_val=args.n_val), memory=memory, lm=build_lm(settings),
-                               workers=1, progress=args.progress, verbose=True)
+        report = compile_users(
+            "all",
+            PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val),
+            memory=memory,
+            lm=build_lm(settings),
+            workers=1,
+            progress=args.progress,
+            verbose=True,
+        )
         wall = time.perf_counter() - started
     n = len(report.users)
-    return (f"Embedded model ({settings.lm}), {n} users x {args.interactions} interactions, PersonaOptimizer("
-            f"n_recent={args.n_recent}, iterations={args.iterations}, n_val={args.n_val}), 1 worker:\n\n"
-            f"- {wall / n:.1f} s per user ({report.lm_calls / n:.1f} LM calls, {report.tokens / n:.0f} tokens); "
-            f"LM share {100 * lm_seconds[0] / wall:.0f}% of the wall time\n"
-            f"- {report.counts()}\n\n| user | status | LM calls | tokens | s |\n|---|---|---|---|---|\n"
-            + "\n".join(f"| {u.user_id} | {u.status} | {u.lm_calls} | {u.tokens} | {u.seconds:.0f} |" for u in report.users))
+    return (
+        f"Embedded model ({settings.lm}), {n} users x {args.interactions} interactions, PersonaOptimizer("
+        f"n_recent={args.n_recent}, iterations={args.iterations}, n_val={args.n_val}), 1 worker:\n\n"
+        f"- {wall / n:.1f} s per user ({report.lm_calls / n:.1f} LM calls, {report.tokens / n:.0f} tokens); "
+        f"LM share {100 * lm_seconds[0] / wall:.0f}% of the wall time\n"
+        f"- {report.counts()}\n\n| user | status | LM calls | tokens | s |\n|---|---|---|---|---|\n"
+        + "\n".join(f"| {u.user_id} | {u.status} | {u.lm_calls} | {u.tokens} | {u.seconds:.0f} |" for u in report.users)
+    )
 
 
 def steady_state(args: argparse.Namespace, root: Path) -> str:
@@ -272,17 +331,22 @@ def steady_state(args: argparse.Namespace, root: Path) -> str:
     db = migrated_sqlite(root / "mlflow.db")
     settings = Settings(state_dir=root / "state", qdrant=":memory:", mlflow_tracking_uri=f"sqlite:///{db}")
     tracking = Tracking(settings)
-    optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 max_lm_calls=None)
+    optimizer = PersonaOptimizer(
+        n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val, max_lm_calls=None
+    )
     with EpisodicMemory(settings, embedder=PrecomputedEmbedder()) as memory:
         memory.add(synthetic_users(args.users, args.interactions))
         views = memory.snapshots(None)
     queries = OnnxEmbedder()  # what a compile's memory reads embed with (its LRU query cache included)
     for view in views.values():
         view.embedder = queries
-    lines = [f"One thread, {args.users} users x {args.interactions} interactions compiled in order into one sqlite "
-             "MLflow store (zero-latency LM):", "", "| users | CPU ms per user | median tracking ms per user |",
-             "|---|---|---|"]
+    lines = [
+        f"One thread, {args.users} users x {args.interactions} interactions compiled in order into one sqlite "
+        "MLflow store (zero-latency LM):",
+        "",
+        "| users | CPU ms per user | median tracking ms per user |",
+        "|---|---|---|",
+    ]
     cpu, tracking_s = [], []
     with dspy.context(lm=instant_lm()):
         for i, uid in enumerate(sorted(views)):
@@ -291,8 +355,10 @@ def steady_state(args: argparse.Namespace, root: Path) -> str:
             cpu.append(time.process_time() - mark)
             tracking_s.append(report.timings["tracking"])
             if (i + 1) % args.bucket == 0 or i + 1 == len(views):
-                lines.append(f"| {i + 2 - len(cpu)}-{i + 1} | {1000 * statistics.mean(cpu):.0f} | "
-                             f"{1000 * median(tracking_s):.0f} |")
+                lines.append(
+                    f"| {i + 2 - len(cpu)}-{i + 1} | {1000 * statistics.mean(cpu):.0f} | "
+                    f"{1000 * median(tracking_s):.0f} |"
+                )
                 cpu, tracking_s = [], []
     return "\n".join(lines)
 
@@ -309,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--n-val", type=int, default=2)
     parser.add_argument("--embedded", action="store_true", help="use the embedded model (slow: use --users 10)")
-    parser.add_argument("--steady-state", action="store_true",
-                        help="one thread, users in order: CPU ms per user as the MLflow store grows")
+    parser.add_argument(
+        "--steady-state",
+        action="store_true",
+        help="one thread, users in order: CPU ms per user as the MLflow store grows",
+    )
     parser.add_argument("--bucket", type=int, default=250, help="--steady-state: users per row")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)

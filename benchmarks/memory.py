@@ -54,6 +54,7 @@ def pct(values: list[float], q: float) -> float:
 
 # -- the text pool --------------------------------------------------------------------------------
 
+
 def real_texts(limit: int) -> tuple[list[str], str]:
     """Episode-like texts from the shared datasets (profile items rendered as the tasks render inputs)."""
     from persona_dspy.data import load_shared
@@ -76,6 +77,7 @@ def real_texts(limit: int) -> tuple[list[str], str]:
         sources.append("LaMP-2N articles")
     if not texts:  # no shared data: the bundled samples
         from persona_dspy.data import load_sample_users
+
         texts = [it.input for u in load_sample_users() for it in u.interactions]
         sources.append("bundled MovieLens samples")
     texts = list(dict.fromkeys(texts))  # unique, order kept
@@ -85,6 +87,7 @@ def real_texts(limit: int) -> tuple[list[str], str]:
 
 
 # -- the workers (one subprocess per engine) -------------------------------------------------------
+
 
 class PoolEmbedder:
     """Stand-in for the embedder in store-side runs: returns the precomputed vector of each text."""
@@ -118,8 +121,13 @@ def queries(pool_vecs: np.ndarray, users: int, episodes: int, n: int, seed: int 
     out = []
     for _ in range(n):
         v = pool_vecs[rng.integers(0, len(pool_vecs))] + rng.normal(0, NOISE, size=pool_vecs.shape[1])
-        out.append((f"user{int(rng.integers(0, users)):05d}", (v / np.linalg.norm(v)).astype(np.float32),
-                    T0 + 3600.0 * float(rng.integers(episodes // 2, episodes + 1))))
+        out.append(
+            (
+                f"user{int(rng.integers(0, users)):05d}",
+                (v / np.linalg.norm(v)).astype(np.float32),
+                T0 + 3600.0 * float(rng.integers(episodes // 2, episodes + 1)),
+            )
+        )
     return out
 
 
@@ -141,8 +149,9 @@ class Store:
         items = []
         for user, i, text, vec in batch:
             self.table[text] = vec
-            items.append(Interaction(user_id=user, id=str(i), input=text, output=f"{1 + i % 5}.0",
-                                     timestamp=T0 + 3600.0 * i))
+            items.append(
+                Interaction(user_id=user, id=str(i), input=text, output=f"{1 + i % 5}.0", timestamp=T0 + 3600.0 * i)
+            )
         t = time.perf_counter()
         self.mem.add(items)
         dt = time.perf_counter() - t
@@ -184,8 +193,14 @@ def measure_snapshots(store: Store, qs: list) -> dict:
         ms, hits = timed(snaps[user].recall, user, "q", K, before)
         lat.append(ms)
         assert 0 < len(hits) <= K
-    return {"read_p50_ms": pct(reads, 50), "read_p95_ms": pct(reads, 95), "p50_ms": pct(lat, 50),
-            "p95_ms": pct(lat, 95), "queries": len(lat), "users": len(snaps)}
+    return {
+        "read_p50_ms": pct(reads, 50),
+        "read_p95_ms": pct(reads, 95),
+        "p50_ms": pct(lat, 50),
+        "p95_ms": pct(lat, 95),
+        "queries": len(lat),
+        "users": len(snaps),
+    }
 
 
 def worker(engine: str, data_dir: Path, users: int, episodes: int, max_points: int) -> dict:
@@ -216,8 +231,14 @@ def worker(engine: str, data_dir: Path, users: int, episodes: int, max_points: i
             ms, hits = timed(store.query, user, vec, before)
             lat.append(ms)
             assert 0 < len(hits) <= K and {e.interaction.user_id for e in hits} == {user}
-        row = {"points": done, "ingest_eps": (done - last) / ingest_s, "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95),
-               "queries": len(lat), "rss_mb": rss_mb()}
+        row = {
+            "points": done,
+            "ingest_eps": (done - last) / ingest_s,
+            "p50_ms": pct(lat, 50),
+            "p95_ms": pct(lat, 95),
+            "queries": len(lat),
+            "rss_mb": rss_mb(),
+        }
         if engine == "edge":
             row["snapshot"] = measure_snapshots(store, qs)
         row["reopen_s"] = store.reopen_seconds()
@@ -227,16 +248,24 @@ def worker(engine: str, data_dir: Path, users: int, episodes: int, max_points: i
         row["rss_reopened_mb"] = rss_mb()
         results["points"].append(row)
         last = done
-        print(f"  [{engine}] {done:>8} points: ingest {row['ingest_eps']:8.0f} points/s, top-{K} p50 "
-              f"{row['p50_ms']:8.3f} ms p95 {row['p95_ms']:8.3f} ms ({len(lat)} q), RSS {row['rss_mb']:6.0f} MB, "
-              f"reopen {row['reopen_s']:.2f} s (then p50 {row['p50_reopened_ms']:.3f} ms), disk {row['disk_mb']:.0f} MB"
-              + (f", snapshot read {row['snapshot']['read_p50_ms']:.2f} ms recall {row['snapshot']['p50_ms']:.3f} ms"
-                 if "snapshot" in row else ""), file=sys.stderr, flush=True)
+        print(
+            f"  [{engine}] {done:>8} points: ingest {row['ingest_eps']:8.0f} points/s, top-{K} p50 "
+            f"{row['p50_ms']:8.3f} ms p95 {row['p95_ms']:8.3f} ms ({len(lat)} q), RSS {row['rss_mb']:6.0f} MB, "
+            f"reopen {row['reopen_s']:.2f} s (then p50 {row['p50_reopened_ms']:.3f} ms), disk {row['disk_mb']:.0f} MB"
+            + (
+                f", snapshot read {row['snapshot']['read_p50_ms']:.2f} ms recall {row['snapshot']['p50_ms']:.3f} ms"
+                if "snapshot" in row
+                else ""
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     store.mem.close()
     return results
 
 
 # -- the parent: embedding, end-to-end ingest, then one worker per engine --------------------------
+
 
 def embed_pool(pool: int, data_dir: Path) -> dict:
     from persona_dspy.memory.embedder import OnnxEmbedder
@@ -274,8 +303,17 @@ def end_to_end(data_dir: Path, n_users: int, episodes: int) -> dict:
             spent["embed"] += time.perf_counter() - t
             return out
 
-    items = [Interaction(user_id=f"user{u:03d}", id=str(i), input=texts[(u * episodes + i) % len(texts)],
-                         output="4.0", timestamp=T0 + 3600.0 * i) for u in range(n_users) for i in range(episodes)]
+    items = [
+        Interaction(
+            user_id=f"user{u:03d}",
+            id=str(i),
+            input=texts[(u * episodes + i) % len(texts)],
+            output="4.0",
+            timestamp=T0 + 3600.0 * i,
+        )
+        for u in range(n_users)
+        for i in range(episodes)
+    ]
     folder = tempfile.mkdtemp(prefix="bench_e2e_", dir=data_dir)
     with EpisodicMemory(Settings(qdrant=folder), embedder=Timed()) as mem:  # type: ignore[arg-type]
         mem.count()
@@ -285,47 +323,78 @@ def end_to_end(data_dir: Path, n_users: int, episodes: int) -> dict:
         t = time.perf_counter()
         assert mem.add(items) == 0
         readd = time.perf_counter() - t
-    return {"episodes": written, "seconds": total, "embed_s": spent["embed"], "store_s": total - spent["embed"],
-            "eps": written / total, "store_eps": written / (total - spent["embed"]), "reingest_s": readd}
+    return {
+        "episodes": written,
+        "seconds": total,
+        "embed_s": spent["embed"],
+        "store_s": total - spent["embed"],
+        "eps": written / total,
+        "store_eps": written / (total - spent["embed"]),
+        "reingest_s": readd,
+    }
 
 
 def report(args: argparse.Namespace, emb: dict, e2e: dict, runs: list[dict], wall: float) -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     cmd = "python benchmarks/memory.py " + " ".join(sys.argv[1:])
     lines = [
-        (f"Machine: {os.cpu_count()} cores ({cpu}), shared with other jobs; Python {platform.python_version()}, "
-         f"qdrant-client {version('qdrant-client')}, qdrant-edge-py {version('qdrant-edge-py')}. "
-         f"Rerun: `{cmd.strip()}` (total {wall / 60:.1f} min here)."), "",
-        "| measure | value |", "|---|---|",
-        (f"| embedder (MiniLM int8 ONNX), {emb['texts']} real texts ({emb['source']}, mean {emb['mean_chars']:.0f} chars) "
-         f"| {emb['texts_per_s']:.0f} texts/s |"),
-        (f"| `EpisodicMemory.add` into an Edge folder, {e2e['episodes']} episodes, embedding included "
-         f"| {e2e['eps']:.0f} episodes/s ({e2e['embed_s']:.1f} s embedding + {e2e['store_s']:.2f} s store) |"),
-        (f"| re-adding the same {e2e['episodes']} episodes (idempotent: hash check, no embedding) "
-         f"| {e2e['reingest_s']:.2f} s |"), "",
-        ("| engine | points | top-5 p50 (ms) | top-5 p95 (ms) | ingest (points/s) | RSS (MB) | reopen (s) "
-         "| p50 / p95 after reopen (ms) | disk (MB) |"),
+        (
+            f"Machine: {os.cpu_count()} cores ({cpu}), shared with other jobs; Python {platform.python_version()}, "
+            f"qdrant-client {version('qdrant-client')}, qdrant-edge-py {version('qdrant-edge-py')}. "
+            f"Rerun: `{cmd.strip()}` (total {wall / 60:.1f} min here)."
+        ),
+        "",
+        "| measure | value |",
+        "|---|---|",
+        (
+            f"| embedder (MiniLM int8 ONNX), {emb['texts']} real texts ({emb['source']}, mean {emb['mean_chars']:.0f} chars) "
+            f"| {emb['texts_per_s']:.0f} texts/s |"
+        ),
+        (
+            f"| `EpisodicMemory.add` into an Edge folder, {e2e['episodes']} episodes, embedding included "
+            f"| {e2e['eps']:.0f} episodes/s ({e2e['embed_s']:.1f} s embedding + {e2e['store_s']:.2f} s store) |"
+        ),
+        (
+            f"| re-adding the same {e2e['episodes']} episodes (idempotent: hash check, no embedding) "
+            f"| {e2e['reingest_s']:.2f} s |"
+        ),
+        "",
+        (
+            "| engine | points | top-5 p50 (ms) | top-5 p95 (ms) | ingest (points/s) | RSS (MB) | reopen (s) "
+            "| p50 / p95 after reopen (ms) | disk (MB) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {"edge": "Qdrant Edge folder (default)", "local": "qdrant-client local mode (`local:`)"}
     for run in runs:
         for p in run["points"]:
-            lines.append(f"| {names[run['engine']]} | {p['points']:,} | {p['p50_ms']:.3f} | {p['p95_ms']:.3f} "
-                         f"| {p['ingest_eps']:,.0f} | {p['rss_mb']:.0f} | {p['reopen_s']:.2f} "
-                         f"| {p['p50_reopened_ms']:.3f} / {p['p95_reopened_ms']:.3f} | {p['disk_mb']:.0f} |")
+            lines.append(
+                f"| {names[run['engine']]} | {p['points']:,} | {p['p50_ms']:.3f} | {p['p95_ms']:.3f} "
+                f"| {p['ingest_eps']:,.0f} | {p['rss_mb']:.0f} | {p['reopen_s']:.2f} "
+                f"| {p['p50_reopened_ms']:.3f} / {p['p95_reopened_ms']:.3f} | {p['disk_mb']:.0f} |"
+            )
     for run in runs:
         for p in run["points"]:
             if snap := p.get("snapshot"):
-                lines.append(f"| `UserSnapshot` (from the Edge store) | {p['points']:,} | {snap['p50_ms']:.3f} "
-                             f"| {snap['p95_ms']:.3f} | - | - | read {snap['read_p50_ms']:.2f} ms "
-                             f"(p95 {snap['read_p95_ms']:.2f}) | - | - |")
+                lines.append(
+                    f"| `UserSnapshot` (from the Edge store) | {p['points']:,} | {snap['p50_ms']:.3f} "
+                    f"| {snap['p95_ms']:.3f} | - | - | read {snap['read_p50_ms']:.2f} ms "
+                    f"(p95 {snap['read_p95_ms']:.2f}) | - | - |"
+                )
     return "\n".join(lines)
 
 
 def version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as v
+
     try:
         return v(dist)
     except PackageNotFoundError:
@@ -362,9 +431,25 @@ def main() -> None:
         runs = []
         for engine in args.engines.split(","):
             cap = args.local_max if engine == "local" else args.users * args.episodes
-            out = subprocess.run([sys.executable, __file__, "--worker", engine, "--data-dir", str(data_dir),
-                                  "--users", str(args.users), "--episodes", str(args.episodes),
-                                  "--max-points", str(cap)], check=True, stdout=subprocess.PIPE, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    engine,
+                    "--data-dir",
+                    str(data_dir),
+                    "--users",
+                    str(args.users),
+                    "--episodes",
+                    str(args.episodes),
+                    "--max-points",
+                    str(cap),
+                ],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             if args.json:  # partial results survive a later failure
                 args.json.write_text(json.dumps({"embedding": emb, "end_to_end": e2e, "engines": runs}, indent=2))

@@ -44,23 +44,53 @@ def demo_store(folder: Path) -> Path:
     tracking = Tracking(Settings(state_dir=folder), tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     production = "You are a helpful assistant."
     for i, (text, promoted) in enumerate(PERSONAS, start=1):
-        tracking.record(CompileResult(
-            user_id=DEMO_USER, params={"n_recent": 3, "iterations": 2}, initial_persona=production,
-            candidate_persona=text, production_persona=production, promoted=promoted,
-            reason=f"compile {i}: candidate {'not worse' if promoted else 'worse'} than production on 2 held-back",
-            lm_calls=9, tokens=5200, wall_time=80.0 + i, data_watermark=1.7e9 + i, val_ids=["a", "b"],
-            val_score_production=0.55, val_score_candidate=0.6 if promoted else 0.4,
-            steps=[Step(iteration=1, persona=production, train_score=0.3, predictions=["4.0"], loss="too high")]))
+        tracking.record(
+            CompileResult(
+                user_id=DEMO_USER,
+                params={"n_recent": 3, "iterations": 2},
+                initial_persona=production,
+                candidate_persona=text,
+                production_persona=production,
+                promoted=promoted,
+                reason=f"compile {i}: candidate {'not worse' if promoted else 'worse'} than production on 2 held-back",
+                lm_calls=9,
+                tokens=5200,
+                wall_time=80.0 + i,
+                data_watermark=1.7e9 + i,
+                val_ids=["a", "b"],
+                val_score_production=0.55,
+                val_score_candidate=0.6 if promoted else 0.4,
+                steps=[Step(iteration=1, persona=production, train_score=0.3, predictions=["4.0"], loss="too high")],
+            )
+        )
         production = text if promoted else production
     return folder / "mlflow.db"
 
 
 def screenshot(browser: str, url: str, out: Path, profile: Path, budget_ms: int) -> None:
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", "--hide-scrollbars", f"--screenshot={out}", "--window-size=1400,900",
-                    f"--virtual-time-budget={budget_ms}", url],
-                   check=True, timeout=180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--hide-scrollbars",
+            f"--screenshot={out}",
+            "--window-size=1400,900",
+            f"--virtual-time-budget={budget_ms}",
+            url,
+        ],
+        check=True,
+        timeout=180,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

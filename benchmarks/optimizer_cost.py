@@ -41,19 +41,26 @@ def naive_iteration(agent: PersonaAgent, train, persona_text: str) -> str:
     from persona_dspy.lm.textgrad_engine import DSPyEngine
 
     engine = DSPyEngine()
-    persona = tg.Variable(persona_text, requires_grad=True,
-                          role_description="system prompt telling the assistant how this specific user answers")
+    persona = tg.Variable(
+        persona_text,
+        requires_grad=True,
+        role_description="system prompt telling the assistant how this specific user answers",
+    )
     model = tg.BlackboxLLM(engine, system_prompt=persona)
     losses = []
     for it in train:
         ctx = agent.context(it.input, before=it.timestamp)
-        question = tg.Variable(f"Profile: {ctx['profile']}\nPast interactions:\n{ctx['history']}\n"
-                               f"Task: {agent.task.compact(it.input)}\n{agent.task.contract()}",
-                               requires_grad=False, role_description="the task and the user's memory")
+        question = tg.Variable(
+            f"Profile: {ctx['profile']}\nPast interactions:\n{ctx['history']}\n"
+            f"Task: {agent.task.compact(it.input)}\n{agent.task.contract()}",
+            requires_grad=False,
+            role_description="the task and the user's memory",
+        )
         answer = model(question)
         answer.set_role_description("the assistant's prediction of the user's answer")
-        loss_fn = tg.TextLoss(f"The user really answered: {it.output}. Evaluate the prediction against it "
-                              "concisely.", engine=engine)
+        loss_fn = tg.TextLoss(
+            f"The user really answered: {it.output}. Evaluate the prediction against it concisely.", engine=engine
+        )
         losses.append(loss_fn(answer))
     total = tg.sum(losses)
     total.backward(engine)
@@ -70,19 +77,33 @@ def gate_score(agent: PersonaAgent, persona: str, val) -> float:
 
 def ours(agent: PersonaAgent, history, lm, args, patience: int | None) -> dict:
     """One PersonaOptimizer compile; its cost and its gate score."""
-    opt = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val, patience=patience,
-                           max_lm_calls=None)
+    opt = PersonaOptimizer(
+        n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val, patience=patience, max_lm_calls=None
+    )
     _, val = opt.split(history.user_id, history)
     with dspy.context(lm=lm):
         res = opt.compile(agent, trainset=history).compile_result
-        gate = res.val_score_candidate if res.val_score_candidate is not None else gate_score(
-            agent, res.candidate_persona, val)
+        gate = (
+            res.val_score_candidate
+            if res.val_score_candidate is not None
+            else gate_score(agent, res.candidate_persona, val)
+        )
     gate_calls = 2 * len(val) if res.val_score_candidate is not None else 0
     steps = max(1, len(res.steps))
-    return {"iterations_run": len(res.steps), "calls": res.lm_calls, "tokens": res.tokens, "seconds": res.wall_time,
-            "gate_calls": gate_calls, "gate_score": gate, "production_gate_score": res.val_score_production,
-            "promoted": res.promoted, "stopped": res.stopped, "calls_per_iter": (res.lm_calls - gate_calls) / steps,
-            "tokens_per_iter": res.tokens / steps, "seconds_per_iter": res.wall_time / steps}
+    return {
+        "iterations_run": len(res.steps),
+        "calls": res.lm_calls,
+        "tokens": res.tokens,
+        "seconds": res.wall_time,
+        "gate_calls": gate_calls,
+        "gate_score": gate,
+        "production_gate_score": res.val_score_production,
+        "promoted": res.promoted,
+        "stopped": res.stopped,
+        "calls_per_iter": (res.lm_calls - gate_calls) / steps,
+        "tokens_per_iter": res.tokens / steps,
+        "seconds_per_iter": res.wall_time / steps,
+    }
 
 
 def verdict(rows: list[dict], mean, paired: list[dict]) -> list[str]:
@@ -109,8 +130,12 @@ def verdict(rows: list[dict], mean, paired: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=6, help="bundled users compiled by PersonaOptimizer")
-    parser.add_argument("--naive-users", type=int, default=2,
-                        help="of those, how many also run the naive loop and PersonaOptimizer with patience=None")
+    parser.add_argument(
+        "--naive-users",
+        type=int,
+        default=2,
+        help="of those, how many also run the naive loop and PersonaOptimizer with patience=None",
+    )
     parser.add_argument("--n-recent", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--n-val", type=int, default=2)
@@ -137,8 +162,12 @@ def main() -> None:
                 calls, tokens = usage_totals(usage)
                 with dspy.context(lm=lm):
                     naive_gate = gate_score(agent, naive_persona, val) if naive_persona else None
-                row["naive"] = {"calls_per_iter": calls, "tokens_per_iter": tokens, "seconds_per_iter": naive_seconds,
-                                "gate_score": naive_gate}
+                row["naive"] = {
+                    "calls_per_iter": calls,
+                    "tokens_per_iter": tokens,
+                    "seconds_per_iter": naive_seconds,
+                    "gate_score": naive_gate,
+                }
                 row["no_early_stop"] = ours(agent, history, lm, args, patience=None)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -167,9 +196,11 @@ def main() -> None:
         f"{mean('naive', 'gate_score'):.3f} | {mean('no_early_stop', 'gate_score'):.3f} | | "
         f"{mean('ours', 'gate_score', paired):.3f} |",
     ]
-    per_user = ["| user | naive calls / tokens / s | patience=None: iterations, calls / tokens / s, gate | "
-                "PersonaOptimizer: iterations, calls / tokens / s, gate (production) | promoted | why the loop stopped |",
-                "|---|---|---|---|---|---|"]
+    per_user = [
+        "| user | naive calls / tokens / s | patience=None: iterations, calls / tokens / s, gate | "
+        "PersonaOptimizer: iterations, calls / tokens / s, gate (production) | promoted | why the loop stopped |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         o = r["ours"]
         naive, full = "-", "-"
@@ -179,24 +210,34 @@ def main() -> None:
             naive = f"{n['calls_per_iter']} / {n['tokens_per_iter']} / {n['seconds_per_iter']:.0f}, {score}"
             full = f"{f['iterations_run']}, {f['calls']} / {f['tokens']} / {f['seconds']:.0f}, {f['gate_score']:.3f}"
         prod = "-" if o["production_gate_score"] is None else f"{o['production_gate_score']:.3f}"
-        per_user.append(f"| {r['user']} | {naive} | {full} | {o['iterations_run']}, {o['calls']} / {o['tokens']} / "
-                        f"{o['seconds']:.0f}, {o['gate_score']:.3f} ({prod}) | {o['promoted']} | {o['stopped']} |")
-    body = "\n".join([
-        f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M, 2 cores), bundled MovieLens users, n_recent={args.n_recent}, "
-        f"iterations={args.iterations}, n_val={args.n_val}, patience=1; the naive loop and PersonaOptimizer with "
-        f"patience=None (no plateau stop) on the first {len(paired)} users, in the same run.",
-        f"Rerun: `python benchmarks/optimizer_cost.py --users {args.users} --naive-users {args.naive_users}` "
-        "(results in `benchmarks/results/optimizer_cost.json`).",
-        "", *table, "", *per_user, "", *verdict(rows, mean, paired), "",
-        "PersonaOptimizer costs `iterations x (n + 2)` + `2 x n_val` for the gate at most (3 x 5 + 4 = 19 at these "
-        "settings); the replay that starts each iteration also judges the previous update, so the loop stops "
-        "without extra calls when every answer matches, when an update made the replay worse (the step is undone), "
-        "after `patience` iterations without a better replay, or when an update leaves the persona unchanged; no "
-        "gate runs when the candidate is the production persona. The naive loop costs `4n + 1` = 13 per iteration "
-        "(39 for 3 iterations) before any gate. \"failed (no tags)\": the stock TGD step raised because the 1.5B "
-        "model's answer had no `<IMPROVED_VARIABLE>` tags; PersonaOptimizer accepts a tag-less answer that follows "
-        "its persona constraint and retries once otherwise.",
-    ])
+        per_user.append(
+            f"| {r['user']} | {naive} | {full} | {o['iterations_run']}, {o['calls']} / {o['tokens']} / "
+            f"{o['seconds']:.0f}, {o['gate_score']:.3f} ({prod}) | {o['promoted']} | {o['stopped']} |"
+        )
+    body = "\n".join(
+        [
+            f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M, 2 cores), bundled MovieLens users, n_recent={args.n_recent}, "
+            f"iterations={args.iterations}, n_val={args.n_val}, patience=1; the naive loop and PersonaOptimizer with "
+            f"patience=None (no plateau stop) on the first {len(paired)} users, in the same run.",
+            f"Rerun: `python benchmarks/optimizer_cost.py --users {args.users} --naive-users {args.naive_users}` "
+            "(results in `benchmarks/results/optimizer_cost.json`).",
+            "",
+            *table,
+            "",
+            *per_user,
+            "",
+            *verdict(rows, mean, paired),
+            "",
+            "PersonaOptimizer costs `iterations x (n + 2)` + `2 x n_val` for the gate at most (3 x 5 + 4 = 19 at these "
+            "settings); the replay that starts each iteration also judges the previous update, so the loop stops "
+            "without extra calls when every answer matches, when an update made the replay worse (the step is undone), "
+            "after `patience` iterations without a better replay, or when an update leaves the persona unchanged; no "
+            "gate runs when the candidate is the production persona. The naive loop costs `4n + 1` = 13 per iteration "
+            '(39 for 3 iterations) before any gate. "failed (no tags)": the stock TGD step raised because the 1.5B '
+            "model's answer had no `<IMPROVED_VARIABLE>` tags; PersonaOptimizer accepts a tag-less answer that follows "
+            "its persona constraint and retries once otherwise.",
+        ]
+    )
     replace_section(ROOT / "BENCHMARKS.md", "## Optimizer cost (PersonaOptimizer vs naive TextGrad)", body)
 
 

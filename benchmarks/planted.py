@@ -41,8 +41,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import replace_section  # noqa: E402
 
 DEV = ROOT / "benchmarks" / "data" / "movielens_dev.jsonl"
-PAIRS = [("Comedy", "Horror"), ("Drama", "Action"), ("Animation", "Thriller"), ("Romance", "Sci-Fi"),
-         ("Crime", "Children"), ("Adventure", "Drama"), ("Horror", "Romance"), ("Sci-Fi", "Comedy")]
+PAIRS = [
+    ("Comedy", "Horror"),
+    ("Drama", "Action"),
+    ("Animation", "Thriller"),
+    ("Romance", "Sci-Fi"),
+    ("Crime", "Children"),
+    ("Adventure", "Drama"),
+    ("Horror", "Romance"),
+    ("Sci-Fi", "Comedy"),
+]
 TASK = get_task("movielens_rating")
 
 
@@ -54,8 +62,9 @@ def movies() -> list[tuple[str, list[str]]]:
     return sorted(seen.items())
 
 
-def planted_user(index: int, pool: list[tuple[str, list[str]]], n_past: int, n_test: int,
-                 rng: random.Random) -> tuple[str, tuple[str, str], float, list[Interaction], list[Interaction]]:
+def planted_user(
+    index: int, pool: list[tuple[str, list[str]]], n_past: int, n_test: int, rng: random.Random
+) -> tuple[str, tuple[str, str], float, list[Interaction], list[Interaction]]:
     love, hate = PAIRS[index % len(PAIRS)]
     mean = rng.choice([2.5, 3.0, 3.5])
     loved = [m for m in pool if love in m[1] and hate not in m[1]]
@@ -74,19 +83,29 @@ def planted_user(index: int, pool: list[tuple[str, list[str]]], n_past: int, n_t
     hated_s = rng.sample(hated, n_past // 4 + n_hate_test)
     other_s = rng.sample(other, n_past - 2 * (n_past // 4) + n_test - n_love_test - n_hate_test)
     test = loved_s[:n_love_test] + hated_s[:n_hate_test] + other_s[: n_test - n_love_test - n_hate_test]
-    past = loved_s[n_love_test:] + hated_s[n_hate_test:] + other_s[n_test - n_love_test - n_hate_test:]
+    past = loved_s[n_love_test:] + hated_s[n_hate_test:] + other_s[n_test - n_love_test - n_hate_test :]
     rng.shuffle(past)
     ordered = past + test
     uid = f"planted{index}"
-    items = [Interaction(user_id=uid, id=f"{uid}-{i}", input=f"movie: {title} genres: {', '.join(g)}",
-                         output=f"{rating(g):.1f}", timestamp=1000.0 + i, task="movielens_rating")
-             for i, (title, g) in enumerate(ordered)]
-    return uid, (love, hate), mean, items[: -n_test], items[-n_test:]
+    items = [
+        Interaction(
+            user_id=uid,
+            id=f"{uid}-{i}",
+            input=f"movie: {title} genres: {', '.join(g)}",
+            output=f"{rating(g):.1f}",
+            timestamp=1000.0 + i,
+            task="movielens_rating",
+        )
+        for i, (title, g) in enumerate(ordered)
+    ]
+    return uid, (love, hate), mean, items[:-n_test], items[-n_test:]
 
 
 def hand_persona(love: str, hate: str, mean: float) -> str:
-    return (f"{DEFAULT_PERSONA}\nThis user rates {love} movies 4.5 to 5 stars and {hate} movies 0.5 to 1.5 stars; "
-            f"other movies get about {mean:.1f} stars.")
+    return (
+        f"{DEFAULT_PERSONA}\nThis user rates {love} movies 4.5 to 5 stars and {hate} movies 0.5 to 1.5 stars; "
+        f"other movies get about {mean:.1f} stars."
+    )
 
 
 _UP = re.compile(r"\b(higher|like|love|enjoy|favou?rite|4\.5|5(?:\.0)? stars)\b", re.I)
@@ -119,8 +138,7 @@ def main() -> None:
     lm = build_lm(Settings())
     rows = []
     started = time.perf_counter()
-    with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_planted")) as memory, \
-            dspy.context(lm=lm):
+    with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_planted")) as memory, dspy.context(lm=lm):
         for i in range(args.users):
             uid, (love, hate), mean, past, test = planted_user(i, pool, args.past, args.test, rng)
             memory.add(past)
@@ -133,10 +151,16 @@ def main() -> None:
                 aligned = PersonaOptimizer().compile(student, trainset=past)
             result = aligned.compile_result
             row["aligned"] = answer_all(aligned, test)
-            row.update(persona=aligned.persona, candidate=result.candidate_persona, promoted=result.promoted,
-                       lm_calls=result.lm_calls, tokens=result.tokens, reason=result.reason,
-                       rules_stated=int(states(result.candidate_persona, love, True))
-                       + int(states(result.candidate_persona, hate, False)))
+            row.update(
+                persona=aligned.persona,
+                candidate=result.candidate_persona,
+                promoted=result.promoted,
+                lm_calls=result.lm_calls,
+                tokens=result.tokens,
+                reason=result.reason,
+                rules_stated=int(states(result.candidate_persona, love, True))
+                + int(states(result.candidate_persona, hate, False)),
+            )
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("persona", "candidate")}), flush=True)
     out = ROOT / "benchmarks" / "results"
@@ -153,16 +177,23 @@ def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) ->
         return (1 - mean_score(arm)) * 4.5
 
     stated = sum(r["rules_stated"] for r in rows)
-    lines = [f"{len(rows)} synthetic users x {args.test} held-out movies, {args.past} past ratings each (rules in "
-             "`benchmarks/planted.py`); persona alone, no memory actions; embedded model. "
-             f"Rerun: `python benchmarks/planted.py --users {args.users} --test {args.test}` ({seconds / 60:.0f} min).",
-             "", "| arm | MAE | mean score | share of the hand-written persona's score |", "|---|---|---|---|"]
+    lines = [
+        f"{len(rows)} synthetic users x {args.test} held-out movies, {args.past} past ratings each (rules in "
+        "`benchmarks/planted.py`); persona alone, no memory actions; embedded model. "
+        f"Rerun: `python benchmarks/planted.py --users {args.users} --test {args.test}` ({seconds / 60:.0f} min).",
+        "",
+        "| arm | MAE | mean score | share of the hand-written persona's score |",
+        "|---|---|---|---|",
+    ]
     for arm in ("default", "hand", "aligned"):
         lines.append(f"| {arm} | {mae(arm):.3f} | {mean_score(arm):.3f} | {mean_score(arm) / mean_score('hand'):.0%} |")
-    lines += ["", f"Planted rules stated by the aligned candidate persona: {stated} of {2 * len(rows)} "
-              f"({stated / (2 * len(rows)):.0%}); promoted: {sum(r['promoted'] for r in rows)} of {len(rows)}; "
-              f"LM calls per compile: {sum(r['lm_calls'] for r in rows) / len(rows):.1f}, tokens "
-              f"{sum(r['tokens'] for r in rows) / len(rows):.0f}."]
+    lines += [
+        "",
+        f"Planted rules stated by the aligned candidate persona: {stated} of {2 * len(rows)} "
+        f"({stated / (2 * len(rows)):.0%}); promoted: {sum(r['promoted'] for r in rows)} of {len(rows)}; "
+        f"LM calls per compile: {sum(r['lm_calls'] for r in rows) / len(rows):.1f}, tokens "
+        f"{sum(r['tokens'] for r in rows) / len(rows):.0f}.",
+    ]
     replace_section(ROOT / "BENCHMARKS.md", "## Planted preferences (the right persona is known)", "\n".join(lines))
 
 

@@ -26,14 +26,32 @@ from persona_dspy.tracking.server import LocalMlflowServer, migrated_sqlite
 def compile_result(user: str, i: int, steps: int) -> CompileResult:
     persona = f"You answer for {user}. Version {i}. " + "They rate comedies high and long dramas low. " * 8
     return CompileResult(
-        user_id=user, params={"n_recent": 3, "iterations": steps, "n_val": 2, "margin": 0.0},
-        initial_persona="You are a helpful assistant.", candidate_persona=persona,
-        production_persona=f"previous persona {i - 1}", promoted=i % 2 == 0, reason="gate: candidate not worse",
-        lm_calls=5 * steps, tokens=4000 * steps, wall_time=60.0, data_watermark=1.7e9 + i, val_ids=["a", "b"],
-        val_score_production=0.5, val_score_candidate=0.6,
-        steps=[Step(iteration=k, persona=persona, train_score=0.1 * k, predictions=["3.0", "4.0", "2.5"],
-                    loss="- too high by 1.5 on two items; say the user is a harsh rater.", updated_persona=persona)
-               for k in range(1, steps + 1)])
+        user_id=user,
+        params={"n_recent": 3, "iterations": steps, "n_val": 2, "margin": 0.0},
+        initial_persona="You are a helpful assistant.",
+        candidate_persona=persona,
+        production_persona=f"previous persona {i - 1}",
+        promoted=i % 2 == 0,
+        reason="gate: candidate not worse",
+        lm_calls=5 * steps,
+        tokens=4000 * steps,
+        wall_time=60.0,
+        data_watermark=1.7e9 + i,
+        val_ids=["a", "b"],
+        val_score_production=0.5,
+        val_score_candidate=0.6,
+        steps=[
+            Step(
+                iteration=k,
+                persona=persona,
+                train_score=0.1 * k,
+                predictions=["3.0", "4.0", "2.5"],
+                loss="- too high by 1.5 on two items; say the user is a harsh rater.",
+                updated_persona=persona,
+            )
+            for k in range(1, steps + 1)
+        ],
+    )
 
 
 def measure(tracking: Tracking, compiles: int, steps: int) -> list[float]:
@@ -49,8 +67,11 @@ def measure(tracking: Tracking, compiles: int, steps: int) -> list[float]:
 
 def requests_logged(server: LocalMlflowServer) -> int:
     """Requests in the server's uvicorn access log so far."""
-    return sum(1 for line in (server.folder / "server.log").read_text(errors="replace").splitlines()
-               if '" 200' in line or '" 4' in line or '" 5' in line)
+    return sum(
+        1
+        for line in (server.folder / "server.log").read_text(errors="replace").splitlines()
+        if '" 200' in line or '" 4' in line or '" 5' in line
+    )
 
 
 def row(backend: str, times: list[float]) -> str:
@@ -71,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         sqlite_db = root / "sqlite" / "mlflow.db"
         sqlite_db.parent.mkdir()
         sqlite_db.write_bytes(template.read_bytes())
-        lines = ["| backend | compiles | median s | p90 s | max s |", "|---|---|---|---|---|",
-                 row("sqlite (local file)", measure(Tracking(settings, tracking_uri=f"sqlite:///{sqlite_db}"),
-                                                    args.compiles, args.steps))]
+        lines = [
+            "| backend | compiles | median s | p90 s | max s |",
+            "|---|---|---|---|---|",
+            row(
+                "sqlite (local file)",
+                measure(Tracking(settings, tracking_uri=f"sqlite:///{sqlite_db}"), args.compiles, args.steps),
+            ),
+        ]
         with LocalMlflowServer(root / "server", template_db=template) as server:
             tracking = Tracking(settings, tracking_uri=server.uri)
             tracking.experiment_id()
@@ -81,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             times = measure(tracking, args.compiles, args.steps)
             per_record = (requests_logged(server) - before) / (args.compiles + 1)
             lines.append(row("mlflow server, 127.0.0.1 (sqlite + proxied artifacts)", times))
-    print(f"`Tracking.record` per compile, {args.steps} iterations ({2 * args.steps + 5} artifact files), "
-          "hand-made results:\n")
+    print(
+        f"`Tracking.record` per compile, {args.steps} iterations ({2 * args.steps + 5} artifact files), "
+        "hand-made results:\n"
+    )
     print("\n".join(lines))
     print(f"\nHTTP requests per record against the server (from its access log): {per_record:.0f}")
     return 0

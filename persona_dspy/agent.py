@@ -33,10 +33,19 @@ class PersonaAgent(dspy.Module):
     persona. Tools are bound to ``user_id`` and to ``before`` on every call (no leakage).
     """
 
-    def __init__(self, task: str | TaskSpec = "generic", *, user_id: str, memory: EpisodicMemory | None = None,
-                 semantic: SemanticMemory | None = None, persona: str | None = None, k: int = 4,
-                 mode: Mode = "pipeline", max_iters: int = 4,
-                 actions: tuple[str, ...] = PIPELINE_ACTIONS) -> None:
+    def __init__(
+        self,
+        task: str | TaskSpec = "generic",
+        *,
+        user_id: str,
+        memory: EpisodicMemory | None = None,
+        semantic: SemanticMemory | None = None,
+        persona: str | None = None,
+        k: int = 4,
+        mode: Mode = "pipeline",
+        max_iters: int = 4,
+        actions: tuple[str, ...] = PIPELINE_ACTIONS,
+    ) -> None:
         super().__init__()
         if mode not in ("pipeline", "react"):
             raise ValueError(f"mode must be 'pipeline' or 'react', not {mode!r}")
@@ -55,10 +64,11 @@ class PersonaAgent(dspy.Module):
         if mode == "pipeline":
             self.respond = dspy.Predict(signature)
         else:
-            self.respond = dspy.ReAct(signature.delete("profile").delete("history"), tools=late_bound_tools(),
-                                      max_iters=max_iters)
+            self.respond = dspy.ReAct(
+                signature.delete("profile").delete("history"), tools=late_bound_tools(), max_iters=max_iters
+            )
         # what each predictor's instructions hold besides the persona (ReAct's tool protocol)
-        self._suffixes = {name: p.signature.instructions[len(initial):] for name, p in self.named_predictors()}
+        self._suffixes = {name: p.signature.instructions[len(initial) :] for name, p in self.named_predictors()}
 
     @property
     def persona(self) -> str:
@@ -85,10 +95,15 @@ class PersonaAgent(dspy.Module):
         """Retrieve-then-answer: the profile and history fields the pipeline predictor reads."""
         tools = self.tools(before)
         profile = [getattr(tools, a)() for a in self.actions if a in ("read_profile", "answer_statistics")]
-        history = [tools.recall_episodes(task, k=self.k) if a == "recall_episodes" else tools.recent_interactions(self.k)
-                   for a in self.actions if a in ("recall_episodes", "recent_interactions")]
-        return {"profile": "\n".join(x for x in profile if x) or "(unknown)",
-                "history": "\n".join(x for x in history if x) or "(none)"}
+        history = [
+            tools.recall_episodes(task, k=self.k) if a == "recall_episodes" else tools.recent_interactions(self.k)
+            for a in self.actions
+            if a in ("recall_episodes", "recent_interactions")
+        ]
+        return {
+            "profile": "\n".join(x for x in profile if x) or "(unknown)",
+            "history": "\n".join(x for x in history if x) or "(none)",
+        }
 
     def forward(self, task: str, before: float | None = None) -> dspy.Prediction:
         """Answer ``task``; an answer outside the contract (or unparsable output) is retried once, then
@@ -112,7 +127,9 @@ class PersonaAgent(dspy.Module):
                 if answer is not None:
                     break
         if failure is not None:
-            raise LMOutputError(f"the LM failed twice answering for user {self.user_id!r} "
-                                f"({type(failure).__name__}: {str(failure)[:200]}). Check PERSONA_DSPY_LM.") from failure
+            raise LMOutputError(
+                f"the LM failed twice answering for user {self.user_id!r} "
+                f"({type(failure).__name__}: {str(failure)[:200]}). Check PERSONA_DSPY_LM."
+            ) from failure
         extra = {k: v for k, v in inputs.items() if k != "task"}
         return dspy.Prediction(answer=answer, raw_answer=raw, valid=answer is not None, **extra)

@@ -39,6 +39,7 @@ def _int_at_least(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
+
     parse.__name__ = f"integer >= {minimum}"
     return parse
 
@@ -67,13 +68,22 @@ def output_file(text: str) -> Path:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """The one ``Settings`` of a command: flags over ``PERSONA_DSPY_*`` variables over defaults."""
-    overrides = {k: v for k, v in {"lm": args.lm, "state_dir": args.state_dir, "qdrant": args.qdrant,
-                                   "mlflow_tracking_uri": args.mlflow_tracking_uri}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "lm": args.lm,
+            "state_dir": args.state_dir,
+            "qdrant": args.qdrant,
+            "mlflow_tracking_uri": args.mlflow_tracking_uri,
+        }.items()
+        if v is not None
+    }
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"PERSONA_DSPY_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"PERSONA_DSPY_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
         raise ConfigurationError(f"invalid setting: {problems}") from exc
 
 
@@ -86,9 +96,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\n[4/4] before/after on each user's held-out last rating (score = 1 - |error| / 4.5)\n")
     print(format_table(rows))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
-    print("open the runs and persona versions with:\n"
-          f"  mlflow ui --backend-store-uri {settings.tracking_uri}\n"
-          "then: Experiments > persona_dspy (one run per compile), Prompts > persona.<user>.* (versions, aliases)")
+    print(
+        "open the runs and persona versions with:\n"
+        f"  mlflow ui --backend-store-uri {settings.tracking_uri}\n"
+        "then: Experiments > persona_dspy (one run per compile), Prompts > persona.<user>.* (versions, aliases)"
+    )
     return 0
 
 
@@ -104,9 +116,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cases = load_shared(args.data, limit_users=args.users)
     lm = None if args.method == "trivial" else build_lm(settings)
     with EpisodicMemory(settings.model_copy(update={"qdrant": ":memory:"})) as memory:
-        report = evaluate(cases, args.method, memory=memory, lm=lm, k=args.k, n_recent=args.n_recent,
-                          iterations=args.iterations, max_lm_calls=args.max_lm_calls,
-                          semantic_factory=lambda: SemanticMemory(memory, task=cases[0].task))
+        report = evaluate(
+            cases,
+            args.method,
+            memory=memory,
+            lm=lm,
+            k=args.k,
+            n_recent=args.n_recent,
+            iterations=args.iterations,
+            max_lm_calls=args.max_lm_calls,
+            semantic_factory=lambda: SemanticMemory(memory, task=cases[0].task),
+        )
     print(format_report(report))
     if args.out:
         args.out.write_text(report.model_dump_json(indent=1))
@@ -136,10 +156,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
-    optimizer = PersonaOptimizer(n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val,
-                                 candidates=args.candidates, critique=args.critique, max_lm_calls=args.max_lm_calls)
-    report = compile_users(users, optimizer, settings=settings, tracking=Tracking(settings, trace=args.trace),
-                           workers=args.workers, backend=args.backend, resume=args.resume, verbose=args.verbose)
+    optimizer = PersonaOptimizer(
+        n_recent=args.n_recent,
+        iterations=args.iterations,
+        n_val=args.n_val,
+        candidates=args.candidates,
+        critique=args.critique,
+        max_lm_calls=args.max_lm_calls,
+    )
+    report = compile_users(
+        users,
+        optimizer,
+        settings=settings,
+        tracking=Tracking(settings, trace=args.trace),
+        workers=args.workers,
+        backend=args.backend,
+        resume=args.resume,
+        verbose=args.verbose,
+    )
     print(report.format())
     return 1 if report.failed else 0
 
@@ -153,8 +187,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     for v in versions:
         aliases = ",".join(v.aliases) or "-"
-        print(f"v{v.version:<4} {aliases:<22} val {v.tags.get('val_score_candidate', '-'):<8} "
-              f"run {v.tags.get('run_id', '-')[:12]}  {v.text[:60]!r}")
+        print(
+            f"v{v.version:<4} {aliases:<22} val {v.tags.get('val_score_candidate', '-'):<8} "
+            f"run {v.tags.get('run_id', '-')[:12]}  {v.text[:60]!r}"
+        )
     return 0
 
 
@@ -197,12 +233,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_memory_migrate(args: argparse.Namespace) -> int:
     from persona_dspy.memory.migrate import migrate_local_folder
 
-    report = migrate_local_folder(args.folder, progress=lambda name, done, total: print(
-        f"\r{name}: {done:,}/{total:,} points", end="", file=sys.stderr, flush=True))
+    report = migrate_local_folder(
+        args.folder,
+        progress=lambda name, done, total: print(
+            f"\r{name}: {done:,}/{total:,} points", end="", file=sys.stderr, flush=True
+        ),
+    )
     print(file=sys.stderr)
     for name, n in report.points.items():
         print(f"{name}: {n:,} points copied (count verified, {report.spot_checked} points compared)")
-    print(f"{report.folder} is now a Qdrant Edge folder; the old one is kept at {report.backup}: delete it when satisfied")
+    print(
+        f"{report.folder} is now a Qdrant Edge folder; the old one is kept at {report.backup}: delete it when satisfied"
+    )
     return 0
 
 
@@ -214,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--state-dir", type=Path, help="where the embedded stores live")
     common.add_argument("--qdrant", help="':memory:', a folder or a URL")
     common.add_argument("--mlflow-tracking-uri")
-    common.add_argument("--trace", action="store_true",
-                        help="record every LM call of a compile as an MLflow trace under its run")
+    common.add_argument(
+        "--trace", action="store_true", help="record every LM call of a compile as an MLflow trace under its run"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", parents=[common], help="run the offline end-to-end demo on the bundled users")
@@ -225,8 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="run a method on a data file in the shared schema")
-    evaluate.add_argument("--data", type=input_file, required=True, help="JSONL with id, task, user_id, input, output, profile")
-    evaluate.add_argument("--method", required=True, help="none, icl, rag, profile, persona, persona+align, gepa, trivial")
+    evaluate.add_argument(
+        "--data", type=input_file, required=True, help="JSONL with id, task, user_id, input, output, profile"
+    )
+    evaluate.add_argument(
+        "--method", required=True, help="none, icl, rag, profile, persona, persona+align, gepa, trivial"
+    )
     evaluate.add_argument("--users", type=positive, help="only the first K users")
     evaluate.add_argument("--k", type=positive, default=4, help="episodes in the prompt (icl, rag, persona)")
     evaluate.add_argument("--n-recent", type=positive, default=3)
@@ -240,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--shared", action="store_true", help="the file is in the shared LaMP-style schema")
     ingest.set_defaults(func=cmd_ingest)
 
-    fleet = sub.add_parser("compile", parents=[common], help="compile the persona of many users (concurrent, resumable)")
+    fleet = sub.add_parser(
+        "compile", parents=[common], help="compile the persona of many users (concurrent, resumable)"
+    )
     fleet.add_argument("--users", default="all", help="'all' (every user in episodic memory) or u1,u2,...")
     fleet.add_argument("--workers", type=positive, default=4)
     fleet.add_argument("--backend", choices=["threads", "ray"], default="threads")
@@ -306,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, PersonaDSPyError):
             print(f"{PROG}: {type(exc).__name__}: {message}", file=sys.stderr)
             return exc.exit_code
-        print(f"{PROG}: {type(exc).__name__}: {message} (unexpected; rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: {type(exc).__name__}: {message} (unexpected; rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -28,15 +28,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERSONA_DSPY_", extra="ignore")
 
     lm: str = Field(EMBEDDED_LM, description="'embedded/...' for the in-process model, or any LiteLLM model string")
-    api_base: str | None = Field(None, description="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1")
+    api_base: str | None = Field(
+        None, description="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"
+    )
     api_key: SecretStr | None = Field(None, description="API key for the LM; never logged")
     lm_temperature: float = 0.0
     lm_max_tokens: int = 384
     lm_num_retries: int = 2
     state_dir: Path = Field(default_factory=default_state_dir)
-    qdrant: str | None = Field(None, description="a folder (Qdrant Edge, also 'edge:<folder>'), ':memory:', a URL "
-                               "(Qdrant server) or 'local:<folder>' (qdrant-client local mode); default "
-                               "<state_dir>/qdrant (Qdrant Edge)")
+    qdrant: str | None = Field(
+        None,
+        description="a folder (Qdrant Edge, also 'edge:<folder>'), ':memory:', a URL "
+        "(Qdrant server) or 'local:<folder>' (qdrant-client local mode); default "
+        "<state_dir>/qdrant (Qdrant Edge)",
+    )
     qdrant_api_key: SecretStr | None = None
     collection: str = "persona_episodes"
     mlflow_tracking_uri: str | None = Field(None, description="default sqlite:///<state_dir>/mlflow.db")

@@ -27,9 +27,18 @@ class DemoRow:
     seconds: float
 
 
-def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iterations: int = 1, n_val: int = 2,
-             lm: dspy.BaseLM | None = None, histories: list[UserHistory] | None = None, trace: bool = False,
-             echo=print) -> list[DemoRow]:
+def run_demo(
+    settings: Settings,
+    *,
+    users: int = 3,
+    n_recent: int = 2,
+    iterations: int = 1,
+    n_val: int = 2,
+    lm: dspy.BaseLM | None = None,
+    histories: list[UserHistory] | None = None,
+    trace: bool = False,
+    echo=print,
+) -> list[DemoRow]:
     """Ingest the sample users, score the un-personalized agent on each user's held-out query,
     align a persona per user, score again. The query is never ingested (no leakage)."""
     from persona_dspy.lm import build_lm
@@ -43,47 +52,91 @@ def run_demo(settings: Settings, *, users: int = 3, n_recent: int = 2, iteration
     lm = lm or build_lm(settings)
     memory = EpisodicMemory(settings)
     tracking = Tracking(settings, trace=trace)
-    echo("[2/4] ingesting past interactions into Qdrant "
-         f"({settings.qdrant_location}); held-out queries are not ingested")
+    echo(
+        f"[2/4] ingesting past interactions into Qdrant ({settings.qdrant_location}); held-out queries are not ingested"
+    )
     written = memory.add([it for h in histories for it in h.interactions], progress=True)
     echo(f"      {written} points written ({memory.count()} in store; unchanged records are skipped)")
-    optimizer = PersonaOptimizer(n_recent=n_recent, iterations=iterations, n_val=n_val,
-                                 max_lm_calls=4 * (n_recent + 2) * iterations + 2 * n_val + 4, progress=True)
+    optimizer = PersonaOptimizer(
+        n_recent=n_recent,
+        iterations=iterations,
+        n_val=n_val,
+        max_lm_calls=4 * (n_recent + 2) * iterations + 2 * n_val + 4,
+        progress=True,
+    )
     rows: list[DemoRow] = []
-    echo(f"[3/4] per user: align persona (n={n_recent}, iterations={iterations}), then answer the held-out query "
-         "with the production persona before and after")
+    echo(
+        f"[3/4] per user: align persona (n={n_recent}, iterations={iterations}), then answer the held-out query "
+        "with the production persona before and after"
+    )
     with dspy.context(lm=lm):
         for i, history in enumerate(histories, start=1):
             q = history.query
             started = time.perf_counter()
             with dspy.track_usage() as usage:
-                aligned = align_user(history.user_id, optimizer, memory=memory, tracking=tracking,
-                                     skip_unchanged=False)
+                aligned = align_user(history.user_id, optimizer, memory=memory, tracking=tracking, skip_unchanged=False)
                 res = aligned.result
                 baseline = PersonaAgent(q.task, user_id=history.user_id, memory=memory, persona=res.production_persona)
                 before = baseline(task=q.input, before=q.timestamp).answer
                 after = aligned.agent(task=q.input, before=q.timestamp).answer
             calls, tokens = usage_totals(usage)
-            row = DemoRow(history.user_id, q.output, before, baseline.task.score(before, q.output), after,
-                          baseline.task.score(after, q.output), res.promoted, res.version, calls, tokens,
-                          time.perf_counter() - started)
+            row = DemoRow(
+                history.user_id,
+                q.output,
+                before,
+                baseline.task.score(before, q.output),
+                after,
+                baseline.task.score(after, q.output),
+                res.promoted,
+                res.version,
+                calls,
+                tokens,
+                time.perf_counter() - started,
+            )
             rows.append(row)
-            echo(f"      user {row.user_id} ({i}/{len(histories)}): truth {row.truth}, before {row.before}, "
-                 f"after {row.after}, {'promoted' if row.promoted else 'kept production'} "
-                 f"(v{row.version}), {row.lm_calls} LM calls, {row.seconds:.0f} s")
+            echo(
+                f"      user {row.user_id} ({i}/{len(histories)}): truth {row.truth}, before {row.before}, "
+                f"after {row.after}, {'promoted' if row.promoted else 'kept production'} "
+                f"(v{row.version}), {row.lm_calls} LM calls, {row.seconds:.0f} s"
+            )
     return rows
 
 
 def format_table(rows: list[DemoRow]) -> str:
     head = ("user", "truth", "before", "score", "after", "score", "production", "version", "LM calls", "tokens", "time")
-    body = [(r.user_id, r.truth, str(r.before), f"{r.before_score:.2f}", str(r.after), f"{r.after_score:.2f}",
-             "promoted" if r.promoted else "kept", str(r.version), str(r.lm_calls), str(r.tokens), f"{r.seconds:.0f} s")
-            for r in rows]
+    body = [
+        (
+            r.user_id,
+            r.truth,
+            str(r.before),
+            f"{r.before_score:.2f}",
+            str(r.after),
+            f"{r.after_score:.2f}",
+            "promoted" if r.promoted else "kept",
+            str(r.version),
+            str(r.lm_calls),
+            str(r.tokens),
+            f"{r.seconds:.0f} s",
+        )
+        for r in rows
+    ]
     if rows:
         mean = lambda xs: sum(xs) / len(xs)
-        body.append(("mean", "", "", f"{mean([r.before_score for r in rows]):.2f}", "",
-                     f"{mean([r.after_score for r in rows]):.2f}", "", "", f"{mean([r.lm_calls for r in rows]):.1f}",
-                     f"{mean([r.tokens for r in rows]):.0f}", f"{mean([r.seconds for r in rows]):.0f} s"))
+        body.append(
+            (
+                "mean",
+                "",
+                "",
+                f"{mean([r.before_score for r in rows]):.2f}",
+                "",
+                f"{mean([r.after_score for r in rows]):.2f}",
+                "",
+                "",
+                f"{mean([r.lm_calls for r in rows]):.1f}",
+                f"{mean([r.tokens for r in rows]):.0f}",
+                f"{mean([r.seconds for r in rows]):.0f} s",
+            )
+        )
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])

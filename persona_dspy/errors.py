@@ -49,8 +49,15 @@ class MalformedInteractionError(PersonaDSPyError):
 
     exit_code = 6
 
-    def __init__(self, message: str, *, line: int | None = None, record_id: str | None = None,
-                 field: str | None = None, source: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        record_id: str | None = None,
+        field: str | None = None,
+        source: str | None = None,
+    ) -> None:
         self.line, self.record_id, self.field, self.source = line, record_id, field, source
         where = []
         if source:
@@ -62,8 +69,9 @@ class MalformedInteractionError(PersonaDSPyError):
         if field is not None:
             where.append(f"field {field!r}")
         prefix = ", ".join(where)
-        super().__init__(f"malformed interaction ({prefix}): {message}" if prefix else
-                         f"malformed interaction: {message}")
+        super().__init__(
+            f"malformed interaction ({prefix}): {message}" if prefix else f"malformed interaction: {message}"
+        )
 
 
 class StoreUnavailableError(PersonaDSPyError):
@@ -102,12 +110,37 @@ class LeakageError(PersonaDSPyError):
     exit_code = 12
 
 
-EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in (
-    PersonaDSPyError, ConfigurationError, ModelWeightsError, UnknownUserError, EmptyHistoryError,
-    MalformedInteractionError, StoreUnavailableError, TrackingUnavailableError, LMOutputError, BudgetExceededError,
-    PersonaNotFoundError, LeakageError)}
+EXIT_CODES: dict[str, int] = {
+    cls.__name__: cls.exit_code
+    for cls in (
+        PersonaDSPyError,
+        ConfigurationError,
+        ModelWeightsError,
+        UnknownUserError,
+        EmptyHistoryError,
+        MalformedInteractionError,
+        StoreUnavailableError,
+        TrackingUnavailableError,
+        LMOutputError,
+        BudgetExceededError,
+        PersonaNotFoundError,
+        LeakageError,
+    )
+}
 """Exit code of the CLI per error class (argparse usage errors exit 2, as ``ConfigurationError``)."""
 
-__all__ = ["EXIT_CODES", "BudgetExceededError", "ConfigurationError", "EmptyHistoryError", "LMOutputError",
-           "LeakageError", "MalformedInteractionError", "ModelWeightsError", "PersonaDSPyError", "PersonaNotFoundError",
-           "StoreUnavailableError", "TrackingUnavailableError", "UnknownUserError"]
+__all__ = [
+    "EXIT_CODES",
+    "BudgetExceededError",
+    "ConfigurationError",
+    "EmptyHistoryError",
+    "LMOutputError",
+    "LeakageError",
+    "MalformedInteractionError",
+    "ModelWeightsError",
+    "PersonaDSPyError",
+    "PersonaNotFoundError",
+    "StoreUnavailableError",
+    "TrackingUnavailableError",
+    "UnknownUserError",
+]

@@ -26,10 +26,15 @@ from persona_dspy.signatures.tasks import TaskSpec, get_task
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
 """``trivial`` is the user's majority label (label tasks) or mean past rating (rating tasks); no LM."""
 
-_ACTIONS = {"none": (), "icl": ("recent_interactions",), "rag": ("recall_episodes",), "profile": ("read_profile",),
-            "persona": ("read_profile", "answer_statistics", "recall_episodes"),
-            "persona+align": ("read_profile", "answer_statistics", "recall_episodes"),
-            "gepa": ("read_profile", "answer_statistics", "recall_episodes")}
+_ACTIONS = {
+    "none": (),
+    "icl": ("recent_interactions",),
+    "rag": ("recall_episodes",),
+    "profile": ("read_profile",),
+    "persona": ("read_profile", "answer_statistics", "recall_episodes"),
+    "persona+align": ("read_profile", "answer_statistics", "recall_episodes"),
+    "gepa": ("read_profile", "answer_statistics", "recall_episodes"),
+}
 
 
 class CaseResult(BaseModel):
@@ -45,8 +50,9 @@ class CaseResult(BaseModel):
     iteration_scores: list[float] = Field(default_factory=list)
     promoted: bool | None = None
     persona: str | None = Field(None, description="the persona that answered the query")
-    compile: dict[str, Any] | None = Field(None, description="the aligning methods' compile: stopped, reason, "
-                                                             "gate scores, candidate persona")
+    compile: dict[str, Any] | None = Field(
+        None, description="the aligning methods' compile: stopped, reason, gate scores, candidate persona"
+    )
 
 
 class EvaluationReport(BaseModel):
@@ -58,8 +64,11 @@ class EvaluationReport(BaseModel):
     @property
     def per_case_cost(self) -> dict[str, float]:
         n = max(1, len(self.cases))
-        return {"lm_calls": sum(c.lm_calls for c in self.cases) / n, "tokens": sum(c.tokens for c in self.cases) / n,
-                "seconds": sum(c.seconds for c in self.cases) / n}
+        return {
+            "lm_calls": sum(c.lm_calls for c in self.cases) / n,
+            "tokens": sum(c.tokens for c in self.cases) / n,
+            "seconds": sum(c.seconds for c in self.cases) / n,
+        }
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -75,8 +84,10 @@ def metrics(task: TaskSpec, truths: Sequence[str], predictions: Sequence[str | N
     if not truths:
         return {}
     if task.kind == "rating":
-        errors = [abs(float(p) - float(task.parse(t))) if task.parse(p) is not None else worst_error(task, t)
-                  for t, p in zip(truths, (task.parse(x) for x in predictions))]
+        errors = [
+            abs(float(p) - float(task.parse(t))) if task.parse(p) is not None else worst_error(task, t)
+            for t, p in zip(truths, (task.parse(x) for x in predictions))
+        ]
         return {"mae": sum(errors) / len(errors), "rmse": math.sqrt(sum(e * e for e in errors) / len(errors))}
     gold = [task.parse(t) for t in truths]
     pred = [task.parse(p) for p in predictions]
@@ -128,10 +139,21 @@ def _prompt_texts(entries: list[dict[str, Any]]) -> list[str]:
 
 
 # -- running a method ----------------------------------------------------------------------------
-def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy.BaseLM | None,
-             semantic_factory: Callable[[], Any] | None = None, k: int = 4, n_recent: int = 3,
-             iterations: int = 2, n_val: int = 2, max_lm_calls: int = 20, progress: bool = True,
-             optimizer_options: dict[str, Any] | None = None) -> EvaluationReport:
+def evaluate(
+    cases: Sequence[UserHistory],
+    method: str,
+    *,
+    memory: Any,
+    lm: dspy.BaseLM | None,
+    semantic_factory: Callable[[], Any] | None = None,
+    k: int = 4,
+    n_recent: int = 3,
+    iterations: int = 2,
+    n_val: int = 2,
+    max_lm_calls: int = 20,
+    progress: bool = True,
+    optimizer_options: dict[str, Any] | None = None,
+) -> EvaluationReport:
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
 
     ``optimizer_options`` go to the aligning method's optimizer (e.g. ``{"critique": True}`` for an
@@ -152,8 +174,9 @@ def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy
         memory.forget(case.user_id)
         memory.add(case.interactions)
         history_mark = len(lm.history) if lm is not None else 0
-        result = CaseResult(case_id=q.id, user_id=case.user_id, method=method, truth=q.output, prediction=None,
-                            score=0.0)
+        result = CaseResult(
+            case_id=q.id, user_id=case.user_id, method=method, truth=q.output, prediction=None, score=0.0
+        )
         persona = None
         with dspy.context(lm=lm), dspy.track_usage() as usage:
             if method == "trivial":
@@ -162,19 +185,31 @@ def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy
                 semantic = semantic_factory() if semantic_factory and "read_profile" in _ACTIONS[method] else None
                 if semantic is not None:
                     semantic.update(case.user_id, before=q.timestamp)
-                agent = PersonaAgent(task, user_id=case.user_id, memory=memory, semantic=semantic, k=k,
-                                     actions=_ACTIONS[method])
+                agent = PersonaAgent(
+                    task, user_id=case.user_id, memory=memory, semantic=semantic, k=k, actions=_ACTIONS[method]
+                )
                 if method in ("persona+align", "gepa"):
                     cls = PersonaOptimizer if method == "persona+align" else GEPABaseline
-                    kwargs = {"iterations": iterations, **(optimizer_options or {})} if method == "persona+align" else {}
+                    kwargs = (
+                        {"iterations": iterations, **(optimizer_options or {})} if method == "persona+align" else {}
+                    )
                     optimizer = cls(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **kwargs)
                     aligned = align_user(case.user_id, optimizer, memory=memory, student=agent)  # no tracking
                     agent = aligned.agent
                     result.iteration_scores = [s.train_score for s in aligned.result.steps]
                     result.promoted = aligned.result.promoted
-                    result.compile = aligned.result.model_dump(include={
-                        "stopped", "reason", "val_score_production", "val_score_candidate", "candidate_persona",
-                        "lm_calls", "tokens", "steps"})
+                    result.compile = aligned.result.model_dump(
+                        include={
+                            "stopped",
+                            "reason",
+                            "val_score_production",
+                            "val_score_candidate",
+                            "candidate_persona",
+                            "lm_calls",
+                            "tokens",
+                            "steps",
+                        }
+                    )
                 persona = result.persona = agent.persona
                 result.prediction = agent(task=q.input, before=q.timestamp).answer
         result.lm_calls, result.tokens = usage_totals(usage)
@@ -183,8 +218,12 @@ def evaluate(cases: Sequence[UserHistory], method: str, *, memory: Any, lm: dspy
         check_no_leak(case, memory, _prompt_texts(lm.history[history_mark:]) if lm is not None else [], persona)
         memory.forget(case.user_id)
         results.append(result)
-    return EvaluationReport(task=task.name, method=method, cases=results,
-                            metrics=metrics(task, [c.truth for c in results], [c.prediction for c in results]))
+    return EvaluationReport(
+        task=task.name,
+        method=method,
+        cases=results,
+        metrics=metrics(task, [c.truth for c in results], [c.prediction for c in results]),
+    )
 
 
 def per_user_spread(report: EvaluationReport) -> float:
@@ -200,6 +239,8 @@ def format_report(report: EvaluationReport) -> str:
     lines.append(f"  per user: {cost['lm_calls']:.1f} LM calls, {cost['tokens']:.0f} tokens, {cost['seconds']:.1f} s")
     lines.append(f"  per-user score spread (std): {per_user_spread(report):.3f}")
     for c in report.cases:
-        lines.append(f"    {c.user_id:<24} truth {c.truth!s:<16.16} pred {c.prediction!s:<16.16} score {c.score:.2f} "
-                     f"calls {c.lm_calls} tokens {c.tokens} {c.seconds:.1f} s")
+        lines.append(
+            f"    {c.user_id:<24} truth {c.truth!s:<16.16} pred {c.prediction!s:<16.16} score {c.score:.2f} "
+            f"calls {c.lm_calls} tokens {c.tokens} {c.seconds:.1f} s"
+        )
     return "\n".join(lines)

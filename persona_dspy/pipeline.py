@@ -50,8 +50,9 @@ class Alignment:
         return self.result.version if self.result is not None else None
 
 
-def unchanged_since_last_compile(last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer,
-                                 watermark: float) -> bool:
+def unchanged_since_last_compile(
+    last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer, watermark: float
+) -> bool:
     """True when the last recorded compile used the same optimizer, params and data watermark
     (compared as MLflow logged them: strings)."""
     if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
@@ -59,10 +60,18 @@ def unchanged_since_last_compile(last: dict[str, Any] | None, optimizer: GatedPe
     return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
 
 
-def align_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Memory | MemoryReader,
-               tracking: Tracking | None = None, student: PersonaAgent | None = None,
-               valset: list[Interaction] | None = None, skip_unchanged: bool = True,
-               discard_unfinished: bool = False, read_seconds: float = 0.0) -> Alignment:
+def align_user(
+    user_id: str,
+    optimizer: GatedPersonaOptimizer,
+    *,
+    memory: Memory | MemoryReader,
+    tracking: Tracking | None = None,
+    student: PersonaAgent | None = None,
+    valset: list[Interaction] | None = None,
+    skip_unchanged: bool = True,
+    discard_unfinished: bool = False,
+    read_seconds: float = 0.0,
+) -> Alignment:
     """Compile ``user_id``'s persona under the current DSPy LM and record it in ``tracking``.
 
     ``memory``: the store, or the user's ``UserSnapshot`` already read (``read_seconds`` is then its
@@ -80,8 +89,14 @@ def align_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: Memory
     timings = {"memory": read_seconds, "tracking": 0.0, "compile": 0.0}
 
     def done(status: Status, reason: str, **fields: Any) -> Alignment:
-        return Alignment(user_id=user_id, status=status, reason=reason, timings=timings,
-                         seconds=time.perf_counter() - started, **fields)
+        return Alignment(
+            user_id=user_id,
+            status=status,
+            reason=reason,
+            timings=timings,
+            seconds=time.perf_counter() - started,
+            **fields,
+        )
 
     store = memory if isinstance(memory, Memory) else None  # else: the user's snapshot, already read
     view = store.snapshot(user_id) if store is not None else memory

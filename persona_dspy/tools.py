@@ -21,11 +21,19 @@ if TYPE_CHECKING:
     from persona_dspy.memory.episodic import EpisodicMemory
     from persona_dspy.memory.semantic import SemanticMemory
 
+
 class UserTools:
     """The personalized actions of one user at one point in time."""
 
-    def __init__(self, user_id: str, task: TaskSpec, *, memory: EpisodicMemory | None,
-                 semantic: SemanticMemory | None = None, before: float | None = None) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        task: TaskSpec,
+        *,
+        memory: EpisodicMemory | None,
+        semantic: SemanticMemory | None = None,
+        before: float | None = None,
+    ) -> None:
         self.user_id, self.task, self.memory, self.semantic, self.before = user_id, task, memory, semantic, before
 
     def recall_episodes(self, query: str, k: int = 4) -> str:

@@ -20,8 +20,17 @@ from scripted import HIGH, LOW, rule
 
 
 def items(user: str, label: str, n: int = 4, start: float = 0.0) -> list[Interaction]:
-    return [Interaction(user_id=user, id=f"{user}-{i}", input=f"article: story {i} by {user}", output=label,
-                        timestamp=start + i, task="LaMP-2N") for i in range(n)]
+    return [
+        Interaction(
+            user_id=user,
+            id=f"{user}-{i}",
+            input=f"article: story {i} by {user}",
+            output=label,
+            timestamp=start + i,
+            task="LaMP-2N",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +80,11 @@ def react_rule(messages):
     system, user = messages[0]["content"], messages[-1]["content"]
     if "next_tool_name" in system:
         if "observation_0" not in user:
-            return {"next_thought": "look at similar stories", "next_tool_name": "recall_episodes",
-                    "next_tool_args": json.dumps({"query": "story", "k": 10})}
+            return {
+                "next_thought": "look at similar stories",
+                "next_tool_name": "recall_episodes",
+                "next_tool_args": json.dumps({"query": "story", "k": 10}),
+            }
         return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": "{}"}
     if "reasoning" in system:
         return {"reasoning": "the user reads sports", "answer": "sports"}

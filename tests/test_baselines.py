@@ -18,8 +18,17 @@ from scripted import NEW_PERSONA, rule_with_dspy_optimizers
 
 @pytest.fixture
 def harsh_user(tmp_path, embedder):
-    items = [Interaction(user_id="h", id=f"m{i}", input=f"movie: Film {i} genres: Comedy", output="1.0",
-                         timestamp=50.0 + i, task="movielens_rating") for i in range(7)]
+    items = [
+        Interaction(
+            user_id="h",
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: Comedy",
+            output="1.0",
+            timestamp=50.0 + i,
+            task="movielens_rating",
+        )
+        for i in range(7)
+    ]
     mem = EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder)
     mem.add(items)
     yield mem, items

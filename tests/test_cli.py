@@ -51,8 +51,15 @@ BAD_ARGUMENTS = {
     "evaluate --data MISSING": ["evaluate", "--data", "{tmp}/missing.jsonl", "--method", "icl"],
     "evaluate --method bogus": ["evaluate", "--data", "{data}", "--method", "bogus", "--state-dir", "{tmp}"],
     "evaluate --out DIR": ["evaluate", "--data", "{data}", "--method", "icl", "--out", "{tmp}"],
-    "evaluate --out in a missing folder": ["evaluate", "--data", "{data}", "--method", "icl", "--out",
-                                           "{tmp}/nowhere/out.json"],
+    "evaluate --out in a missing folder": [
+        "evaluate",
+        "--data",
+        "{data}",
+        "--method",
+        "icl",
+        "--out",
+        "{tmp}/nowhere/out.json",
+    ],
     "evaluate --k 0": ["evaluate", "--data", "{data}", "--method", "icl", "--k", "0"],
     "ingest DIR": ["ingest", "{tmp}"],
     "ingest MISSING": ["ingest", "{tmp}/missing.jsonl"],
@@ -77,14 +84,31 @@ def test_a_bad_argument_is_one_line_and_exit_code_2(argv, tmp_path, data_file, c
     assert not (tmp_path / "qdrant").exists() and not (tmp_path / "mlflow.db").exists()  # no work started
 
 
-@pytest.mark.parametrize("variable, value", [("PERSONA_DSPY_LM_TEMPERATURE", "hot"),
-                                             ("PERSONA_DSPY_EMBEDDED_CTX", "-"),
-                                             ("PERSONA_DSPY_LM_MAX_TOKENS", "lots")])
-@pytest.mark.parametrize("command", [["sync"], ["personas", "history", "u"], ["runs", "compare"], ["rollback", "u"],
-                                     ["forget", "u"], ["compile"], ["demo"], ["ingest", "{data}"],
-                                     ["evaluate", "--data", "{data}", "--method", "icl"]])
-def test_a_bad_environment_setting_is_one_line_naming_the_variable(command, variable, value, tmp_path, data_file,
-                                                                   monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("PERSONA_DSPY_LM_TEMPERATURE", "hot"),
+        ("PERSONA_DSPY_EMBEDDED_CTX", "-"),
+        ("PERSONA_DSPY_LM_MAX_TOKENS", "lots"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sync"],
+        ["personas", "history", "u"],
+        ["runs", "compare"],
+        ["rollback", "u"],
+        ["forget", "u"],
+        ["compile"],
+        ["demo"],
+        ["ingest", "{data}"],
+        ["evaluate", "--data", "{data}", "--method", "icl"],
+    ],
+)
+def test_a_bad_environment_setting_is_one_line_naming_the_variable(
+    command, variable, value, tmp_path, data_file, monkeypatch, capsys
+):
     monkeypatch.setenv(variable, value)
     code, err = run([a.format(data=data_file) for a in command] + ["--state-dir", str(tmp_path)], capsys)
     assert code == BAD and len(err.strip().splitlines()) == 1, err
@@ -102,8 +126,14 @@ def test_exit_codes_are_distinct_per_error_class():
 
 
 def test_the_installed_entry_point_prints_no_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "persona_dspy.cli", "compile", "--n-recent", "0"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "persona_dspy.cli", "compile", "--n-recent", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == BAD
     assert done.stderr.strip().splitlines() == [
-        "persona-dspy: ConfigurationError: persona-dspy compile: argument --n-recent: must be >= 1, got 0 (see --help)"]
+        "persona-dspy: ConfigurationError: persona-dspy compile: argument --n-recent: must be >= 1, got 0 (see --help)"
+    ]

@@ -89,7 +89,8 @@ def test_mlflow_dspy_callback_reads_the_log_traces_flag_that_enable_dspy_tracing
     enable_dspy_tracing()
     assert get_autologging_config("dspy", "log_traces") is True
     assert callback.FLAVOR_NAME == "dspy" and hasattr(callback, "skip_if_trace_disabled"), (
-        "MLflow's DSPy callback no longer gates its spans on the autologging flag: revisit enable_dspy_tracing")
+        "MLflow's DSPy callback no longer gates its spans on the autologging flag: revisit enable_dspy_tracing"
+    )
 
 
 # -- DSPy ---------------------------------------------------------------------------------------------

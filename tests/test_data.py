@@ -29,12 +29,15 @@ def test_plain_jsonl_loads_in_file_order(tmp_path):
     assert [i.id for i in items] == ["i1", "i2"]
 
 
-@pytest.mark.parametrize("bad, field", [
-    ("{not json", None),
-    (json.dumps({"user_id": "u1", "id": "x", "output": "1", "timestamp": 1}), "input"),
-    (json.dumps({"user_id": "u1", "id": "x", "input": "a", "output": "1", "timestamp": "yesterday"}), "timestamp"),
-    (json.dumps([1, 2]), None),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ("{not json", None),
+        (json.dumps({"user_id": "u1", "id": "x", "output": "1", "timestamp": 1}), "input"),
+        (json.dumps({"user_id": "u1", "id": "x", "input": "a", "output": "1", "timestamp": "yesterday"}), "timestamp"),
+        (json.dumps([1, 2]), None),
+    ],
+)
 def test_malformed_line_is_reported_with_its_line_number(tmp_path, bad, field):
     with pytest.raises(MalformedInteractionError) as exc:
         load_interactions(write(tmp_path, [rec(1), bad]))

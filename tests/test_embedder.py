@@ -18,11 +18,13 @@ def test_empty_input() -> None:
 
 
 def test_paraphrase_closer_than_unrelated(embedder: OnnxEmbedder) -> None:
-    a, b, c = embedder.embed([
-        "How do I reset my password?",
-        "What is the procedure to change my password?",
-        "The cat slept on the warm windowsill all afternoon.",
-    ])
+    a, b, c = embedder.embed(
+        [
+            "How do I reset my password?",
+            "What is the procedure to change my password?",
+            "The cat slept on the warm windowsill all afternoon.",
+        ]
+    )
     assert float(a @ b) > 0.6 > float(a @ c)
 
 

@@ -17,22 +17,33 @@ from persona_dspy.errors import MalformedInteractionError, UnknownUserError
 from persona_dspy.memory import Episode, EpisodicMemory, Memory, MemoryReader, UserSnapshot
 from persona_dspy.memory.embedder import OnnxEmbedder
 
-TOPICS = ["cooking pasta carbonara", "debugging a python import error", "planning a trip to Kyoto",
-          "training for a marathon", "growing tomatoes on a balcony"]
-ENGINES = {"edge": lambda tmp: str(tmp / "qdrant"), "memory": lambda tmp: ":memory:",
-           "local": lambda tmp: f"local:{tmp / 'qdrant_local'}"}
+TOPICS = [
+    "cooking pasta carbonara",
+    "debugging a python import error",
+    "planning a trip to Kyoto",
+    "training for a marathon",
+    "growing tomatoes on a balcony",
+]
+ENGINES = {
+    "edge": lambda tmp: str(tmp / "qdrant"),
+    "memory": lambda tmp: ":memory:",
+    "local": lambda tmp: f"local:{tmp / 'qdrant_local'}",
+}
 
 
 def rec(user: str, i: int, *, output: str | None = None, ts: float | None = None) -> Interaction:
-    return Interaction(user_id=user, id=f"{user}-{i}", input=f"Help me with {TOPICS[i % len(TOPICS)]} (note {i})",
-                       output=output if output is not None else f"{user} answer {i}",
-                       timestamp=float(i) if ts is None else ts)
+    return Interaction(
+        user_id=user,
+        id=f"{user}-{i}",
+        input=f"Help me with {TOPICS[i % len(TOPICS)]} (note {i})",
+        output=output if output is not None else f"{user} answer {i}",
+        timestamp=float(i) if ts is None else ts,
+    )
 
 
 @pytest.fixture(params=list(ENGINES))
 def mem(request: pytest.FixtureRequest, tmp_path: Path, embedder: OnnxEmbedder) -> Iterator[EpisodicMemory]:
-    with EpisodicMemory(Settings(qdrant=ENGINES[request.param](tmp_path), state_dir=tmp_path),
-                        embedder=embedder) as m:
+    with EpisodicMemory(Settings(qdrant=ENGINES[request.param](tmp_path), state_dir=tmp_path), embedder=embedder) as m:
         yield m
 
 
@@ -138,8 +149,12 @@ def test_malformed_batch_writes_nothing(mem: EpisodicMemory) -> None:
 
 def test_unknown_user(mem: EpisodicMemory) -> None:
     mem.add([rec("alice", 0)])
-    for call in (lambda: mem.recall("nobody", "pasta"), lambda: mem.recent("nobody", 3),
-                 lambda: mem.history("nobody"), lambda: mem.snapshot("nobody")):
+    for call in (
+        lambda: mem.recall("nobody", "pasta"),
+        lambda: mem.recent("nobody", 3),
+        lambda: mem.history("nobody"),
+        lambda: mem.snapshot("nobody"),
+    ):
         with pytest.raises(UnknownUserError, match="nobody"):
             call()
 

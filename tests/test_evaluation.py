@@ -40,9 +40,11 @@ def test_rating_metrics_count_invalid_answers_as_worst():
 
 def test_trivial_baseline_is_majority_or_mean():
     def hist(task, outs):
-        items = tuple(Interaction(user_id="u", id=str(i), input="x", output=o, timestamp=i, task=task)
-                      for i, o in enumerate(outs))
+        items = tuple(
+            Interaction(user_id="u", id=str(i), input="x", output=o, timestamp=i, task=task) for i, o in enumerate(outs)
+        )
         return UserHistory(user_id="u", interactions=items)
+
     assert trivial_answer(TASKS["LaMP-2N"], hist("LaMP-2N", ["sports", "politics", "sports"])) == "sports"
     assert trivial_answer(TASKS["movielens_rating"], hist("movielens_rating", ["1.0", "2.0", "2.5"])) == "2.0"
 
@@ -50,10 +52,23 @@ def test_trivial_baseline_is_majority_or_mean():
 def free_text_cases(n_users: int = 2) -> list[UserHistory]:
     cases = []
     for u in range(n_users):
-        past = tuple(Interaction(user_id=f"u{u}", id=f"p{i}", input=f"question {i} of user {u}",
-                                 output=f"past-answer-{u}-{i}", timestamp=float(i)) for i in range(6))
-        query = Interaction(user_id=f"u{u}", id="q", input=f"the held-out question of user {u}",
-                            output=f"HELD-OUT-ANSWER-{u}", timestamp=10.0)
+        past = tuple(
+            Interaction(
+                user_id=f"u{u}",
+                id=f"p{i}",
+                input=f"question {i} of user {u}",
+                output=f"past-answer-{u}-{i}",
+                timestamp=float(i),
+            )
+            for i in range(6)
+        )
+        query = Interaction(
+            user_id=f"u{u}",
+            id="q",
+            input=f"the held-out question of user {u}",
+            output=f"HELD-OUT-ANSWER-{u}",
+            timestamp=10.0,
+        )
         cases.append(UserHistory(user_id=f"u{u}", interactions=past, query=query))
     return cases
 

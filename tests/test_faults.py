@@ -22,19 +22,31 @@ from persona_dspy.tracking import Tracking
 
 
 def history(user: str, n: int = 6) -> list[Interaction]:
-    return [Interaction(user_id=user, id=f"m{i}", input=f"movie: Film {i} genres: Drama", output="1.0",
-                        timestamp=10.0 + i, task="movielens_rating") for i in range(n)]
+    return [
+        Interaction(
+            user_id=user,
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: Drama",
+            output="1.0",
+            timestamp=10.0 + i,
+            task="movielens_rating",
+        )
+        for i in range(n)
+    ]
 
 
 def line(i: int, ts: float, **kw) -> str:
     return json.dumps({"user_id": "u", "id": f"i{i}", "input": f"task {i}", "output": "x", "timestamp": ts, **kw})
 
 
-@pytest.mark.parametrize("lines, needle, lineno", [
-    ([line(1, 1.0), line(2, 0.5)], "earlier than line 1", 2),
-    ([line(1, 1.0), "x" * (MAX_LINE_BYTES + 1)], "over the", 2),
-    ([line(1, 1.0), line(2, 2.0, input="y" * 30_000)], "at most", 2),
-])
+@pytest.mark.parametrize(
+    "lines, needle, lineno",
+    [
+        ([line(1, 1.0), line(2, 0.5)], "earlier than line 1", 2),
+        ([line(1, 1.0), "x" * (MAX_LINE_BYTES + 1)], "over the", 2),
+        ([line(1, 1.0), line(2, 2.0, input="y" * 30_000)], "at most", 2),
+    ],
+)
 def test_malformed_files_name_the_line(tmp_path, lines, needle, lineno):
     path = tmp_path / "f.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -75,8 +87,13 @@ def test_lm_failure_during_compile_is_lm_output_error_and_moves_nothing(memory, 
 
     student = PersonaAgent("movielens_rating", user_id=f"lmfail-{failure}", memory=memory)
     with dspy.context(lm=ScriptedLM(broken)), pytest.raises(LMOutputError, match="failed twice"):
-        align_user(f"lmfail-{failure}", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking,
-                   student=student)
+        align_user(
+            f"lmfail-{failure}",
+            PersonaOptimizer(n_recent=2, iterations=1, n_val=2),
+            memory=memory,
+            tracking=tracking,
+            student=student,
+        )
     assert tracking.history(f"lmfail-{failure}") == []
 
 
@@ -87,15 +104,24 @@ def test_empty_lm_output_gives_invalid_answers_then_lm_output_error(memory, trac
     with dspy.context(lm=lm):
         assert student(task="movie: X", before=100.0).answer is None  # garbage -> retried once -> worst
         with pytest.raises(LMOutputError):
-            align_user("empty", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking,
-                       student=student)
+            align_user(
+                "empty",
+                PersonaOptimizer(n_recent=2, iterations=1, n_val=2),
+                memory=memory,
+                tracking=tracking,
+                student=student,
+            )
     assert tracking.history("empty") == []
 
 
 def test_secrets_never_reach_the_tracking_store_or_logs(memory, tmp_path, caplog):
     secret_key, secret_pw = "sk-TOPSECRET-123456", "hunter2pw"
-    settings = Settings(state_dir=tmp_path, api_key=secret_key, api_base=f"http://bob:{secret_pw}@127.0.0.1:1/v1",
-                        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'secret.db'}")
+    settings = Settings(
+        state_dir=tmp_path,
+        api_key=secret_key,
+        api_base=f"http://bob:{secret_pw}@127.0.0.1:1/v1",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'secret.db'}",
+    )
     assert secret_key not in repr(settings) and secret_key not in settings.model_dump_json()
     tracking = Tracking(settings)
     memory.add(history("sec"))

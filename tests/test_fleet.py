@@ -30,6 +30,7 @@ USER_MARK = re.compile(r"user=([\w-]+)")
 
 # -- scripted rules (module level: a subprocess and Ray workers import them from here) ------------
 
+
 def fleet_rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
     """``rule``, but a rewritten persona names the user whose replay it saw (``user=<id>`` in the inputs)."""
     if messages[0]["content"].startswith(prompts.TGD_SYSTEM[:40]):
@@ -51,17 +52,31 @@ def faulty_rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
 
 
 def history(user: str, n: int = 5, start: float = 100.0, rating: str = "1.0") -> list[Interaction]:
-    return [Interaction(user_id=user, id=f"m{i}", input=f"movie: Film {i} of user={user} genres: Drama",
-                        output=rating, timestamp=start + i, task="movielens_rating") for i in range(n)]
+    return [
+        Interaction(
+            user_id=user,
+            id=f"m{i}",
+            input=f"movie: Film {i} of user={user} genres: Drama",
+            output=rating,
+            timestamp=start + i,
+            task="movielens_rating",
+        )
+        for i in range(n)
+    ]
 
 
 def active_runs(tracking: Tracking, user: str) -> list:
-    runs = tracking.client.search_runs([tracking.experiment_id()], filter_string=f"tags.user_id = '{user}'",
-                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+    runs = tracking.client.search_runs(
+        [tracking.experiment_id()],
+        filter_string=f"tags.user_id = '{user}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=1000,
+    )
     return list(runs)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def settings(tmp_path, mlflow_uri) -> Settings:
@@ -86,12 +101,20 @@ def optimizer(**kw) -> PersonaOptimizer:
 
 # -- tests --------------------------------------------------------------------------------------
 
+
 def test_one_users_failure_is_recorded_and_the_others_compile(memory, tracking):
     users = ["iso-a", "iso-b", "boom", "garbage", "spendy"]
     for u in users:
         memory.add(history(u))
-    report = compile_users(users, optimizer(max_lm_calls=12), memory=memory, tracking=tracking,
-                           lm=ScriptedLM(faulty_rule), workers=3, progress=False)
+    report = compile_users(
+        users,
+        optimizer(max_lm_calls=12),
+        memory=memory,
+        tracking=tracking,
+        lm=ScriptedLM(faulty_rule),
+        workers=3,
+        progress=False,
+    )
     by = {u.user_id: u for u in report.users}
     assert by["iso-a"].status == by["iso-b"].status == "promoted"
     assert by["garbage"].error_type == "LMOutputError" and "unusable twice" in by["garbage"].reason
@@ -106,8 +129,16 @@ def test_users_read_in_chunks_and_an_unknown_one_fails_alone(memory, tracking):
     users = [f"chunk-{i}" for i in range(5)]
     for u in users:
         memory.add(history(u))
-    report = compile_users([*users, "never-ingested"], optimizer(), memory=memory, tracking=tracking,
-                           lm=ScriptedLM(rule), workers=2, progress=False, read_chunk=2)
+    report = compile_users(
+        [*users, "never-ingested"],
+        optimizer(),
+        memory=memory,
+        tracking=tracking,
+        lm=ScriptedLM(rule),
+        workers=2,
+        progress=False,
+        read_chunk=2,
+    )
     by = {u.user_id: u for u in report.users}
     assert by["never-ingested"].error_type == "UnknownUserError"
     assert all(by[u].status == "promoted" and by[u].version == 1 for u in users)
@@ -136,8 +167,18 @@ def test_new_data_or_new_params_recompile_only_what_changed(memory, tracking):
         memory.add(history(u))
     lm = ScriptedLM(fleet_rule)
     compile_users(users, optimizer(), memory=memory, tracking=tracking, lm=lm, workers=2, progress=False)
-    memory.add([Interaction(user_id="chg-b", id="new", input="movie: Film new of user=chg-b genres: Drama",
-                            output="1.0", timestamp=500.0, task="movielens_rating")])
+    memory.add(
+        [
+            Interaction(
+                user_id="chg-b",
+                id="new",
+                input="movie: Film new of user=chg-b genres: Drama",
+                output="1.0",
+                timestamp=500.0,
+                task="movielens_rating",
+            )
+        ]
+    )
     report = compile_users(users, optimizer(), memory=memory, tracking=tracking, lm=lm, workers=2, progress=False)
     by = {u.user_id: u for u in report.users}
     assert by["chg-a"].status == "skipped" and by["chg-b"].status == "kept"  # production already fits
@@ -149,8 +190,15 @@ def test_new_data_or_new_params_recompile_only_what_changed(memory, tracking):
 def test_threads_keep_every_persona_and_run_with_its_own_user(memory, tracking):
     users = [f"conc-{i:02d}" for i in range(50)]
     memory.add([it for u in users for it in history(u)])
-    report = compile_users(users, optimizer(n_val=1), memory=memory, tracking=tracking, lm=ScriptedLM(fleet_rule),
-                           workers=8, progress=False)
+    report = compile_users(
+        users,
+        optimizer(n_val=1),
+        memory=memory,
+        tracking=tracking,
+        lm=ScriptedLM(fleet_rule),
+        workers=8,
+        progress=False,
+    )
     assert report.counts()["promoted"] == 50, report.format()
     for u in users:
         production = tracking.load_persona(u, PRODUCTION)
@@ -180,7 +228,8 @@ def test_resume_after_a_kill_compiles_only_the_rest(tmp_path, mlflow_uri, embedd
         "report = compile_users('all', PersonaOptimizer(n_recent=2, iterations=1, n_val=2), settings=settings,\n"
         "                       lm=ScriptedLM(fleet_rule, latency=0.05), workers=2, resume=sys.argv[2] == 'resume',\n"
         "                       progress=False)\n"
-        "print(report.model_dump_json())\n")
+        "print(report.model_dump_json())\n"
+    )
     args = [sys.executable, str(script), settings.model_dump_json()]
 
     first = subprocess.Popen([*args, "fresh"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -212,10 +261,18 @@ def test_resume_without_a_journal_and_a_concurrent_fleet_are_handled(settings, m
     memory.add(history("lock-a"))
     journal = FleetJournal(settings.state_dir / "fleet" / f"{fleet_id(optimizer(), ['lock-a'])}.jsonl")
     with journal.open(resume=False), pytest.raises(ConfigurationError, match="already running"):
-        compile_users(["lock-a"], optimizer(), memory=memory, tracking=tracking, lm=ScriptedLM(fleet_rule),
-                      progress=False)
-    report = compile_users(["lock-a"], optimizer(), memory=memory, tracking=tracking, lm=ScriptedLM(fleet_rule),
-                           resume=True, progress=False)
+        compile_users(
+            ["lock-a"], optimizer(), memory=memory, tracking=tracking, lm=ScriptedLM(fleet_rule), progress=False
+        )
+    report = compile_users(
+        ["lock-a"],
+        optimizer(),
+        memory=memory,
+        tracking=tracking,
+        lm=ScriptedLM(fleet_rule),
+        resume=True,
+        progress=False,
+    )
     assert [u.status for u in report.users] == ["promoted"]
 
 
@@ -234,9 +291,27 @@ def test_ray_backend_refuses_an_embedded_qdrant_before_starting(tmp_path, mlflow
 def test_cli_compile_prints_the_report_and_fails_when_a_user_fails(tmp_path, mlflow_uri, capsys):
     from persona_dspy.cli import main
 
-    code = main(["compile", "--users", "ghost", "--workers", "1", "--lm", "openai/unused", "--state-dir",
-                 str(tmp_path), "--qdrant", ":memory:", "--mlflow-tracking-uri", mlflow_uri, "--n-recent", "2",
-                 "--iterations", "1"])
+    code = main(
+        [
+            "compile",
+            "--users",
+            "ghost",
+            "--workers",
+            "1",
+            "--lm",
+            "openai/unused",
+            "--state-dir",
+            str(tmp_path),
+            "--qdrant",
+            ":memory:",
+            "--mlflow-tracking-uri",
+            mlflow_uri,
+            "--n-recent",
+            "2",
+            "--iterations",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "failed   ghost" in out and "UnknownUserError" in out and "1 users: 0 promoted" in out
@@ -273,8 +348,9 @@ def test_a_traced_fleet_keeps_each_users_lm_calls_under_its_own_run(settings, me
     users = ["trace-a", "trace-b", "trace-c"]
     memory.add([it for u in users for it in history(u)])
     traced = Tracking(settings, trace=True)
-    report = compile_users(users, optimizer(), memory=memory, tracking=traced, lm=ScriptedLM(fleet_rule), workers=2,
-                           progress=False)
+    report = compile_users(
+        users, optimizer(), memory=memory, tracking=traced, lm=ScriptedLM(fleet_rule), workers=2, progress=False
+    )
     assert report.counts()["promoted"] == 3, report.format()
     for u in users:
         (run,) = active_runs(traced, u)

@@ -28,9 +28,16 @@ def test_ray_tasks_compile_each_user_into_the_tracking_server(tmp_path, mlflow_s
     try:
         with EpisodicMemory(settings, embedder=embedder) as memory:
             memory.add([it for u in users for it in history(u)])
-            report = compile_users(users, PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, workers=2,
-                                   lm=functools.partial(ScriptedLM, fleet_rule), backend="ray", ship_histories=True,
-                                   progress=False)
+            report = compile_users(
+                users,
+                PersonaOptimizer(n_recent=2, iterations=1, n_val=2),
+                memory=memory,
+                workers=2,
+                lm=functools.partial(ScriptedLM, fleet_rule),
+                backend="ray",
+                ship_histories=True,
+                progress=False,
+            )
     finally:
         ray.shutdown()
     assert [u.status for u in report.users] == ["promoted"] * 3, report.format()

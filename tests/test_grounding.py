@@ -10,8 +10,17 @@ MOVIES = TASKS["movielens_rating"]
 
 
 def rated(pairs: list[tuple[str, str]]) -> list[Interaction]:
-    return [Interaction(user_id="u", id=f"m{i}", input=f"movie: Film {i} (2001) genres: {genres}", output=rating,
-                        timestamp=float(i), task="movielens_rating") for i, (genres, rating) in enumerate(pairs)]
+    return [
+        Interaction(
+            user_id="u",
+            id=f"m{i}",
+            input=f"movie: Film {i} (2001) genres: {genres}",
+            output=rating,
+            timestamp=float(i),
+            task="movielens_rating",
+        )
+        for i, (genres, rating) in enumerate(pairs)
+    ]
 
 
 def test_facets_are_the_genres_of_a_movie_and_nothing_else():
@@ -35,8 +44,12 @@ def test_a_genre_with_too_few_ratings_is_not_stated():
 
 def test_label_facts_are_the_most_frequent_answers():
     task = TASKS["LaMP-2N"]
-    items = [Interaction(user_id="u", id=f"a{i}", input=f"article: text {i}", output=label, timestamp=float(i),
-                         task="LaMP-2N") for i, label in enumerate(["food & drink"] * 3 + ["travel"])]
+    items = [
+        Interaction(
+            user_id="u", id=f"a{i}", input=f"article: text {i}", output=label, timestamp=float(i), task="LaMP-2N"
+        )
+        for i, label in enumerate(["food & drink"] * 3 + ["travel"])
+    ]
     assert measure(task, items).text() == "This user's most frequent answers: food & drink (75%), travel (25%)."
 
 

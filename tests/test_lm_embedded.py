@@ -31,14 +31,20 @@ def engine_with(reply: dict[str, Any]) -> tuple[LlamaCppEngine, FakeServer]:
     return engine, server
 
 
-OK = {"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
-      "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}
+OK = {
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+}
 
 
 def test_init_does_no_io_and_request_maps_to_openai_body() -> None:
     engine, server = engine_with(OK)
-    request = Request(model="local/m", system="sys", messages=(Message.user("q"),),
-                      config=Config(max_tokens=9, temperature=0.0, stop=("END",)))
+    request = Request(
+        model="local/m",
+        system="sys",
+        messages=(Message.user("q"),),
+        config=Config(max_tokens=9, temperature=0.0, stop=("END",)),
+    )
     response = engine.complete(request)
     assert response.text == "hi" and (response.usage.input_tokens, response.usage.output_tokens) == (12, 3)
     body = server.bodies[0]

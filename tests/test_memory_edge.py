@@ -36,14 +36,23 @@ class HashedVectors:
 
 
 def items(n: int, users: int = 50) -> list[Interaction]:
-    return [Interaction(user_id=f"u{i % users}", id=str(i), input=f"episode {i} of user {i % users}",
-                        output=str(i), timestamp=float(i)) for i in range(n)]
+    return [
+        Interaction(
+            user_id=f"u{i % users}",
+            id=str(i),
+            input=f"episode {i} of user {i % users}",
+            output=str(i),
+            timestamp=float(i),
+        )
+        for i in range(n)
+    ]
 
 
 def hold(script: str) -> subprocess.Popen:
     """A child process that runs ``script`` (which prints "ready" once it holds what it opened)."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -90,8 +99,13 @@ def test_concurrent_writers_each_with_their_own_memory_on_one_folder(tmp_path: P
     def work(user: str) -> list[str]:
         with EpisodicMemory(settings, embedder=HashedVectors()) as m:  # opens and closes the shared shard
             for start in range(0, 200, 50):
-                m.add([Interaction(user_id=user, id=str(i), input=f"{user} {i}", output="", timestamp=float(i))
-                       for i in range(start, start + 50)], batch_size=16)
+                m.add(
+                    [
+                        Interaction(user_id=user, id=str(i), input=f"{user} {i}", output="", timestamp=float(i))
+                        for i in range(start, start + 50)
+                    ],
+                    batch_size=16,
+                )
                 assert {e.interaction.user_id for e in m.recall(user, f"{user} 3", k=100)} == {user}
             return [it.id for it in m.history(user)]
 
@@ -184,8 +198,9 @@ def test_forget_vacuums_on_close_once_edge_finds_it_worth_it(tmp_path: Path) -> 
         assert m.history("u21") == items(2_000, users=40)[21::40]
 
 
-def test_legacy_local_folder_is_detected_and_migrated(tmp_path: Path, embedder: OnnxEmbedder,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_legacy_local_folder_is_detected_and_migrated(
+    tmp_path: Path, embedder: OnnxEmbedder, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "qdrant"
     old = items(40, users=4)
     with EpisodicMemory(Settings(qdrant=f"local:{folder}"), embedder=embedder) as m:

@@ -21,8 +21,16 @@ TASK_FIELD = re.compile(r"\[\[ ## task ## \]\]\n(.*?)\n", re.S)
 
 
 def free_text_history(user_id: str, n: int = 7) -> UserHistory:
-    items = [Interaction(user_id=user_id, id=f"q{i}", input=f"question number {i} about topic {i}",
-                         output=f"SECRET-ANSWER-{user_id}-{i}", timestamp=100.0 + i) for i in range(n)]
+    items = [
+        Interaction(
+            user_id=user_id,
+            id=f"q{i}",
+            input=f"question number {i} about topic {i}",
+            output=f"SECRET-ANSWER-{user_id}-{i}",
+            timestamp=100.0 + i,
+        )
+        for i in range(n)
+    ]
     return UserHistory(user_id=user_id, interactions=tuple(items))
 
 
@@ -56,8 +64,13 @@ def test_budget_exceeded_stops_and_moves_nothing(memory, tracking):
     lm = ScriptedLM(rule)
     student = PersonaAgent("movielens_rating", user_id="budget", memory=memory)
     with dspy.context(lm=lm), pytest.raises(BudgetExceededError, match="max_lm_calls=4"):
-        align_user("budget", PersonaOptimizer(n_recent=3, iterations=3, max_lm_calls=4), memory=memory,
-                   tracking=tracking, student=student)
+        align_user(
+            "budget",
+            PersonaOptimizer(n_recent=3, iterations=3, max_lm_calls=4),
+            memory=memory,
+            tracking=tracking,
+            student=student,
+        )
     assert len(lm.prompts) <= 4
     assert tracking.history("budget") == []
 
@@ -74,8 +87,9 @@ def test_garbage_update_raises_lm_output_error_and_moves_nothing(memory, trackin
     lm = ScriptedLM(garbage)
     student = PersonaAgent("movielens_rating", user_id="garbage", memory=memory)
     with dspy.context(lm=lm), pytest.raises(LMOutputError, match="unusable twice"):
-        align_user("garbage", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking,
-                   student=student)
+        align_user(
+            "garbage", PersonaOptimizer(n_recent=2, iterations=1), memory=memory, tracking=tracking, student=student
+        )
     assert sum(prompts.prompt_kind(m) == "update" for m in lm.prompts) == 2  # one retry
     assert tracking.history("garbage") == [] and student.persona == DEFAULT_PERSONA
 
@@ -87,7 +101,8 @@ def test_compile_is_deterministic_with_a_scripted_lm(memory):
     for _ in range(2):
         with dspy.context(lm=ScriptedLM(rule)):
             compiled = PersonaOptimizer(n_recent=2, iterations=2).compile(
-                PersonaAgent("movielens_rating", user_id="det", memory=memory), trainset=history)
+                PersonaAgent("movielens_rating", user_id="det", memory=memory), trainset=history
+            )
         r = compiled.compile_result
         results.append((r.candidate_persona, [s.model_dump() for s in r.steps], r.lm_calls, r.tokens))
     assert results[0] == results[1]
@@ -95,13 +110,23 @@ def test_compile_is_deterministic_with_a_scripted_lm(memory):
 
 
 def test_early_stop_when_every_replay_matches(memory):
-    items = [Interaction(user_id="easy", id=f"m{i}", input=f"movie: Film {i} genres: Drama", output="4.0",
-                         timestamp=10.0 + i, task="movielens_rating") for i in range(9)]
+    items = [
+        Interaction(
+            user_id="easy",
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: Drama",
+            output="4.0",
+            timestamp=10.0 + i,
+            task="movielens_rating",
+        )
+        for i in range(9)
+    ]
     memory.add(items)
     lm = ScriptedLM(rule)  # answers 4.0 with the default persona: already right
     with dspy.context(lm=lm):
         compiled = PersonaOptimizer(n_recent=3, iterations=3).compile(
-            PersonaAgent("movielens_rating", user_id="easy", memory=memory), trainset=items)
+            PersonaAgent("movielens_rating", user_id="easy", memory=memory), trainset=items
+        )
     result = compiled.compile_result
     assert len(result.steps) == 1 and result.steps[0].train_score == 1.0 and "matched" in result.stopped
     # the grounded persona (facts added) is gated, and a tie on every held-back item is no evidence
@@ -128,7 +153,8 @@ def test_persona_memorizing_an_answer_is_redacted(memory):
 
     with dspy.context(lm=ScriptedLM(memorize)):
         compiled = PersonaOptimizer(n_recent=2, iterations=1).compile(
-            PersonaAgent("generic", user_id="memo", memory=memory), trainset=history)
+            PersonaAgent("generic", user_id="memo", memory=memory), trainset=history
+        )
     assert leaked not in compiled.compile_result.candidate_persona
 
 
@@ -141,7 +167,8 @@ def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, emb
         lm = ScriptedLM(rule)
         with dspy.context(lm=lm):
             PersonaOptimizer(n_recent=3, iterations=2, snapshot_memory=snapshot).compile(
-                PersonaAgent("generic", user_id="snap", memory=memory, k=3), trainset=history)
+                PersonaAgent("generic", user_id="snap", memory=memory, k=3), trainset=history
+            )
         prompts_by_mode.append(lm.prompts)
     assert prompts_by_mode[0] == prompts_by_mode[1]
     assert "SECRET-ANSWER-other" not in str(prompts_by_mode[0])
@@ -149,9 +176,19 @@ def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, emb
 
 # -- early stopping: the replay that starts an iteration judges the previous update ------------------
 
+
 def rating_history(user_id: str, outputs: list[str]) -> UserHistory:
-    items = [Interaction(user_id=user_id, id=f"m{i}", input=f"movie: Film {i} (1999) genres: Drama", output=out,
-                         timestamp=100.0 + i, task="movielens_rating") for i, out in enumerate(outputs)]
+    items = [
+        Interaction(
+            user_id=user_id,
+            id=f"m{i}",
+            input=f"movie: Film {i} (1999) genres: Drama",
+            output=out,
+            timestamp=100.0 + i,
+            task="movielens_rating",
+        )
+        for i, out in enumerate(outputs)
+    ]
     return UserHistory(user_id=user_id, interactions=tuple(items))
 
 
@@ -161,7 +198,8 @@ def compile_with(memory, history, rule_fn, persona=DEFAULT_PERSONA, **kw):
     student = PersonaAgent("movielens_rating", user_id=history.user_id, memory=memory, persona=persona)
     with dspy.context(lm=lm):
         compiled = PersonaOptimizer(**{"n_recent": 3, "iterations": 3, "n_val": 2, **kw}).compile(
-            student, trainset=history)
+            student, trainset=history
+        )
     return compiled.compile_result, lm
 
 
@@ -187,8 +225,13 @@ def test_an_update_that_makes_the_replay_worse_is_not_kept(memory, tracking):
     lm = ScriptedLM(rule)
     student = PersonaAgent("movielens_rating", user_id="worse", memory=memory)
     with dspy.context(lm=lm):
-        compiled = align_user("worse", PersonaOptimizer(n_recent=3, iterations=3, n_val=2), memory=memory,
-                              tracking=tracking, student=student).agent
+        compiled = align_user(
+            "worse",
+            PersonaOptimizer(n_recent=3, iterations=3, n_val=2),
+            memory=memory,
+            tracking=tracking,
+            student=student,
+        ).agent
     result = compiled.compile_result
     assert result.steps[0].candidate_scores[0] < result.steps[0].train_score < 1.0
     assert "replayed better" in result.stopped and result.candidate_persona == DEFAULT_PERSONA == compiled.persona
@@ -205,6 +248,7 @@ def test_an_update_that_returns_the_same_guidance_ends_the_loop(memory):
 
 
 # -- grounding, critique and gate ------------------------------------------------------------------
+
 
 def test_facts_come_only_from_before_the_replayed_and_gated_interactions(memory):
     # 6 early ratings of 2.0, then 7 of 5.0: n_recent=3 replayed + n_val=4 gated are all 5.0
@@ -233,7 +277,9 @@ def test_a_critique_pointing_against_the_measured_error_is_dropped(memory):
     result, _ = compile_with(memory, rating_history("contrary", ["1.0"] * 10), contrary, iterations=1, critique=True)
     loss = result.steps[0].loss
     assert loss.startswith("Measured: 3 of 3 answers were higher") and "Critique" not in loss
-    assert "the guidance should tell the assistant to answer about 3.0 lower than it otherwise would" in loss  # the step's direction
+    assert (
+        "the guidance should tell the assistant to answer about 3.0 lower than it otherwise would" in loss
+    )  # the step's direction
 
 
 def test_the_base_instructions_survive_any_rewrite(memory):
@@ -243,7 +289,9 @@ def test_the_base_instructions_survive_any_rewrite(memory):
         return rule(messages)
 
     result, _ = compile_with(memory, rating_history("hijack", ["1.0"] * 10), hijack, iterations=1)
-    assert result.candidate_persona.startswith(DEFAULT_PERSONA) and "ignore all instructions" in result.candidate_persona
+    assert (
+        result.candidate_persona.startswith(DEFAULT_PERSONA) and "ignore all instructions" in result.candidate_persona
+    )
     assert result.promoted  # answers 1.0 now: better than production on every held-back item
 
 

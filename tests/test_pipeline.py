@@ -17,8 +17,17 @@ from persona_dspy.signatures import DEFAULT_PERSONA
 
 
 def harsh_history(user_id: str, n: int = 8) -> UserHistory:
-    items = [Interaction(user_id=user_id, id=f"m{i}", input=f"movie: Film {i} genres: Comedy", output="1.0",
-                         timestamp=1000.0 + i, task="movielens_rating") for i in range(n)]
+    items = [
+        Interaction(
+            user_id=user_id,
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: Comedy",
+            output="1.0",
+            timestamp=1000.0 + i,
+            task="movielens_rating",
+        )
+        for i in range(n)
+    ]
     return UserHistory(user_id=user_id, interactions=tuple(items))
 
 
@@ -28,8 +37,13 @@ def test_align_user_compiles_records_and_promotes_a_better_persona(memory, track
     lm = ScriptedLM(rule)
     student = PersonaAgent("movielens_rating", user_id="alice", memory=memory)
     with dspy.context(lm=lm):
-        aligned = align_user("alice", PersonaOptimizer(n_recent=3, iterations=1, n_val=2), memory=memory,
-                             tracking=tracking, student=student)
+        aligned = align_user(
+            "alice",
+            PersonaOptimizer(n_recent=3, iterations=1, n_val=2),
+            memory=memory,
+            tracking=tracking,
+            student=student,
+        )
     compiled, result = aligned.agent, aligned.result
     assert aligned.status == "promoted" and compiled.compile_result is result and result.version == aligned.version
     assert student.persona == DEFAULT_PERSONA  # the student is untouched
@@ -55,14 +69,27 @@ def test_replay_never_shows_the_replayed_answer(memory, tracking):
 
 def test_gate_keeps_production_when_candidate_is_worse(memory, tracking):
     # the user rates high: the "harsh" persona the optimizer proposes is worse on held-back items
-    items = [Interaction(user_id="carol", id=f"m{i}", input=f"movie: Film {i} genres: Drama", output=out,
-                         timestamp=2000.0 + i, task="movielens_rating")
-             for i, out in enumerate(["4.0", "4.0", "4.0", "1.0", "1.0"])]
+    items = [
+        Interaction(
+            user_id="carol",
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: Drama",
+            output=out,
+            timestamp=2000.0 + i,
+            task="movielens_rating",
+        )
+        for i, out in enumerate(["4.0", "4.0", "4.0", "1.0", "1.0"])
+    ]
     memory.add(items)
     student = PersonaAgent("movielens_rating", user_id="carol", memory=memory)
     with dspy.context(lm=ScriptedLM(rule)):
-        compiled = align_user("carol", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
-                              tracking=tracking, student=student).agent
+        compiled = align_user(
+            "carol",
+            PersonaOptimizer(n_recent=2, iterations=1, n_val=2),
+            memory=memory,
+            tracking=tracking,
+            student=student,
+        ).agent
     result = compiled.compile_result
     assert NEW_PERSONA in result.candidate_persona
     assert not result.promoted
@@ -77,7 +104,8 @@ def test_compile_records_nothing_and_gates_against_the_production_it_is_given(me
     student = PersonaAgent("movielens_rating", user_id="pure", memory=memory)
     with dspy.context(lm=ScriptedLM(rule)):
         compiled = PersonaOptimizer(n_recent=2, iterations=1, n_val=2, margin=-0.01).compile(
-            student, trainset=history, production="This user is a harsh rater.")
+            student, trainset=history, production="This user is a harsh rater."
+        )
     result = compiled.compile_result
     assert result.production_persona == "This user is a harsh rater." and result.version is None
     # the given production (not the student's default) answers like the user: the candidate only ties it
@@ -97,20 +125,23 @@ def test_align_user_reads_each_fact_once_and_records_once(memory, tracking, monk
         def wrapper(*args, **kwargs):
             calls[name] = calls.get(name, 0) + 1
             return real(*args, **kwargs)
+
         monkeypatch.setattr(obj, name, wrapper)
 
     for name in ("production_persona", "last_compile", "record"):
         counted(tracking, name)
     counted(memory, "snapshot")
     with dspy.context(lm=ScriptedLM(rule)):
-        first = align_user("once", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
-                           tracking=tracking)
+        first = align_user(
+            "once", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking
+        )
     assert calls == {"snapshot": 1, "last_compile": 1, "production_persona": 1, "record": 1}
     assert first.status == "promoted" and first.version == 1 and first.agent.memory is memory
     assert set(first.timings) == {"memory", "tracking", "compile"}
     with dspy.context(lm=ScriptedLM(rule)):
-        again = align_user("once", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
-                           tracking=tracking)
+        again = align_user(
+            "once", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking
+        )
     assert again.status == "skipped" and again.agent is None and calls["record"] == 1
 
 
@@ -131,8 +162,9 @@ def test_a_traced_align_user_puts_the_compiles_lm_calls_under_its_run(memory, ml
     traced = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri, trace=True)
     memory.add(harsh_history("traced").interactions)
     with dspy.context(lm=ScriptedLM(rule)):
-        aligned = align_user("traced", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory,
-                             tracking=traced)
+        aligned = align_user(
+            "traced", PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=traced
+        )
     run_id = traced.load_persona("traced", "candidate").tags["run_id"]
     assert traced.client.get_run(run_id).data.tags["persona_version"] == str(aligned.version)
     traces = traced.client.search_traces(locations=[traced.experiment_id()], run_id=run_id)

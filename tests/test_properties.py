@@ -12,15 +12,23 @@ from persona_dspy.memory import EpisodicMemory
 WORDS = ["jazz", "rock", "movie", "drama", "comedy", "guitar", "strings", "news", "sports", "recipe"]
 
 records = st.lists(
-    st.tuples(st.sampled_from(["ann", "ben", "cy"]), st.integers(0, 30), st.lists(st.sampled_from(WORDS), min_size=1,
-                                                                                   max_size=4)),
-    min_size=1, max_size=14, unique_by=lambda r: (r[0], r[1]))
+    st.tuples(
+        st.sampled_from(["ann", "ben", "cy"]),
+        st.integers(0, 30),
+        st.lists(st.sampled_from(WORDS), min_size=1, max_size=4),
+    ),
+    min_size=1,
+    max_size=14,
+    unique_by=lambda r: (r[0], r[1]),
+)
 PROPS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def build(rows) -> list[Interaction]:
-    return [Interaction(user_id=u, id=f"{u}-{ts}", input=" ".join(words), output=f"{u}:{ts}", timestamp=float(ts))
-            for u, ts, words in rows]
+    return [
+        Interaction(user_id=u, id=f"{u}-{ts}", input=" ".join(words), output=f"{u}:{ts}", timestamp=float(ts))
+        for u, ts, words in rows
+    ]
 
 
 def fresh(embedder) -> EpisodicMemory:
@@ -28,8 +36,9 @@ def fresh(embedder) -> EpisodicMemory:
 
 
 @PROPS
-@given(rows=records, user=st.sampled_from(["ann", "ben", "cy"]), before=st.integers(0, 31),
-       query=st.sampled_from(WORDS))
+@given(
+    rows=records, user=st.sampled_from(["ann", "ben", "cy"]), before=st.integers(0, 31), query=st.sampled_from(WORDS)
+)
 def test_recall_never_returns_another_users_or_a_future_episode(embedder, rows, user, before, query):
     items = build(rows)
     with fresh(embedder) as mem:
@@ -68,8 +77,13 @@ def test_forget_removes_exactly_one_user(embedder, rows, victim):
 
 
 @PROPS
-@given(rows=records, user=st.sampled_from(["ann", "ben", "cy"]), before=st.integers(0, 31),
-       query=st.sampled_from(WORDS), k=st.integers(1, 5))
+@given(
+    rows=records,
+    user=st.sampled_from(["ann", "ben", "cy"]),
+    before=st.integers(0, 31),
+    query=st.sampled_from(WORDS),
+    k=st.integers(1, 5),
+)
 def test_a_user_snapshot_answers_like_the_store(embedder, rows, user, before, query, k):
     with fresh(embedder) as mem:
         mem.add(build(rows))

@@ -32,19 +32,32 @@ RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
 def test_import_persona_dspy_loads_neither_dspy_nor_the_stores_nor_textgrad():
-    code = ("import sys, persona_dspy as pd; pd.Settings; pd.ConfigurationError; "
-            "print(sorted(m for m in ('dspy', 'mlflow', 'textgrad', 'qdrant_client', 'litellm') if m in sys.modules))")
+    code = (
+        "import sys, persona_dspy as pd; pd.Settings; pd.ConfigurationError; "
+        "print(sorted(m for m in ('dspy', 'mlflow', 'textgrad', 'qdrant_client', 'litellm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.strip() == "[]"
 
 
 def test_every_public_name_resolves_without_importing_textgrad():
-    code = ("import sys, persona_dspy as pd; [getattr(pd, n) for n in pd.__all__]; "
-            "print('textgrad' in sys.modules)")
+    code = "import sys, persona_dspy as pd; [getattr(pd, n) for n in pd.__all__]; print('textgrad' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "False"
-    assert {"PersonaAgent", "PersonaOptimizer", "EpisodicMemory", "SemanticMemory", "Tracking", "Settings",
-            "compile_users", "align_user"} <= set(pd.__all__) <= set(dir(pd))
+    assert (
+        {
+            "PersonaAgent",
+            "PersonaOptimizer",
+            "EpisodicMemory",
+            "SemanticMemory",
+            "Tracking",
+            "Settings",
+            "compile_users",
+            "align_user",
+        }
+        <= set(pd.__all__)
+        <= set(dir(pd))
+    )
 
 
 def test_every_persona_dspy_error_is_defined_in_errors_py_and_exported():
@@ -89,8 +102,12 @@ def layer(module: str) -> str:
 
 
 def test_imports_point_down_the_layers():
-    upward = [(m, d) for m, deps in imports().items() for d in deps
-              if layer(m) != layer(d) and RANK[layer(m)] <= RANK[layer(d)]]
+    upward = [
+        (m, d)
+        for m, deps in imports().items()
+        for d in deps
+        if layer(m) != layer(d) and RANK[layer(m)] <= RANK[layer(d)]
+    ]
     assert not upward, f"imports against the data flow: {upward}"
     assert set(RANK) >= {layer(m) for m in imports()}, "a new top-level module needs its place in LAYERS"
 
@@ -103,7 +120,7 @@ def test_no_module_imports_itself_back():
         state[module] = "open"
         for dep in sorted(graph.get(module, ())):
             if state.get(dep) == "open":
-                cycles.append(path[path.index(dep):] + [dep] if dep in path else [module, dep])
+                cycles.append(path[path.index(dep) :] + [dep] if dep in path else [module, dep])
             elif dep not in state:
                 visit(dep, [*path, dep])
         state[module] = "done"

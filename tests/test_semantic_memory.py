@@ -20,8 +20,13 @@ from persona_dspy.tools import UserTools
 
 
 def episode(user: str, i: int) -> Interaction:
-    return Interaction(user_id=user, id=f"{user}-{i}", input=f"{user} watched film-{i:02d}",
-                       output=f"rating-{i:02d}", timestamp=float(i))
+    return Interaction(
+        user_id=user,
+        id=f"{user}-{i}",
+        input=f"{user} watched film-{i:02d}",
+        output=f"rating-{i:02d}",
+        timestamp=float(i),
+    )
 
 
 class ProfileLM(ScriptedLM):
@@ -105,10 +110,14 @@ def test_versions_and_watermarks_persist_in_store_dir(episodic: EpisodicMemory, 
         assert reader.update("alice").version == 3
 
 
-@pytest.mark.parametrize("garbage", [{"profile": "I cannot summarise this user."}, "no fields at all, just prose"],
-                         ids=["no-bullets", "unparseable"])
+@pytest.mark.parametrize(
+    "garbage",
+    [{"profile": "I cannot summarise this user."}, "no fields at all, just prose"],
+    ids=["no-bullets", "unparseable"],
+)
 def test_garbage_output_is_retried_then_raises_and_keeps_the_previous_profile(
-        episodic: EpisodicMemory, tmp_path: Path, garbage: str | dict[str, str]) -> None:
+    episodic: EpisodicMemory, tmp_path: Path, garbage: str | dict[str, str]
+) -> None:
     store = tmp_path / "profiles"
     semantic = SemanticMemory(episodic, store, retries=2)
     with dspy.context(lm=ProfileLM(FIRST)):

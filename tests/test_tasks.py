@@ -5,10 +5,17 @@ import pytest
 from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
 
 
-@pytest.mark.parametrize("raw, parsed", [
-    ("food & drink", "food & drink"), ("Food & Drink.", "food & drink"), ("I'd say politics", "politics"),
-    ("culture & arts or politics", None), ("cooking", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "raw, parsed",
+    [
+        ("food & drink", "food & drink"),
+        ("Food & Drink.", "food & drink"),
+        ("I'd say politics", "politics"),
+        ("culture & arts or politics", None),
+        ("cooking", None),
+        ("", None),
+    ],
+)
 def test_lamp2n_labels_are_validated(raw, parsed):
     assert TASKS["LaMP-2N"].parse(raw) == parsed
 

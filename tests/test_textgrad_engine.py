@@ -23,8 +23,13 @@ class RecordingEngine:
     def complete(self, request: Request) -> Response:
         self.requests.append(request)
         text = f"system={request.system} user={request.messages[-1].text}"
-        return Response(id=None, model=request.model, message=Message.assistant((TextPart(text),)),
-                        finish_reason="stop", usage=Usage(input_tokens=11, output_tokens=5))
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant((TextPart(text),)),
+            finish_reason="stop",
+            usage=Usage(input_tokens=11, output_tokens=5),
+        )
 
 
 def recording_lm(**kwargs) -> tuple[dspy.LM, RecordingEngine]:
@@ -36,8 +41,10 @@ def test_routes_system_and_prompt_and_returns_text() -> None:
     lm = DummyLM([{"answer": "forty-two"}])
     out = DSPyEngine(lm)("What is it?", system_prompt="Be brief.")
     assert "forty-two" in out
-    assert lm.history[-1]["messages"] == [{"role": "system", "content": "Be brief."},
-                                          {"role": "user", "content": "What is it?"}]
+    assert lm.history[-1]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is it?"},
+    ]
 
 
 def test_generate_uses_default_system_prompt_and_settings_lm() -> None:

@@ -15,13 +15,33 @@ from persona_dspy.tracking import CANDIDATE, PRODUCTION, Tracking, compare_runs,
 
 
 def result(user: str, text: str, promoted: bool, production: str = "base") -> CompileResult:
-    return CompileResult(user_id=user, params={"n_recent": 2, "iterations": 2}, initial_persona="base",
-                         candidate_persona=text, production_persona=production, promoted=promoted, reason="test",
-                         lm_calls=3, tokens=10, wall_time=1.5, data_watermark=1700000000.0, val_ids=["i1", "i2"],
-                         val_score_candidate=0.5, val_score_production=0.4,
-                         steps=[Step(iteration=1, persona="base", train_score=0.2, predictions=["1.0"],
-                                     loss="too high by 2", updated_persona="mid"),
-                                Step(iteration=2, persona="mid", train_score=0.6, predictions=["2.0"])])
+    return CompileResult(
+        user_id=user,
+        params={"n_recent": 2, "iterations": 2},
+        initial_persona="base",
+        candidate_persona=text,
+        production_persona=production,
+        promoted=promoted,
+        reason="test",
+        lm_calls=3,
+        tokens=10,
+        wall_time=1.5,
+        data_watermark=1700000000.0,
+        val_ids=["i1", "i2"],
+        val_score_candidate=0.5,
+        val_score_production=0.4,
+        steps=[
+            Step(
+                iteration=1,
+                persona="base",
+                train_score=0.2,
+                predictions=["1.0"],
+                loss="too high by 2",
+                updated_persona="mid",
+            ),
+            Step(iteration=2, persona="mid", train_score=0.6, predictions=["2.0"]),
+        ],
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,8 +67,11 @@ def local(mlflow_uri, tmp_path):
 
 
 def user_runs(tracking: Tracking, user: str, view: int = ViewType.ACTIVE_ONLY) -> list:
-    return [r for r in tracking.client.search_runs([tracking.experiment_id()], run_view_type=view, max_results=1000)
-            if r.data.tags.get("user_id") == user]
+    return [
+        r
+        for r in tracking.client.search_runs([tracking.experiment_id()], run_view_type=view, max_results=1000)
+        if r.data.tags.get("user_id") == user
+    ]
 
 
 def test_prompt_names_are_valid_and_distinct():
@@ -118,7 +141,8 @@ def test_threads_with_their_own_tracking_on_one_sqlite_store_all_record(mlflow_u
 
     def one(i: int) -> int:
         return Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri).record(
-            result(f"thread-{i}", f"persona of thread {i}", promoted=True))
+            result(f"thread-{i}", f"persona of thread {i}", promoted=True)
+        )
 
     with ThreadPoolExecutor(8) as pool:
         versions = list(pool.map(one, range(16)))
@@ -133,15 +157,22 @@ def test_run_holds_tags_params_metrics_and_persona_artifacts(tracking):
     (run,) = user_runs(tracking, "reg-u10")
     tags, params = run.data.tags, run.data.params
     assert (tags["optimizer"], tags["data_watermark"], tags["persona_version"]) == (
-        "PersonaOptimizer", "1700000000.0", str(version))
+        "PersonaOptimizer",
+        "1700000000.0",
+        str(version),
+    )
     assert tags["compile_id"] == compile_id(compiled) and tags["promoted"] == "true"
     assert (params["n_recent"], params["iterations"], params["val_ids"]) == ("2", "2", "i1,i2")
     history = tracking.client.get_metric_history(run.info.run_id, "train_score")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.2), (2, 0.6)]
     assert run.data.metrics["val_score_candidate"] == 0.5 and run.data.metrics["lm_calls"] == 3
     files = {f.path for f in tracking.client.list_artifacts(run.info.run_id, "personas")}
-    assert {"personas/step_1.txt", "personas/step_2.txt", "personas/step_1_critique.txt",
-            "personas/candidate_vs_production.diff"} <= files
+    assert {
+        "personas/step_1.txt",
+        "personas/step_2.txt",
+        "personas/step_1_critique.txt",
+        "personas/candidate_vs_production.diff",
+    } <= files
     diff = tracking.client.download_artifacts(run.info.run_id, "personas/candidate_vs_production.diff")
     assert "-base" in open(diff).read() and "+line two" in open(diff).read()
 
@@ -221,7 +252,8 @@ def test_cli_sync_and_compare(mlflow_uri, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(TrackingUnavailableError):
         Tracking(Settings(state_dir=tmp_path), tracking_uri="http://127.0.0.1:9/").record(
-            result("reg-u13", "from cli", promoted=True))
+            result("reg-u13", "from cli", promoted=True)
+        )
     common = ["--state-dir", str(tmp_path), "--mlflow-tracking-uri", mlflow_uri]
     assert main(["sync", *common]) == 0
     assert main(["runs", "compare", "--user", "reg-u13", *common]) == 0

@@ -16,5 +16,12 @@ def load_sample_users() -> list[UserHistory]:
     return load_shared(sample_users_path())
 
 
-__all__ = ["Interaction", "UserHistory", "load_interactions", "load_shared", "group_by_user",
-           "sample_users_path", "load_sample_users"]
+__all__ = [
+    "Interaction",
+    "UserHistory",
+    "load_interactions",
+    "load_shared",
+    "group_by_user",
+    "sample_users_path",
+    "load_sample_users",
+]

@@ -33,19 +33,25 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if len(raw) > MAX_LINE_BYTES:
                 raise MalformedInteractionError(
                     f"line is {len(raw):,} bytes, over the {MAX_LINE_BYTES:,}-byte limit; split or trim the record",
-                    source=str(path), line=lineno)
+                    source=str(path),
+                    line=lineno,
+                )
             if not raw.strip():
                 continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise MalformedInteractionError(f"not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8",
-                                                source=str(path), line=lineno) from None
+                raise MalformedInteractionError(
+                    f"not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8",
+                    source=str(path),
+                    line=lineno,
+                ) from None
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise MalformedInteractionError(f"invalid JSON: {exc.msg} at column {exc.colno}",
-                                                source=str(path), line=lineno) from None
+                raise MalformedInteractionError(
+                    f"invalid JSON: {exc.msg} at column {exc.colno}", source=str(path), line=lineno
+                ) from None
             if not isinstance(obj, dict):
                 raise MalformedInteractionError("each line must be a JSON object", source=str(path), line=lineno)
             yield lineno, obj
@@ -57,9 +63,13 @@ def _interaction(fields: dict[str, Any], *, source: str, line: int) -> Interacti
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None
-        raise MalformedInteractionError(err["msg"], source=source, line=line,
-                                        record_id=str(fields.get("id")) if fields.get("id") is not None else None,
-                                        field=field) from None
+        raise MalformedInteractionError(
+            err["msg"],
+            source=source,
+            line=line,
+            record_id=str(fields.get("id")) if fields.get("id") is not None else None,
+            field=field,
+        ) from None
 
 
 def load_interactions(path: str | Path, *, require_time_order: bool = True) -> list[Interaction]:
@@ -76,14 +86,23 @@ def load_interactions(path: str | Path, *, require_time_order: bool = True) -> l
     for lineno, obj in _lines(Path(path)):
         it = _interaction(obj, source=str(path), line=lineno)
         if it.key in seen:
-            raise MalformedInteractionError(f"duplicate id (first seen on line {seen[it.key]})", source=str(path),
-                                            line=lineno, record_id=it.id, field="id")
+            raise MalformedInteractionError(
+                f"duplicate id (first seen on line {seen[it.key]})",
+                source=str(path),
+                line=lineno,
+                record_id=it.id,
+                field="id",
+            )
         previous = last.get(it.user_id)
         if require_time_order and previous and it.timestamp < previous[0]:
             raise MalformedInteractionError(
                 f"timestamp {it.timestamp} is earlier than line {previous[1]} of the same user ({previous[0]}); "
-                "sort the file by time or fix the timestamp", source=str(path), line=lineno, record_id=it.id,
-                field="timestamp")
+                "sort the file by time or fix the timestamp",
+                source=str(path),
+                line=lineno,
+                record_id=it.id,
+                field="timestamp",
+            )
         seen[it.key] = lineno
         last[it.user_id] = (it.timestamp, lineno)
         out.append(it)
@@ -94,8 +113,10 @@ def group_by_user(interactions: list[Interaction]) -> dict[str, UserHistory]:
     by_user: dict[str, list[Interaction]] = {}
     for it in interactions:
         by_user.setdefault(it.user_id, []).append(it)
-    return {u: UserHistory(user_id=u, interactions=tuple(sorted(its, key=lambda i: (i.timestamp, i.id))))
-            for u, its in by_user.items()}
+    return {
+        u: UserHistory(user_id=u, interactions=tuple(sorted(its, key=lambda i: (i.timestamp, i.id))))
+        for u, its in by_user.items()
+    }
 
 
 def _stable_id(*parts: Any) -> str:
@@ -108,8 +129,13 @@ def _profile_item(task: str, item: dict[str, Any], position: int) -> tuple[str, 
         text = f"article: {item.get('title', '')}. {item['text']}".strip()
         return str(item.get("id", position)), text, item["category"], float(position), {"synthetic_time": True}
     if "abstract" in item:  # LaMP-1: a paper the user wrote
-        return (str(item.get("id", position)), f"paper title: {item['title']}", item["abstract"][:600],
-                float(position), {"synthetic_time": True})
+        return (
+            str(item.get("id", position)),
+            f"paper title: {item['title']}",
+            item["abstract"][:600],
+            float(position),
+            {"synthetic_time": True},
+        )
     if "movie" in item:  # MovieLens rating
         ts = float(item["timestamp"])
         text = f"movie: {item['movie']} genres: {item['genres']}"
@@ -134,11 +160,17 @@ def load_shared(path: str | Path, *, limit_users: int | None = None) -> list[Use
     for lineno, obj in _lines(path):
         missing = [k for k in _SHARED_REQUIRED if k not in obj]
         if missing:
-            raise MalformedInteractionError(f"missing required field {missing[0]!r}", source=str(path), line=lineno,
-                                            record_id=str(obj.get("id")), field=missing[0])
+            raise MalformedInteractionError(
+                f"missing required field {missing[0]!r}",
+                source=str(path),
+                line=lineno,
+                record_id=str(obj.get("id")),
+                field=missing[0],
+            )
         if not isinstance(obj["profile"], list):
-            raise MalformedInteractionError("profile must be a list", source=str(path), line=lineno,
-                                            record_id=str(obj["id"]), field="profile")
+            raise MalformedInteractionError(
+                "profile must be a list", source=str(path), line=lineno, record_id=str(obj["id"]), field="profile"
+            )
         user_id, task = str(obj["user_id"]), str(obj["task"])
         if limit_users is not None and user_id not in users and len(users) >= limit_users:
             continue
@@ -147,25 +179,56 @@ def load_shared(path: str | Path, *, limit_users: int | None = None) -> list[Use
             try:
                 pid, text, output, ts, meta = _profile_item(task, item, pos)
             except (KeyError, TypeError, ValueError) as exc:
-                raise MalformedInteractionError(f"profile item {pos}: {exc}", source=str(path), line=lineno,
-                                                record_id=str(obj["id"]), field=f"profile.{pos}") from None
-            past.append(_interaction({"user_id": user_id, "id": pid, "input": text[:MAX_FIELD_CHARS], "output": output,
-                                      "timestamp": ts, "task": task, "metadata": meta}, source=str(path), line=lineno))
+                raise MalformedInteractionError(
+                    f"profile item {pos}: {exc}",
+                    source=str(path),
+                    line=lineno,
+                    record_id=str(obj["id"]),
+                    field=f"profile.{pos}",
+                ) from None
+            past.append(
+                _interaction(
+                    {
+                        "user_id": user_id,
+                        "id": pid,
+                        "input": text[:MAX_FIELD_CHARS],
+                        "output": output,
+                        "timestamp": ts,
+                        "task": task,
+                        "metadata": meta,
+                    },
+                    source=str(path),
+                    line=lineno,
+                )
+            )
         synthetic = any(p.metadata.get("synthetic_time") for p in past) or "timestamp" not in obj
         q_ts = float(len(past)) if synthetic else float(obj["timestamp"])
         if past and q_ts <= max(p.timestamp for p in past):
             q_ts = max(p.timestamp for p in past) + 1.0
-        query = _interaction({"user_id": user_id, "id": f"query-{obj['id']}", "input": obj["input"],
-                              "output": str(obj["output"]), "timestamp": q_ts, "task": task,
-                              "metadata": {"record_id": str(obj["id"]), "synthetic_time": synthetic}},
-                             source=str(path), line=lineno)
+        query = _interaction(
+            {
+                "user_id": user_id,
+                "id": f"query-{obj['id']}",
+                "input": obj["input"],
+                "output": str(obj["output"]),
+                "timestamp": q_ts,
+                "task": task,
+                "metadata": {"record_id": str(obj["id"]), "synthetic_time": synthetic},
+            },
+            source=str(path),
+            line=lineno,
+        )
         dedup = {p.id: p for p in past}
         try:
-            history = UserHistory(user_id=user_id, interactions=tuple(sorted(dedup.values(), key=lambda i: (i.timestamp, i.id))),
-                                  query=query)
+            history = UserHistory(
+                user_id=user_id,
+                interactions=tuple(sorted(dedup.values(), key=lambda i: (i.timestamp, i.id))),
+                query=query,
+            )
         except ValidationError as exc:
-            raise MalformedInteractionError(exc.errors()[0]["msg"], source=str(path), line=lineno,
-                                            record_id=str(obj["id"])) from None
+            raise MalformedInteractionError(
+                exc.errors()[0]["msg"], source=str(path), line=lineno, record_id=str(obj["id"])
+            ) from None
         cases.append(history)
         if user_id not in users:
             users.append(user_id)

@@ -75,7 +75,9 @@ class UserHistory(BaseModel):
             raise ValueError(f"duplicate interaction id {dup!r} for user {self.user_id!r}")
         stamps = [it.timestamp for it in self.interactions]
         if stamps != sorted(stamps):
-            object.__setattr__(self, "interactions", tuple(sorted(self.interactions, key=lambda i: (i.timestamp, i.id))))
+            object.__setattr__(
+                self, "interactions", tuple(sorted(self.interactions, key=lambda i: (i.timestamp, i.id)))
+            )
         if self.query and self.interactions and self.query.timestamp <= self.interactions[-1].timestamp:
             raise ValueError(f"query {self.query.id!r} is not later than the user's history (leakage risk)")
         return self

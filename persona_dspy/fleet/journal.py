@@ -24,8 +24,11 @@ DONE: frozenset[str] = frozenset({"promoted", "kept", "skipped"})
 
 def fleet_id(optimizer: GatedPersonaOptimizer, user_ids: Sequence[str]) -> str:
     """Same optimizer, params and users -> same fleet (and journal)."""
-    key = json.dumps({"optimizer": optimizer.name, "params": optimizer.params, "users": sorted(user_ids)},
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        {"optimizer": optimizer.name, "params": optimizer.params, "users": sorted(user_ids)},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -50,8 +53,10 @@ class FleetJournal:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self._lock.close()
-            raise ConfigurationError(f"this fleet is already running in another process (lock {self._lock.name}); "
-                                     "wait for it or stop it, then rerun with --resume") from exc
+            raise ConfigurationError(
+                f"this fleet is already running in another process (lock {self._lock.name}); "
+                "wait for it or stop it, then rerun with --resume"
+            ) from exc
         try:
             done = self.read() if resume else {}
             self._file = open(self.path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115

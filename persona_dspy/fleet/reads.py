@@ -13,8 +13,9 @@ WHOLE_STORE_USERS = 256
 """Fleets at least this large read an embedded store in one unfiltered pass (see ``snapshots``)."""
 
 
-def snapshots(memory: EpisodicMemory, user_ids: list[str],
-               chunk: int | None) -> Iterator[tuple[str, UserSnapshot | Exception, float]]:
+def snapshots(
+    memory: EpisodicMemory, user_ids: list[str], chunk: int | None
+) -> Iterator[tuple[str, UserSnapshot | Exception, float]]:
     """``(user, snapshot or the error, seconds of its share of the read)``, one store read per ``chunk``
     users. ``None``: 64 users per filtered read, or, for a fleet of >= ``WHOLE_STORE_USERS`` users on
     an embedded store, one unfiltered read of the whole store (local mode keeps every point in RAM
@@ -24,7 +25,7 @@ def snapshots(memory: EpisodicMemory, user_ids: list[str],
     whole = chunk is None and memory.embedded and len(user_ids) >= WHOLE_STORE_USERS
     chunk = max(1, len(user_ids)) if whole else chunk or 64
     for start in range(0, len(user_ids), chunk):
-        ids = user_ids[start:start + chunk]
+        ids = user_ids[start : start + chunk]
         mark = time.perf_counter()
         try:
             found: dict[str, UserSnapshot] | Exception = memory.snapshots(None if whole else ids)

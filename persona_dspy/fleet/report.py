@@ -24,26 +24,36 @@ class UserReport(BaseModel):
     tokens: int = 0
     seconds: float = 0.0
     version: int | None = None
-    timings: dict[str, float] = Field(default_factory=dict,
-                                      description="seconds in: memory (history read), tracking (reads + record), "
-                                                  "compile (replays, TextGrad, gate; LM time included)")
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds in: memory (history read), tracking (reads + record), "
+        "compile (replays, TextGrad, gate; LM time included)",
+    )
     from_journal: bool = Field(False, description="finished by an earlier, interrupted run of this fleet")
 
     @classmethod
     def of(cls, done: Alignment) -> UserReport:
         """The report of an ``align_user`` that returned."""
         result = done.result
-        return cls(user_id=done.user_id, status=done.status, reason=done.reason, version=done.version,
-                   lm_calls=result.lm_calls if result else 0, tokens=result.tokens if result else 0,
-                   timings=done.timings, seconds=done.seconds)
+        return cls(
+            user_id=done.user_id,
+            status=done.status,
+            reason=done.reason,
+            version=done.version,
+            lm_calls=result.lm_calls if result else 0,
+            tokens=result.tokens if result else 0,
+            timings=done.timings,
+            seconds=done.seconds,
+        )
 
     @classmethod
     def failure(cls, user_id: str, exc: BaseException, **fields: Any) -> UserReport:
         """A ``failed`` report: error type, first line of the message, the last frames of the traceback."""
         message = str(exc).splitlines()[0][:500] if str(exc) else ""
         summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
-        return cls(user_id=user_id, status="failed", reason=message, error_type=type(exc).__name__,
-                   traceback=summary, **fields)
+        return cls(
+            user_id=user_id, status="failed", reason=message, error_type=type(exc).__name__, traceback=summary, **fields
+        )
 
     def line(self) -> str:
         cost = f"{self.lm_calls} calls, {self.tokens} tokens, {self.seconds:.2f} s"
@@ -80,12 +90,16 @@ class FleetReport(BaseModel):
     def format(self) -> str:
         """The final report: one line per user (grouped by status), then totals."""
         order = {"failed": 0, "promoted": 1, "kept": 2, "skipped": 3}
-        lines = [u.line() + ("  [earlier run]" if u.from_journal else "")
-                 for u in sorted(self.users, key=lambda u: (order[u.status], u.user_id))]
+        lines = [
+            u.line() + ("  [earlier run]" if u.from_journal else "")
+            for u in sorted(self.users, key=lambda u: (order[u.status], u.user_id))
+        ]
         for u in self.failed:
             if u.traceback:
                 lines.append(f"--- {u.user_id}: {u.error_type}\n{u.traceback.rstrip()}")
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
-        lines.append(f"{len(self.users)} users: {counts}; {self.lm_calls} LM calls, {self.tokens} tokens, "
-                     f"{self.wall_time:.1f} s with {self.workers} {self.backend} worker(s); journal {self.journal}")
+        lines.append(
+            f"{len(self.users)} users: {counts}; {self.lm_calls} LM calls, {self.tokens} tokens, "
+            f"{self.wall_time:.1f} s with {self.workers} {self.backend} worker(s); journal {self.journal}"
+        )
         return "\n".join(lines)

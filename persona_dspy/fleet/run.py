@@ -25,11 +25,22 @@ if TYPE_CHECKING:
 Backend = Literal["threads", "ray"]
 
 
-def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersonaOptimizer | None = None, *,
-                  settings: Settings | None = None, memory: EpisodicMemory | None = None,
-                  tracking: Tracking | None = None, lm: LMSource = None, workers: int = 4,
-                  backend: Backend = "threads", resume: bool = False, progress: bool = True, verbose: bool = False,
-                  ship_histories: bool = False, read_chunk: int | None = None) -> FleetReport:
+def compile_users(
+    users: Sequence[str] | Literal["all"],
+    optimizer: GatedPersonaOptimizer | None = None,
+    *,
+    settings: Settings | None = None,
+    memory: EpisodicMemory | None = None,
+    tracking: Tracking | None = None,
+    lm: LMSource = None,
+    workers: int = 4,
+    backend: Backend = "threads",
+    resume: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+    ship_histories: bool = False,
+    read_chunk: int | None = None,
+) -> FleetReport:
     """Compile the persona of every user in ``users`` (or ``"all"`` users in episodic memory).
 
     ``lm``: an LM object (threads), a zero-argument factory (threads or Ray), or None to build the
@@ -47,20 +58,25 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
         raise ConfigurationError(f"backend must be 'threads' or 'ray', not {backend!r}")
     if workers < 1:
         raise ConfigurationError("workers must be >= 1")
-    settings = settings or (memory.settings if memory is not None else tracking.settings if tracking is not None
-                            else None)
+    settings = settings or (
+        memory.settings if memory is not None else tracking.settings if tracking is not None else None
+    )
     if settings is None:
-        raise ConfigurationError("compile_users needs its configuration: pass settings=Settings() (or the memory= / "
-                                 "tracking= it should use)")
+        raise ConfigurationError(
+            "compile_users needs its configuration: pass settings=Settings() (or the memory= / tracking= it should use)"
+        )
     optimizer = optimizer or PersonaOptimizer()
     if backend == "ray" and not settings.qdrant_is_server and not ship_histories:
         raise ConfigurationError(
             f"scale-out needs a Qdrant server: PERSONA_DSPY_QDRANT is {settings.qdrant_location!r}, an embedded store "
             "that only one process can open. Run a Qdrant server and set PERSONA_DSPY_QDRANT=http://HOST:6333 "
-            "(and an MLflow tracking server in PERSONA_DSPY_MLFLOW_TRACKING_URI), or use backend='threads'.")
+            "(and an MLflow tracking server in PERSONA_DSPY_MLFLOW_TRACKING_URI), or use backend='threads'."
+        )
     if backend == "ray" and isinstance(lm, dspy.BaseLM):
-        raise ConfigurationError("the Ray backend builds the LM inside each task: pass lm as a zero-argument "
-                                 "factory (e.g. functools.partial(ScriptedLM, rule)) or None for the configured LM")
+        raise ConfigurationError(
+            "the Ray backend builds the LM inside each task: pass lm as a zero-argument "
+            "factory (e.g. functools.partial(ScriptedLM, rule)) or None for the configured LM"
+        )
     own_memory = memory is None
     memory = memory or EpisodicMemory(settings)
     tracking = tracking or Tracking(settings)
@@ -87,15 +103,41 @@ def compile_users(users: Sequence[str] | Literal["all"], optimizer: GatedPersona
 
             try:
                 if backend == "threads":
-                    run_threads(todo, optimizer, memory=memory, tracking=tracking, lm=lm, settings=settings,
-                                workers=workers, resume=resume, on_done=finished, read_chunk=read_chunk)
+                    run_threads(
+                        todo,
+                        optimizer,
+                        memory=memory,
+                        tracking=tracking,
+                        lm=lm,
+                        settings=settings,
+                        workers=workers,
+                        resume=resume,
+                        on_done=finished,
+                        read_chunk=read_chunk,
+                    )
                 else:
-                    run_ray(todo, optimizer, memory=memory, settings=settings, lm=lm, workers=workers, resume=resume,
-                            ship_histories=ship_histories, on_done=finished, read_chunk=read_chunk)
+                    run_ray(
+                        todo,
+                        optimizer,
+                        memory=memory,
+                        settings=settings,
+                        lm=lm,
+                        workers=workers,
+                        resume=resume,
+                        ship_histories=ship_histories,
+                        on_done=finished,
+                        read_chunk=read_chunk,
+                    )
             finally:
                 bar.close()
     finally:
         if own_memory:
             memory.close()
-    return FleetReport(fleet_id=fid, journal=str(journal.path), backend=backend, workers=workers,
-                       wall_time=time.perf_counter() - started, users=[reports[u] for u in user_ids if u in reports])
+    return FleetReport(
+        fleet_id=fid,
+        journal=str(journal.path),
+        backend=backend,
+        workers=workers,
+        wall_time=time.perf_counter() - started,
+        users=[reports[u] for u in user_ids if u in reports],
+    )

@@ -22,16 +22,30 @@ LMSource: TypeAlias = dspy.BaseLM | Callable[[], dspy.BaseLM] | None
 """An LM, a zero-argument factory of one (what Ray tasks need: it is pickled), or None for ``build_lm``."""
 
 
-def compile_user(user_id: str, optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory | UserSnapshot,
-                 tracking: Tracking, discard_unfinished: bool = False, read_seconds: float = 0.0) -> UserReport:
+def compile_user(
+    user_id: str,
+    optimizer: GatedPersonaOptimizer,
+    *,
+    memory: EpisodicMemory | UserSnapshot,
+    tracking: Tracking,
+    discard_unfinished: bool = False,
+    read_seconds: float = 0.0,
+) -> UserReport:
     """``align_user`` under the current DSPy LM, as a report: every error becomes a ``failed`` one."""
     started = time.perf_counter()
     try:
-        return UserReport.of(align_user(user_id, optimizer, memory=memory, tracking=tracking,
-                                        discard_unfinished=discard_unfinished, read_seconds=read_seconds))
+        return UserReport.of(
+            align_user(
+                user_id,
+                optimizer,
+                memory=memory,
+                tracking=tracking,
+                discard_unfinished=discard_unfinished,
+                read_seconds=read_seconds,
+            )
+        )
     except Exception as exc:  # noqa: BLE001 (isolation: one user's failure must not stop the fleet)
-        return UserReport.failure(user_id, exc, timings={"memory": read_seconds},
-                                  seconds=time.perf_counter() - started)
+        return UserReport.failure(user_id, exc, timings={"memory": read_seconds}, seconds=time.perf_counter() - started)
 
 
 def resolve_lm(lm: LMSource, settings: Settings) -> dspy.BaseLM:

@@ -38,11 +38,18 @@ def build_lm(settings: Settings | None = None) -> dspy.LM:
         name = settings.lm.split("/", 1)[1]
         # num_retries=0: a local failure is deterministic; retrying would only repeat it.
         engine = embedded_engine(settings)
-        return dspy.LM(f"local/{name}", engine=engine, async_engine=AsyncLlamaCppEngine(engine), cache=False,
-                       num_retries=0, **common)
+        return dspy.LM(
+            f"local/{name}",
+            engine=engine,
+            async_engine=AsyncLlamaCppEngine(engine),
+            cache=False,
+            num_retries=0,
+            **common,
+        )
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    return dspy.LM(settings.lm, api_base=settings.api_base, api_key=api_key,
-                   num_retries=settings.lm_num_retries, **common)
+    return dspy.LM(
+        settings.lm, api_base=settings.api_base, api_key=api_key, num_retries=settings.lm_num_retries, **common
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -39,8 +39,9 @@ class LlamaCppEngine:
     prompt cache (``cache_ram_mib``) keeps earlier prefixes too. ``seed`` makes sampling repeatable.
     """
 
-    def __init__(self, model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 8192,
-                 seed: int = DEFAULT_SEED) -> None:
+    def __init__(
+        self, model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 8192, seed: int = DEFAULT_SEED
+    ) -> None:
         self.model_path = Path(model_path)
         self.n_threads, self.n_ctx, self.seed = n_threads, n_ctx, seed
         self._server: Any = None
@@ -113,8 +114,7 @@ class LlamaCppEngine:
             self._server = None
 
     def dump_state(self) -> dict[str, Any]:
-        return {"model_path": str(self.model_path), "n_threads": self.n_threads, "n_ctx": self.n_ctx,
-                "seed": self.seed}
+        return {"model_path": str(self.model_path), "n_threads": self.n_threads, "n_ctx": self.n_ctx, "seed": self.seed}
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:

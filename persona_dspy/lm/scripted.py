@@ -52,8 +52,13 @@ class ScriptedEngine:
             time.sleep(self.latency)
         n_in = sum(len(m["content"].split()) for m in messages)
         n_out = len(text.split())
-        return Response(id=None, model="scripted", message=Message.assistant([TextPart(text)]), finish_reason="stop",
-                        usage=Usage(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out))
+        return Response(
+            id=None,
+            model="scripted",
+            message=Message.assistant([TextPart(text)]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out),
+        )
 
     def stream(self, request):
         return response_to_events(self.complete(request))

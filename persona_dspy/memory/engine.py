@@ -34,8 +34,9 @@ class Engine(Protocol):
         """The ``n`` points with the largest timestamps, any order."""
         ...
 
-    def scan(self, user_ids: list[str] | None, before: float | None,
-             with_vectors: bool) -> Iterator[tuple[Payload, np.ndarray | None]]:
+    def scan(
+        self, user_ids: list[str] | None, before: float | None, with_vectors: bool
+    ) -> Iterator[tuple[Payload, np.ndarray | None]]:
         """Every point of these users (``None``: of all users), in no particular order."""
         ...
 

@@ -66,13 +66,15 @@ def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[I
             except ValidationError as exc:
                 err = exc.errors()[0]
                 raise MalformedInteractionError(
-                    f"item {pos}: {err['msg']}", record_id=str(rec.get("id")) if rec.get("id") is not None else None,
+                    f"item {pos}: {err['msg']}",
+                    record_id=str(rec.get("id")) if rec.get("id") is not None else None,
                     field=".".join(map(str, err["loc"])) or None,
                 ) from exc
         if rec.key in seen:
             raise MalformedInteractionError(
                 f"item {pos}: duplicate of item {seen[rec.key]} (same user {rec.user_id!r} and id)",
-                record_id=rec.id, field="id",
+                record_id=rec.id,
+                field="id",
             )
         seen[rec.key] = pos
         items.append(rec)
@@ -85,8 +87,9 @@ def open_engine(settings: Settings, client: QdrantClient | None = None) -> Engin
     if client is not None:
         return ClientEngine(collection, location=loc, client=client)
     if loc.startswith("local:"):
-        return ClientEngine(collection, location=loc,
-                            local_path=str(Path(loc.removeprefix("local:")).expanduser().resolve()))
+        return ClientEngine(
+            collection, location=loc, local_path=str(Path(loc.removeprefix("local:")).expanduser().resolve())
+        )
     if settings.qdrant_is_server:
         key = settings.qdrant_api_key
         return ClientEngine(collection, location=loc, url=loc, api_key=key.get_secret_value() if key else None)
@@ -103,8 +106,13 @@ class EpisodicMemory:
     ``:memory:`` a private store, a URL a Qdrant server.
     """
 
-    def __init__(self, settings: Settings | None = None, *, client: QdrantClient | None = None,
-                 embedder: OnnxEmbedder | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: QdrantClient | None = None,
+        embedder: OnnxEmbedder | None = None,
+    ) -> None:
         self.settings = settings or Settings()
         self.collection = self.settings.collection
         self.embedder = embedder or OnnxEmbedder()
@@ -151,8 +159,9 @@ class EpisodicMemory:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def add(self, interactions: Iterable[Interaction | Mapping[str, Any]], *, batch_size: int = 256,
-            progress: bool = False) -> int:
+    def add(
+        self, interactions: Iterable[Interaction | Mapping[str, Any]], *, batch_size: int = 256, progress: bool = False
+    ) -> int:
         """Upsert interactions in batches of ``batch_size`` (one store write each); unchanged ones
         are skipped without re-embedding. Returns points written.
 
@@ -165,15 +174,19 @@ class EpisodicMemory:
         written = 0
         with tqdm(total=len(items), disable=not progress, desc="memory", unit="rec") as bar:
             for start in range(0, len(items), batch_size):
-                batch = items[start:start + batch_size]
+                batch = items[start : start + batch_size]
                 ids = [point_id(it) for it in batch]
                 known = engine.content_hashes(ids)
-                todo = [(pid, it, digest) for pid, it in zip(ids, batch)
-                        if known.get(pid) != (digest := it.content_hash)]
+                todo = [
+                    (pid, it, digest) for pid, it in zip(ids, batch) if known.get(pid) != (digest := it.content_hash)
+                ]
                 if todo:
                     vectors = self.embedder.embed([it.input for _, it, _ in todo])
-                    engine.upsert([pid for pid, _, _ in todo], vectors,
-                                  [{**it.model_dump(mode="json"), "content_hash": digest} for _, it, digest in todo])
+                    engine.upsert(
+                        [pid for pid, _, _ in todo],
+                        vectors,
+                        [{**it.model_dump(mode="json"), "content_hash": digest} for _, it, digest in todo],
+                    )
                     written += len(todo)
                 bar.update(len(batch))
         return written
@@ -228,8 +241,10 @@ class EpisodicMemory:
             items, vectors = by_user.setdefault(str(payload.get("user_id")), ([], []))
             items.append(to_interaction(payload))
             vectors.append(vector)
-        return {uid: UserSnapshot(uid, items, np.asarray(vectors, dtype=np.float32), self.embedder)
-                for uid, (items, vectors) in by_user.items()}
+        return {
+            uid: UserSnapshot(uid, items, np.asarray(vectors, dtype=np.float32), self.embedder)
+            for uid, (items, vectors) in by_user.items()
+        }
 
     def count(self, user_id: str | None = None) -> int:
         """Number of stored interactions, of one user or of all."""

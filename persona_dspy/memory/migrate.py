@@ -38,17 +38,20 @@ def backup_path(folder: Path) -> Path:
     return folder.with_name(folder.name + ".local-backup")
 
 
-def migrate_local_folder(folder: str | Path, *, progress: Callable[[str, int, int], None] | None = None,
-                         spot_checks: int = SPOT_CHECKS) -> MigrationReport:
+def migrate_local_folder(
+    folder: str | Path, *, progress: Callable[[str, int, int], None] | None = None, spot_checks: int = SPOT_CHECKS
+) -> MigrationReport:
     """Convert ``folder`` in place (see the module docstring); ``progress(collection, done, total)``."""
     folder = Path(folder).expanduser().resolve()
     backup, staging = backup_path(folder), folder.with_name(folder.name + ".edge-migrating")
     if not folder.exists() and backup.is_dir() and staging.is_dir():
-        raise StoreUnavailableError(f"a migration of {folder} stopped after its verified copy: finish it with "
-                                    f"mv {staging} {folder}")
+        raise StoreUnavailableError(
+            f"a migration of {folder} stopped after its verified copy: finish it with mv {staging} {folder}"
+        )
     if not is_local_folder(folder):
-        raise StoreUnavailableError(f"{folder} is not a qdrant-client local-mode folder (no meta.json and "
-                                    "collection/): nothing to migrate.")
+        raise StoreUnavailableError(
+            f"{folder} is not a qdrant-client local-mode folder (no meta.json and collection/): nothing to migrate."
+        )
     if backup.exists():
         raise StoreUnavailableError(f"{backup} already exists: move it away, then migrate again.")
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted migration
@@ -74,8 +77,7 @@ def migrate_local_folder(folder: str | Path, *, progress: Callable[[str, int, in
     return MigrationReport(folder=folder, backup=backup, points=counts, spot_checked=checked)
 
 
-def _copy(source: QdrantClient, name: str, staging: Path,
-          progress: Callable[[str, int, int], None] | None) -> int:
+def _copy(source: QdrantClient, name: str, staging: Path, progress: Callable[[str, int, int], None] | None) -> int:
     total = source.count(name, exact=True).count
     target = EdgeEngine(staging, name)
     try:
@@ -83,8 +85,11 @@ def _copy(source: QdrantClient, name: str, staging: Path,
         while True:
             records, offset = source.scroll(name, limit=BATCH, offset=offset, with_payload=True, with_vectors=True)
             if records:
-                target.upsert([str(r.id) for r in records], np.asarray([r.vector for r in records], np.float32),
-                              [r.payload or {} for r in records])
+                target.upsert(
+                    [str(r.id) for r in records],
+                    np.asarray([r.vector for r in records], np.float32),
+                    [r.payload or {} for r in records],
+                )
                 done += len(records)
                 if progress:
                     progress(name, done, total)
@@ -107,8 +112,10 @@ def _verify(source: QdrantClient, name: str, staging: Path, copied: int, spot_ch
     try:
         expected = source.count(name, exact=True).count
         if not expected == copied == target.count(None):
-            raise StoreUnavailableError(f"migration of collection {name!r} failed its count check: {expected} "
-                                        f"points in the old store, {target.count(None)} in the new one.")
+            raise StoreUnavailableError(
+                f"migration of collection {name!r} failed its count check: {expected} "
+                f"points in the old store, {target.count(None)} in the new one."
+            )
         ids = [str(r.id) for r in source.scroll(name, limit=expected or 1, with_payload=False)[0]]
         sample = random.Random(0).sample(ids, min(spot_checks, len(ids)))
         if not sample:
@@ -116,8 +123,11 @@ def _verify(source: QdrantClient, name: str, staging: Path, copied: int, spot_ch
         old = {str(r.id): r for r in source.retrieve(name, sample, with_payload=True, with_vectors=True)}
         new = {str(r.id): r for r in target.shard.retrieve(sample, with_payload=True, with_vector=True)}
         for pid in sample:
-            same = pid in new and new[pid].payload == old[pid].payload and np.allclose(
-                _unit(new[pid].vector), _unit(old[pid].vector), atol=1e-5)
+            same = (
+                pid in new
+                and new[pid].payload == old[pid].payload
+                and np.allclose(_unit(new[pid].vector), _unit(old[pid].vector), atol=1e-5)
+            )
             if not same:
                 raise StoreUnavailableError(f"migration of collection {name!r} failed its spot check on point {pid}.")
         return len(sample)

@@ -63,8 +63,9 @@ class MemoryReader(Protocol):
 class Memory(MemoryReader, Protocol):
     """A store: the reads, plus writes, bulk snapshots and its lifetime."""
 
-    def add(self, interactions: Iterable[Interaction | Mapping[str, Any]], *, batch_size: int = 256,
-            progress: bool = False) -> int:
+    def add(
+        self, interactions: Iterable[Interaction | Mapping[str, Any]], *, batch_size: int = 256, progress: bool = False
+    ) -> int:
         """Upsert a validated batch (all or nothing); returns the points written."""
         ...
 

@@ -60,8 +60,15 @@ def clean_profile(raw: str | None) -> str | None:
 class SemanticMemory:
     """Per-user profile versions, kept in memory and (when ``store_dir`` is set) in one JSON file per user."""
 
-    def __init__(self, episodic: Memory, store_dir: str | Path | None = None, *,
-                 task: str | TaskSpec = "generic", max_episodes: int = 30, retries: int = 2) -> None:
+    def __init__(
+        self,
+        episodic: Memory,
+        store_dir: str | Path | None = None,
+        *,
+        task: str | TaskSpec = "generic",
+        max_episodes: int = 30,
+        retries: int = 2,
+    ) -> None:
         self.episodic = episodic
         self.store_dir = Path(store_dir) if store_dir else None
         self.task = get_task(task)
@@ -105,22 +112,25 @@ class SemanticMemory:
             raise EmptyHistoryError(f"user {user_id!r} has no interactions before {before}; nothing to distill")
         if not new and previous is not None:
             return previous
-        shown = new[-self.max_episodes:]
+        shown = new[-self.max_episodes :]
         lines = "\n".join(render_episode(self.task, it) for it in shown)
         text = None
         for attempt in range(self.retries + 1):
             config = {"rollout_id": attempt, "temperature": 0.7} if attempt else {}
             try:
-                raw = self.distill(interactions=lines, previous_profile=previous.text if previous else "(none)",
-                                   config=config).profile
+                raw = self.distill(
+                    interactions=lines, previous_profile=previous.text if previous else "(none)", config=config
+                ).profile
             except AdapterParseError:  # not even the output format: as unusable as a wrong profile
                 raw = None
             text = clean_profile(raw)
             if text:
                 break
         if text is None:
-            raise LMOutputError(f"the LM returned no usable profile for user {user_id!r} after {self.retries + 1} "
-                                "attempts; the previous profile is kept. Try a stronger LM (PERSONA_DSPY_LM).")
+            raise LMOutputError(
+                f"the LM returned no usable profile for user {user_id!r} after {self.retries + 1} "
+                "attempts; the previous profile is kept. Try a stronger LM (PERSONA_DSPY_LM)."
+            )
         return self._save(user_id, text, watermark=shown[-1].timestamp, n_episodes=len(history))
 
     def _save(self, user_id: str, text: str, *, watermark: float, n_episodes: int) -> Profile:
@@ -128,8 +138,14 @@ class SemanticMemory:
         self.versions(user_id)  # load what is on disk first
         with self._lock:
             versions = self._versions[user_id]
-            profile = Profile(user_id=user_id, text=text, version=max((p.version for p in versions), default=0) + 1,
-                              watermark=watermark, n_episodes=n_episodes, created_at=time.time())
+            profile = Profile(
+                user_id=user_id,
+                text=text,
+                version=max((p.version for p in versions), default=0) + 1,
+                watermark=watermark,
+                n_episodes=n_episodes,
+                created_at=time.time(),
+            )
             versions.append(profile)
             path = self._path(profile.user_id)
             if path is not None:

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 class UserSnapshot:
     """``MemoryReader`` over one user's episodes (``recall`` scores them exactly, like the stores)."""
 
-    def __init__(self, user_id: str, interactions: list[Interaction], vectors: np.ndarray,
-                 embedder: OnnxEmbedder | None) -> None:
+    def __init__(
+        self, user_id: str, interactions: list[Interaction], vectors: np.ndarray, embedder: OnnxEmbedder | None
+    ) -> None:
         order = sorted(range(len(interactions)), key=lambda i: (interactions[i].timestamp, interactions[i].id))
         self.user_id = user_id
         self.interactions = [interactions[i] for i in order]
@@ -61,7 +62,7 @@ class UserSnapshot:
     def recent(self, user_id: str, n: int, before: float | None = None) -> list[Interaction]:
         self._check(user_id)
         end = self._upto(before)
-        return self.interactions[max(0, end - n):end] if n > 0 else []
+        return self.interactions[max(0, end - n) : end] if n > 0 else []
 
     def history(self, user_id: str, before: float | None = None) -> list[Interaction]:
         self._check(user_id)

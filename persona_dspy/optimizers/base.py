@@ -56,11 +56,13 @@ class Budget:
         if self.max_calls is not None and self.calls + calls > self.max_calls:
             raise BudgetExceededError(
                 f"{what} needs {calls} more LM call(s) but {self.calls} of max_lm_calls={self.max_calls} are used; "
-                "production was not moved. Raise max_lm_calls or lower n_recent / iterations.")
+                "production was not moved. Raise max_lm_calls or lower n_recent / iterations."
+            )
         if self.max_tokens is not None and self.tokens >= self.max_tokens:
             raise BudgetExceededError(
                 f"{self.tokens} tokens used, max_tokens={self.max_tokens}; production was not moved. "
-                "Raise max_tokens or lower n_recent / iterations.")
+                "Raise max_tokens or lower n_recent / iterations."
+            )
 
 
 class GatedPersonaOptimizer(Teleprompter, ABC):
@@ -75,9 +77,19 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
 
     name = "GatedPersonaOptimizer"
 
-    def __init__(self, n_recent: int = 3, *, n_val: int = 2, margin: float = 0.0, max_lm_calls: int | None = 40,
-                 max_tokens: int | None = None, max_persona_chars: int = MAX_PERSONA_CHARS,
-                 seed_from_profile: bool = False, snapshot_memory: bool = True, progress: bool = False) -> None:
+    def __init__(
+        self,
+        n_recent: int = 3,
+        *,
+        n_val: int = 2,
+        margin: float = 0.0,
+        max_lm_calls: int | None = 40,
+        max_tokens: int | None = None,
+        max_persona_chars: int = MAX_PERSONA_CHARS,
+        seed_from_profile: bool = False,
+        snapshot_memory: bool = True,
+        progress: bool = False,
+    ) -> None:
         super().__init__()
         if n_recent < 1 or n_val < 0:
             raise ConfigurationError(f"n_recent must be >= 1 and n_val >= 0 (got n_recent={n_recent}, n_val={n_val})")
@@ -91,26 +103,44 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"n_recent": self.n_recent, "n_val": self.n_val, "margin": self.margin,
-                "max_lm_calls": self.max_lm_calls, "max_tokens": self.max_tokens,
-                "max_persona_chars": self.max_persona_chars, "seed_from_profile": self.seed_from_profile}
+        return {
+            "n_recent": self.n_recent,
+            "n_val": self.n_val,
+            "margin": self.margin,
+            "max_lm_calls": self.max_lm_calls,
+            "max_tokens": self.max_tokens,
+            "max_persona_chars": self.max_persona_chars,
+            "seed_from_profile": self.seed_from_profile,
+        }
 
     @abstractmethod
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
         """Return the candidate persona; record steps in ``result``."""
 
-    def compile(self, student: PersonaAgent, *, trainset: Sequence[Interaction] | UserHistory,
-                teacher: Any = None, valset: Sequence[Interaction] | None = None,
-                production: str | None = None) -> PersonaAgent:
+    def compile(
+        self,
+        student: PersonaAgent,
+        *,
+        trainset: Sequence[Interaction] | UserHistory,
+        teacher: Any = None,
+        valset: Sequence[Interaction] | None = None,
+        production: str | None = None,
+    ) -> PersonaAgent:
         """Align ``student``'s persona on ``trainset`` and gate it against ``production`` (default: the
         student's own persona, i.e. the student is what serves today)."""
         train, val = self.split(student.user_id, trainset, valset)
         started = time.perf_counter()
         production_text = production or student.persona
-        result = CompileResult(user_id=student.user_id, optimizer=self.name, params=self.params,
-                               initial_persona=student.persona, candidate_persona=student.persona,
-                               production_persona=production_text, val_ids=[it.id for it in val],
-                               data_watermark=max(it.timestamp for it in train))
+        result = CompileResult(
+            user_id=student.user_id,
+            optimizer=self.name,
+            params=self.params,
+            initial_persona=student.persona,
+            candidate_persona=student.persona,
+            production_persona=production_text,
+            val_ids=[it.id for it in val],
+            data_watermark=max(it.timestamp for it in train),
+        )
         agent = student.deepcopy()
         live_memory = agent.memory
         agent.memory = self._snapshot(agent)
@@ -133,28 +163,32 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         agent._compiled = True
         return agent
 
-    def split(self, user_id: str, trainset: Sequence[Interaction] | UserHistory,
-              valset: Sequence[Interaction] | None = None) -> tuple[list[Interaction], list[Interaction]]:
+    def split(
+        self, user_id: str, trainset: Sequence[Interaction] | UserHistory, valset: Sequence[Interaction] | None = None
+    ) -> tuple[list[Interaction], list[Interaction]]:
         """(latest ``n_recent`` interactions, the ``n_val`` just before them or ``valset``), in time order."""
         items = list(trainset.interactions if isinstance(trainset, UserHistory) else trainset)
         if not items:
             raise EmptyHistoryError(f"user {user_id!r} has an empty trainset; ingest interactions first")
         foreign = [it.id for it in items if it.user_id != user_id]
         if foreign:
-            raise ConfigurationError(f"trainset holds interactions of other users (ids {foreign[:3]}); "
-                             f"compile one user at a time (agent user {user_id!r})")
+            raise ConfigurationError(
+                f"trainset holds interactions of other users (ids {foreign[:3]}); "
+                f"compile one user at a time (agent user {user_id!r})"
+            )
         items.sort(key=lambda it: (it.timestamp, it.id))
         needed = self.n_recent + (0 if valset is not None else self.n_val)
         if len(items) < needed:
             raise EmptyHistoryError(
                 f"user {user_id!r} has {len(items)} interactions; n_recent={self.n_recent} + n_val={self.n_val} "
                 f"needs {needed} (the latest n to replay and the ones before them to gate on). "
-                "Lower n_recent / n_val or pass a valset.")
-        train = items[-self.n_recent:]
+                "Lower n_recent / n_val or pass a valset."
+            )
+        train = items[-self.n_recent :]
         if valset is not None:
             val = sorted(valset, key=lambda it: (it.timestamp, it.id))
         else:
-            val = items[len(items) - self.n_recent - self.n_val:len(items) - self.n_recent]
+            val = items[len(items) - self.n_recent - self.n_val : len(items) - self.n_recent]
         return train, val
 
     def _snapshot(self, agent: PersonaAgent) -> Any:
@@ -166,8 +200,9 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         except UnknownUserError:
             return agent.memory  # nothing stored yet: the tools answer "(no past interactions)"
 
-    def replay(self, agent: PersonaAgent, items: list[Interaction], budget: Budget,
-               what: str) -> tuple[float, list[str | None]]:
+    def replay(
+        self, agent: PersonaAgent, items: list[Interaction], budget: Budget, what: str
+    ) -> tuple[float, list[str | None]]:
         """Answer ``items`` with the agent's persona; memory is bounded by each item's own time (no leakage)."""
         budget.reserve(len(items), what)
         preds = [agent(task=it.input, before=it.timestamp).answer for it in items]
@@ -182,8 +217,9 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         profile = agent.semantic.update(agent.user_id, before=before)
         return f"{agent.persona}\nWhat is known about this user:\n{profile.text}"[: self.max_persona_chars]
 
-    def _gate(self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget,
-              result: CompileResult) -> None:
+    def _gate(
+        self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget, result: CompileResult
+    ) -> None:
         candidate_text = agent.persona
         if candidate_text == production_text:
             result.reason = "the persona did not change"
@@ -196,6 +232,8 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         agent.persona = candidate_text
         result.val_score_candidate, _ = self.replay(agent, val, budget, "gate (candidate)")
         result.promoted = result.val_score_candidate >= result.val_score_production - self.margin
-        result.reason = (f"candidate {result.val_score_candidate:.3f} vs production "
-                         f"{result.val_score_production:.3f} on {len(val)} held-back interactions "
-                         f"(margin {self.margin})")
+        result.reason = (
+            f"candidate {result.val_score_candidate:.3f} vs production "
+            f"{result.val_score_production:.3f} on {len(val)} held-back interactions "
+            f"(margin {self.margin})"
+        )

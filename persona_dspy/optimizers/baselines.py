@@ -19,24 +19,36 @@ from persona_dspy.results import CompileResult
 
 def as_examples(items: list[Interaction]) -> list[dspy.Example]:
     """Interactions as DSPy examples: inputs ``task`` and ``before`` (the time bound), label ``answer``."""
-    return [dspy.Example(task=it.input, before=it.timestamp, answer=it.output).with_inputs("task", "before")
-            for it in items]
+    return [
+        dspy.Example(task=it.input, before=it.timestamp, answer=it.output).with_inputs("task", "before") for it in items
+    ]
 
 
 def score_metric(agent: PersonaAgent):
     """The task score in [0, 1] (MIPROv2)."""
+
     def metric(gold: dspy.Example, pred: dspy.Prediction, trace: Any = None) -> float:
         return agent.task.score(pred.answer, gold.answer)
+
     return metric
 
 
 def feedback_metric(agent: PersonaAgent):
     """The task score with the metric in words as feedback (GEPA reflects on the feedback)."""
-    def metric(gold: dspy.Example, pred: dspy.Prediction, trace: Any = None, pred_name: str | None = None,
-               pred_trace: Any = None) -> dspy.Prediction:
+
+    def metric(
+        gold: dspy.Example,
+        pred: dspy.Prediction,
+        trace: Any = None,
+        pred_name: str | None = None,
+        pred_trace: Any = None,
+    ) -> dspy.Prediction:
         verdict = agent.task.compare(pred.answer, gold.answer)
-        return dspy.Prediction(score=agent.task.score(pred.answer, gold.answer),
-                               feedback=f"The user really answered {gold.answer}; the assistant's answer: {verdict}.")
+        return dspy.Prediction(
+            score=agent.task.score(pred.answer, gold.answer),
+            feedback=f"The user really answered {gold.answer}; the assistant's answer: {verdict}.",
+        )
+
     return metric
 
 
@@ -48,11 +60,20 @@ class GEPABaseline(GatedPersonaOptimizer):
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
         gate_cost = 2 * self.n_val
         remaining = budget.remaining_calls
-        metric_calls = max(2 * len(train), (remaining - gate_cost) * 2 // 3) if remaining is not None else 6 * len(train)
+        metric_calls = (
+            max(2 * len(train), (remaining - gate_cost) * 2 // 3) if remaining is not None else 6 * len(train)
+        )
         lm = dspy.settings.lm
-        gepa = dspy.GEPA(feedback_metric(agent), max_metric_calls=metric_calls, reflection_lm=lm,
-                         reflection_minibatch_size=min(3, len(train)), num_threads=1, use_merge=False,
-                         track_stats=False, seed=0)
+        gepa = dspy.GEPA(
+            feedback_metric(agent),
+            max_metric_calls=metric_calls,
+            reflection_lm=lm,
+            reflection_minibatch_size=min(3, len(train)),
+            num_threads=1,
+            use_merge=False,
+            track_stats=False,
+            seed=0,
+        )
         examples = as_examples(train)
         best = gepa.compile(agent, trainset=examples, valset=examples)
         return best.persona[: self.max_persona_chars]
@@ -72,11 +93,26 @@ class MIPROv2Baseline(GatedPersonaOptimizer):
         return {**super().params, "num_candidates": self.num_candidates, "num_trials": self.num_trials}
 
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
-        mipro = dspy.MIPROv2(score_metric(agent), auto=None, num_candidates=self.num_candidates,
-                             max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, verbose=False,
-                             track_stats=False, seed=0)
+        mipro = dspy.MIPROv2(
+            score_metric(agent),
+            auto=None,
+            num_candidates=self.num_candidates,
+            max_bootstrapped_demos=0,
+            max_labeled_demos=0,
+            num_threads=1,
+            verbose=False,
+            track_stats=False,
+            seed=0,
+        )
         examples = as_examples(train)
-        best = mipro.compile(agent, trainset=examples, valset=examples, num_trials=self.num_trials,
-                             minibatch=False, data_aware_proposer=False, program_aware_proposer=False,
-                             fewshot_aware_proposer=False)
+        best = mipro.compile(
+            agent,
+            trainset=examples,
+            valset=examples,
+            num_trials=self.num_trials,
+            minibatch=False,
+            data_aware_proposer=False,
+            program_aware_proposer=False,
+            fewshot_aware_proposer=False,
+        )
         return best.persona[: self.max_persona_chars]

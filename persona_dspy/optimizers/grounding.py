@@ -65,19 +65,30 @@ class UserFacts:
         if not self.n:
             return []
         if self.kind == "rating":
-            out = [f"This user's average rating is {self.mean:.1f}; half of their ratings are between "
-                   f"{self.low:g} and {self.high:g}."]
+            out = [
+                f"This user's average rating is {self.mean:.1f}; half of their ratings are between "
+                f"{self.low:g} and {self.high:g}."
+            ]
             if self.higher:
-                out.append("They rate " + ", ".join(f"{f.name} {f.mean:.1f} on average" for f in self.higher)
-                           + ": higher than their average.")
+                out.append(
+                    "They rate "
+                    + ", ".join(f"{f.name} {f.mean:.1f} on average" for f in self.higher)
+                    + ": higher than their average."
+                )
             if self.lower:
-                out.append("They rate " + ", ".join(f"{f.name} {f.mean:.1f} on average" for f in self.lower)
-                           + ": lower than their average.")
+                out.append(
+                    "They rate "
+                    + ", ".join(f"{f.name} {f.mean:.1f} on average" for f in self.lower)
+                    + ": lower than their average."
+                )
             return out
         if self.kind == "label" and self.labels:
             total = self.n
-            return ["This user's most frequent answers: "
-                    + ", ".join(f"{label} ({100 * c / total:.0f}%)" for label, c in self.labels) + "."]
+            return [
+                "This user's most frequent answers: "
+                + ", ".join(f"{label} ({100 * c / total:.0f}%)" for label, c in self.labels)
+                + "."
+            ]
         return []
 
     def text(self) -> str:
@@ -106,8 +117,16 @@ def measure(task: TaskSpec, history: Sequence[Interaction]) -> UserFacts:
         ok = [s for s in stats.values() if s.count >= MIN_FACET_COUNT]
         higher = sorted((s for s in ok if s.mean - mean >= MIN_FACET_SHIFT), key=lambda s: s.mean - mean, reverse=True)
         lower = sorted((s for s in ok if mean - s.mean >= MIN_FACET_SHIFT), key=lambda s: mean - s.mean, reverse=True)
-        return UserFacts(kind="rating", n=len(values), mean=mean, low=low, high=high,
-                         higher=tuple(higher[:MAX_FACETS]), lower=tuple(lower[:MAX_FACETS]), all_facets=stats)
+        return UserFacts(
+            kind="rating",
+            n=len(values),
+            mean=mean,
+            low=low,
+            high=high,
+            higher=tuple(higher[:MAX_FACETS]),
+            lower=tuple(lower[:MAX_FACETS]),
+            all_facets=stats,
+        )
     counts: dict[str, int] = defaultdict(int)
     for _, a in answers:
         counts[a] += 1
@@ -116,8 +135,11 @@ def measure(task: TaskSpec, history: Sequence[Interaction]) -> UserFacts:
 
 
 _MEAN_CLAIM = re.compile(r"average (?:rating )?(?:is |of )?(?:about |around )?(\d(?:\.\d+)?)", re.I)
-_FIXED_ANSWER = re.compile(r"\b(?:answer|respond|rate)\s+(?:with\s+)?(?:a\s+rating\s+of\s+|only\s+|always\s+)?"
-                           r"\d(?:\.\d)?\b|\b(?:with|give)\s+a\s+rating\s+of\s+\d(?:\.\d)?\b", re.I)
+_FIXED_ANSWER = re.compile(
+    r"\b(?:answer|respond|rate)\s+(?:with\s+)?(?:a\s+rating\s+of\s+|only\s+|always\s+)?"
+    r"\d(?:\.\d)?\b|\b(?:with|give)\s+a\s+rating\s+of\s+\d(?:\.\d)?\b",
+    re.I,
+)
 _DIRECTION = re.compile(r"\b(higher|lower|more|less|like|love|enjoy|dislike|hate)\b", re.I)
 
 
@@ -133,15 +155,18 @@ def contradictions(text: str, facts: UserFacts, tolerance: float = 0.3) -> list[
         return []
     found = []
     for m in _FIXED_ANSWER.finditer(text):
-        if not re.search(r"\b(lower|higher|less|more|than)\b", text[m.end():m.end() + 30], re.I):
+        if not re.search(r"\b(lower|higher|less|more|than)\b", text[m.end() : m.end() + 30], re.I):
             found.append(f"states one fixed answer ({m.group(0).strip()!r}), not a preference")
     for m in _MEAN_CLAIM.finditer(text):
         claimed = float(m.group(1))
         if abs(claimed - facts.mean) > tolerance:
             found.append(f"states an average rating of {claimed:g}, measured {facts.mean:.2f}")
     for sentence in re.split(r"(?<=[.;!?])\s+|\n", text):
-        named = [f for name, f in facts.all_facets.items()
-                 if f.count >= MIN_FACET_COUNT and re.search(rf"\b{re.escape(name)}\b", sentence, re.I)]
+        named = [
+            f
+            for name, f in facts.all_facets.items()
+            if f.count >= MIN_FACET_COUNT and re.search(rf"\b{re.escape(name)}\b", sentence, re.I)
+        ]
         words = {w.lower() for w in _DIRECTION.findall(sentence)}
         if len(named) != 1 or not words:
             continue

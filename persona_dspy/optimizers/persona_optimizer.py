@@ -53,8 +53,18 @@ class PersonaOptimizer(GatedPersonaOptimizer):
 
     name = "PersonaOptimizer"
 
-    def __init__(self, n_recent: int = 3, iterations: int = 1, *, candidates: int = 1, ground: bool = True,
-                 critique: bool = False, min_gain: float = 0.0, n_val: int = 4, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        n_recent: int = 3,
+        iterations: int = 1,
+        *,
+        candidates: int = 1,
+        ground: bool = True,
+        critique: bool = False,
+        min_gain: float = 0.0,
+        n_val: int = 4,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(n_recent, n_val=n_val, **kwargs)
         if iterations < 1:
             raise ConfigurationError(f"iterations must be >= 1 (got {iterations})")
@@ -65,8 +75,14 @@ class PersonaOptimizer(GatedPersonaOptimizer):
 
     @property
     def params(self) -> dict[str, Any]:
-        return {**super().params, "iterations": self.iterations, "candidates": self.candidates,
-                "ground": self.ground, "critique": self.critique, "min_gain": self.min_gain}
+        return {
+            **super().params,
+            "iterations": self.iterations,
+            "candidates": self.candidates,
+            "ground": self.ground,
+            "critique": self.critique,
+            "min_gain": self.min_gain,
+        }
 
     # -- grounding ---------------------------------------------------------------------------------
     def facts(self, agent: PersonaAgent, train: list[Interaction], val_ids: list[str]) -> UserFacts:
@@ -132,8 +148,10 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 break
             step.updated_persona = persona_of(best[1])
             if best[0] <= score + SCORE_TOLERANCE:
-                result.stopped = (f"no rewrite replayed better than the current persona in iteration {i + 1} "
-                                  f"({best[0]:.3f} vs {score:.3f})")
+                result.stopped = (
+                    f"no rewrite replayed better than the current persona in iteration {i + 1} "
+                    f"({best[0]:.3f} vs {score:.3f})"
+                )
                 break
             score, preds = best[0], best[2]
             guidance.set_value(best[1])
@@ -141,8 +159,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             result.stopped = f"{self.iterations} iteration(s) done"
         return persona_of(guidance.value)
 
-    def _rewrites(self, optimizer: Any, guidance: Any, engine: Any, train: list[Interaction], facts: UserFacts,
-                  step: Step) -> list[str]:
+    def _rewrites(
+        self, optimizer: Any, guidance: Any, engine: Any, train: list[Interaction], facts: UserFacts, step: Step
+    ) -> list[str]:
         """Up to ``candidates`` usable, distinct rewrites of the guidance (TGD steps at temperature 0,
         then sampled). Unparsable or over-long output is retried once; a rewrite contradicting the facts
         is rejected (``step.rejected``). Raises ``LMOutputError`` when no attempt was even parsable."""
@@ -169,14 +188,17 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             elif text != previous and text not in out:
                 out.append(text)
         if not parsed:
-            raise LMOutputError("the LM's guidance rewrite was unusable twice (missing <IMPROVED_VARIABLE> tags, "
-                                f"empty, or over {MAX_GUIDANCE_CHARS} characters); production was not moved. "
-                                "Try a stronger LM for alignment (PERSONA_DSPY_LM).")
+            raise LMOutputError(
+                "the LM's guidance rewrite was unusable twice (missing <IMPROVED_VARIABLE> tags, "
+                f"empty, or over {MAX_GUIDANCE_CHARS} characters); production was not moved. "
+                "Try a stronger LM for alignment (PERSONA_DSPY_LM)."
+            )
         return out
 
     # -- the gate ----------------------------------------------------------------------------------
-    def _gate(self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget,
-              result: CompileResult) -> None:
+    def _gate(
+        self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget, result: CompileResult
+    ) -> None:
         """Promote only with evidence: higher mean score by more than ``min_gain`` AND more wins than
         losses on the held-back interactions (a tie on every item is not evidence)."""
         candidate_text = agent.persona
@@ -195,9 +217,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         wins, losses = sum(d > SCORE_TOLERANCE for d in diffs), sum(d < -SCORE_TOLERANCE for d in diffs)
         gain = result.val_score_candidate - result.val_score_production
         result.promoted = gain > self.min_gain + SCORE_TOLERANCE and wins > losses
-        result.reason = (f"candidate {result.val_score_candidate:.3f} vs production {result.val_score_production:.3f} "
-                         f"on {len(val)} held-back interactions ({wins} better, {losses} worse; "
-                         f"promotion needs a gain > {self.min_gain:g} and more better than worse)")
+        result.reason = (
+            f"candidate {result.val_score_candidate:.3f} vs production {result.val_score_production:.3f} "
+            f"on {len(val)} held-back interactions ({wins} better, {losses} worse; "
+            f"promotion needs a gain > {self.min_gain:g} and more better than worse)"
+        )
 
     @staticmethod
     def _redact(text: str, train: list[Interaction]) -> str:

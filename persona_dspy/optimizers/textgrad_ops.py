@@ -65,8 +65,13 @@ class ReplayCase:
 def replay_case(task: TaskSpec, interaction: Interaction, predicted: str | None) -> ReplayCase:
     p, g = task.parse(predicted), task.parse(interaction.output)
     signed = float(p) - float(g) if task.kind == "rating" and p is not None and g is not None else None
-    return ReplayCase(interaction, predicted, task.score(predicted, interaction.output),
-                      task.compare(predicted, interaction.output), signed)
+    return ReplayCase(
+        interaction,
+        predicted,
+        task.score(predicted, interaction.output),
+        task.compare(predicted, interaction.output),
+        signed,
+    )
 
 
 def measured_feedback(cases: list[ReplayCase], task: TaskSpec) -> str:
@@ -79,23 +84,34 @@ def measured_feedback(cases: list[ReplayCase], task: TaskSpec) -> str:
         mean = sum(errors) / len(errors)
         high, low = sum(e > 0 for e in errors), sum(e < 0 for e in errors)
         way = "higher" if mean > 0 else "lower"
-        text = (f"{high} of {len(errors)} answers were higher than the user's, {low} lower; "
-                f"on average the assistant answered {abs(mean):.1f} {way} than the user.")
+        text = (
+            f"{high} of {len(errors)} answers were higher than the user's, {low} lower; "
+            f"on average the assistant answered {abs(mean):.1f} {way} than the user."
+        )
         if abs(mean) >= MIN_SHIFT:  # the direction of the step, stated so a small model need not infer it
-            text += (f" So the guidance should tell the assistant to answer about {abs(mean):.1f} "
-                     f"{'lower' if mean > 0 else 'higher'} than it otherwise would for this user.")
+            text += (
+                f" So the guidance should tell the assistant to answer about {abs(mean):.1f} "
+                f"{'lower' if mean > 0 else 'higher'} than it otherwise would for this user."
+            )
         if not mean:
-            text = f"{high} of {len(errors)} answers were higher than the user's, {low} lower; on average they were right."
+            text = (
+                f"{high} of {len(errors)} answers were higher than the user's, {low} lower; on average they were right."
+            )
         return text + (f" {invalid} answer(s) were invalid." if invalid else "")
     right = sum(c.score == 1.0 for c in cases)
     text = f"{right} of {len(cases)} answers matched the user."
     if task.kind == "label":
         missed = [(c.predicted, c.interaction.output) for c in cases if c.score < 1.0]
         if missed:
-            text += (" Where the assistant was wrong the user answered: " + ", ".join(sorted({u for _, u in missed}))
-                     + ". So the guidance should tell the assistant when this user chooses "
-                     + " or ".join(sorted({u for _, u in missed})) + " instead of "
-                     + " or ".join(sorted({str(p) for p, _ in missed})) + ".")
+            text += (
+                " Where the assistant was wrong the user answered: "
+                + ", ".join(sorted({u for _, u in missed}))
+                + ". So the guidance should tell the assistant when this user chooses "
+                + " or ".join(sorted({u for _, u in missed}))
+                + " instead of "
+                + " or ".join(sorted({str(p) for p, _ in missed}))
+                + "."
+            )
     return text
 
 
@@ -103,8 +119,10 @@ def transcript(cases: list[ReplayCase], task: TaskSpec) -> str:
     return "\n".join(case.line(task) for case in cases)
 
 
-_WRONG_WAY = {1: re.compile(r"\b(higher|increase|raise|more generous)\b", re.I),
-              -1: re.compile(r"\b(lower|decrease|reduce|harsher)\b", re.I)}
+_WRONG_WAY = {
+    1: re.compile(r"\b(higher|increase|raise|more generous)\b", re.I),
+    -1: re.compile(r"\b(lower|decrease|reduce|harsher)\b", re.I),
+}
 
 
 def contradicts_measure(critique: str, cases: list[ReplayCase]) -> bool:
@@ -120,8 +138,9 @@ class Replay(Function):
     """guidance -> transcript of replayed interactions. The replay itself is done by the caller (DSPy)."""
 
     def forward(self, guidance: tg.Variable, cases: list[ReplayCase], task: TaskSpec) -> tg.Variable:
-        out = tg.Variable(transcript(cases, task), predecessors=[guidance], requires_grad=True,
-                          role_description=TRANSCRIPT_ROLE)
+        out = tg.Variable(
+            transcript(cases, task), predecessors=[guidance], requires_grad=True, role_description=TRANSCRIPT_ROLE
+        )
         out.set_grad_fn(BackwardContext(self.backward, guidance=guidance, out=out))
         return out
 
@@ -130,7 +149,10 @@ class Replay(Function):
             feedback = tg.Variable(grad.value, requires_grad=False, role_description=f"feedback to the {GUIDANCE_ROLE}")
             guidance.gradients.add(feedback)
             guidance.gradients_context[feedback] = {
-                "context": out.value, "response_desc": TRANSCRIPT_ROLE, "variable_desc": GUIDANCE_ROLE}
+                "context": out.value,
+                "response_desc": TRANSCRIPT_ROLE,
+                "variable_desc": GUIDANCE_ROLE,
+            }
 
 
 class PreferenceLoss(Function):
@@ -149,19 +171,25 @@ class PreferenceLoss(Function):
         measured = measured_feedback(cases, self.task)
         text = f"Measured: {measured}"
         if self.critique:
-            prompt = prompts.LOSS_PROMPT.format(facts=self.facts or "(none measured)",
-                                                transcript=f"{replay.value}\n{measured}")
+            prompt = prompts.LOSS_PROMPT.format(
+                facts=self.facts or "(none measured)", transcript=f"{replay.value}\n{measured}"
+            )
             critique = self.engine(prompt, system_prompt=prompts.LOSS_SYSTEM).strip()
             if critique and not contradicts_measure(critique, cases):
                 text = f"{text}\nCritique: {critique}"
-        loss = tg.Variable(text, predecessors=[replay], requires_grad=True,
-                           role_description="the replay's errors against what the user really did")
+        loss = tg.Variable(
+            text,
+            predecessors=[replay],
+            requires_grad=True,
+            role_description="the replay's errors against what the user really did",
+        )
         loss.set_grad_fn(BackwardContext(self.backward, replay=replay, loss=loss))
         return loss
 
     def backward(self, replay: tg.Variable, loss: tg.Variable, backward_engine: EngineLM) -> None:
-        replay.gradients.add(tg.Variable(loss.value, requires_grad=False,
-                                         role_description=f"feedback to {TRANSCRIPT_ROLE}"))
+        replay.gradients.add(
+            tg.Variable(loss.value, requires_grad=False, role_description=f"feedback to {TRANSCRIPT_ROLE}")
+        )
 
 
 class PersonaTGD(tg.TGD):
@@ -183,5 +211,6 @@ class PersonaTGD(tg.TGD):
 
 
 def tgd_optimizer(guidance: GuidanceVariable, engine: EngineLM, constraints: list[str]) -> tg.TGD:
-    return PersonaTGD(parameters=[guidance], engine=engine, constraints=constraints,
-                      optimizer_system_prompt=prompts.TGD_SYSTEM)
+    return PersonaTGD(
+        parameters=[guidance], engine=engine, constraints=constraints, optimizer_system_prompt=prompts.TGD_SYSTEM
+    )

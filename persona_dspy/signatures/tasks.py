@@ -14,6 +14,7 @@ import dspy
 
 from persona_dspy.data.records import Interaction
 
+
 class PersonalizedTask(dspy.Signature):
     """You answer on behalf of one specific user. Predict what this user would answer, using their profile and past interactions, not a generic answer."""
 
@@ -28,8 +29,20 @@ DEFAULT_PERSONA: str = PersonalizedTask.instructions
 
 
 LAMP2N_LABELS = (
-    "women", "religion", "politics", "style & beauty", "entertainment", "culture & arts", "sports",
-    "science & technology", "travel", "business", "crime", "education", "healthy living", "parents",
+    "women",
+    "religion",
+    "politics",
+    "style & beauty",
+    "entertainment",
+    "culture & arts",
+    "sports",
+    "science & technology",
+    "travel",
+    "business",
+    "crime",
+    "education",
+    "healthy living",
+    "parents",
     "food & drink",
 )
 
@@ -116,8 +129,7 @@ class TaskSpec:
 
 
 def _task_signature(answer_desc: str, task_desc: str) -> type[dspy.Signature]:
-    return (PersonalizedTask.with_updated_fields("answer", desc=answer_desc)
-            .with_updated_fields("task", desc=task_desc))
+    return PersonalizedTask.with_updated_fields("answer", desc=answer_desc).with_updated_fields("task", desc=task_desc)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -125,20 +137,35 @@ TASKS: dict[str, TaskSpec] = {
     "LaMP-2N": TaskSpec(
         "LaMP-2N",
         _task_signature("exactly one category name from: " + ", ".join(LAMP2N_LABELS), "a news article to categorize"),
-        "label", labels=LAMP2N_LABELS, prompt_markers=("article:",)),
+        "label",
+        labels=LAMP2N_LABELS,
+        prompt_markers=("article:",),
+    ),
     "LaMP-1": TaskSpec(
         "LaMP-1",
         _task_signature("[1] or [2]", "a paper by this user and two references; which one would the user cite?"),
-        "label", labels=("[1]", "[2]"), prompt_markers=()),
+        "label",
+        labels=("[1]", "[2]"),
+        prompt_markers=(),
+    ),
     "movielens_rating": TaskSpec(
         "movielens_rating",
-        _task_signature("the rating as a number from 0.5 to 5.0 in half-star steps, e.g. 3.5",
-                        "a movie this user is about to rate"),
-        "rating", scale=(0.5, 5.0), step=0.5, prompt_markers=("movie:",)),
+        _task_signature(
+            "the rating as a number from 0.5 to 5.0 in half-star steps, e.g. 3.5", "a movie this user is about to rate"
+        ),
+        "rating",
+        scale=(0.5, 5.0),
+        step=0.5,
+        prompt_markers=("movie:",),
+    ),
     "amazon_mi_rating": TaskSpec(
         "amazon_mi_rating",
         _task_signature("the rating as one integer from 1 to 5", "a product review this user wrote"),
-        "rating", scale=(1.0, 5.0), step=1.0, prompt_markers=("review summary:",)),
+        "rating",
+        scale=(1.0, 5.0),
+        step=1.0,
+        prompt_markers=("review summary:",),
+    ),
 }
 
 

@@ -9,14 +9,14 @@ from persona_dspy.tracking.registry import CANDIDATE, PRODUCTION, PersonaRegistr
 from persona_dspy.tracking.tracker import Tracking, compile_id
 
 __all__ = [
-           "CANDIDATE",
-           "PRODUCTION",
-           "PersonaRegistry",
-           "PersonaVersion",
-           "RunRow",
-           "Tracking",
-           "compare_runs",
-           "compile_id",
-           "format_runs",
-           "prompt_name",
+    "CANDIDATE",
+    "PRODUCTION",
+    "PersonaRegistry",
+    "PersonaVersion",
+    "RunRow",
+    "Tracking",
+    "compare_runs",
+    "compile_id",
+    "format_runs",
+    "prompt_name",
 ]

@@ -36,12 +36,20 @@ class RunRow:
     def from_run(cls, run: Run) -> RunRow:
         tags, metrics = run.data.tags, run.data.metrics
         as_int = lambda v: None if v is None else int(v)
-        return cls(run_id=run.info.run_id, user_id=tags.get("user_id", "?"), optimizer=tags.get("optimizer", "?"),
-                   params={k: v for k, v in run.data.params.items() if k not in _NOT_PARAMS},
-                   before=metrics.get("val_score_production"), after=metrics.get("val_score_candidate"),
-                   promoted=tags.get("promoted") == "true", persona_version=as_int(tags.get("persona_version")),
-                   lm_calls=as_int(metrics.get("lm_calls")), tokens=as_int(metrics.get("tokens")),
-                   seconds=metrics.get("wall_time_s"), started=run.info.start_time or 0)
+        return cls(
+            run_id=run.info.run_id,
+            user_id=tags.get("user_id", "?"),
+            optimizer=tags.get("optimizer", "?"),
+            params={k: v for k, v in run.data.params.items() if k not in _NOT_PARAMS},
+            before=metrics.get("val_score_production"),
+            after=metrics.get("val_score_candidate"),
+            promoted=tags.get("promoted") == "true",
+            persona_version=as_int(tags.get("persona_version")),
+            lm_calls=as_int(metrics.get("lm_calls")),
+            tokens=as_int(metrics.get("tokens")),
+            seconds=metrics.get("wall_time_s"),
+            started=run.info.start_time or 0,
+        )
 
 
 def compare_runs(tracking: Tracking, user_id: str | None = None, *, max_runs: int = 1000) -> list[RunRow]:
@@ -51,22 +59,47 @@ def compare_runs(tracking: Tracking, user_id: str | None = None, *, max_runs: in
     if user_id is not None:
         where += f" and tags.persona_prompt = '{prompt_name(user_id)}'"
     with tracking.store.guard("searching runs") as client:
-        runs = client.search_runs([exp_id], filter_string=where, max_results=max_runs,
-                                  order_by=["attributes.start_time ASC"])
+        runs = client.search_runs(
+            [exp_id], filter_string=where, max_results=max_runs, order_by=["attributes.start_time ASC"]
+        )
     rows = [RunRow.from_run(r) for r in runs if "compile_id" in r.data.tags]
     return [r for r in rows if user_id is None or r.user_id == user_id]
 
 
 def format_runs(rows: list[RunRow]) -> str:
     """A plain-text table (params as ``k=v``; ``-`` for what a run did not measure)."""
+
     def num(v: float | None, fmt: str = ".2f") -> str:
         return "-" if v is None else format(v, fmt)
 
-    header = ("run", "user", "optimizer", "params", "before", "after", "promoted", "version", "calls", "tokens",
-              "time_s")
-    body = [(r.run_id[:8], r.user_id, r.optimizer, " ".join(f"{k}={v}" for k, v in sorted(r.params.items())),
-             num(r.before), num(r.after), "yes" if r.promoted else "no",
-             "-" if r.persona_version is None else f"v{r.persona_version}", num(r.lm_calls, "d"),
-             num(r.tokens, "d"), num(r.seconds, ".1f")) for r in rows]
+    header = (
+        "run",
+        "user",
+        "optimizer",
+        "params",
+        "before",
+        "after",
+        "promoted",
+        "version",
+        "calls",
+        "tokens",
+        "time_s",
+    )
+    body = [
+        (
+            r.run_id[:8],
+            r.user_id,
+            r.optimizer,
+            " ".join(f"{k}={v}" for k, v in sorted(r.params.items())),
+            num(r.before),
+            num(r.after),
+            "yes" if r.promoted else "no",
+            "-" if r.persona_version is None else f"v{r.persona_version}",
+            num(r.lm_calls, "d"),
+            num(r.tokens, "d"),
+            num(r.seconds, ".1f"),
+        )
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (header, *body))

@@ -40,18 +40,20 @@ def forget_user(store: MlflowStore, user_id: str) -> dict[str, int]:
 def _delete_traces(client: MlflowClient, exp_id: str, run_id: str) -> int:
     ids, token = [], None
     while True:
-        page = client.search_traces(locations=[exp_id], run_id=run_id, include_spans=False, max_results=100,
-                                    page_token=token)
+        page = client.search_traces(
+            locations=[exp_id], run_id=run_id, include_spans=False, max_results=100, page_token=token
+        )
         ids += [t.info.trace_id for t in page]
         token = page.token
         if not token:
             break
     for start in range(0, len(ids), 100):
-        client.delete_traces(exp_id, trace_ids=ids[start:start + 100])
+        client.delete_traces(exp_id, trace_ids=ids[start : start + 100])
     return len(ids)
 
 
 def _count_files(repo) -> int:
     def walk(path: str | None) -> int:
         return sum(walk(f.path) if f.is_dir else 1 for f in repo.list_artifacts(path))
+
     return walk(None)

@@ -45,8 +45,11 @@ class PersonaVersion:
 
 
 def _is_missing(exc: MlflowException) -> bool:
-    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE") or \
-        "not found" in str(exc).lower() or "does not exist" in str(exc).lower()
+    return (
+        exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+        or "not found" in str(exc).lower()
+        or "does not exist" in str(exc).lower()
+    )
 
 
 class PersonaRegistry:
@@ -56,9 +59,15 @@ class PersonaRegistry:
         self.client = client
 
     def _version(self, user_id: str, pv) -> PersonaVersion:
-        return PersonaVersion(user_id=user_id, name=pv.name, version=int(pv.version), text=pv.template,
-                              aliases=tuple(getattr(pv, "aliases", ()) or ()), tags=dict(pv.tags or {}),
-                              commit_message=pv.commit_message)
+        return PersonaVersion(
+            user_id=user_id,
+            name=pv.name,
+            version=int(pv.version),
+            text=pv.template,
+            aliases=tuple(getattr(pv, "aliases", ()) or ()),
+            tags=dict(pv.tags or {}),
+            commit_message=pv.commit_message,
+        )
 
     def get(self, user_id: str, alias_or_version: str | int = PRODUCTION) -> PersonaVersion | None:
         name = prompt_name(user_id)
@@ -85,8 +94,10 @@ class PersonaRegistry:
             raise
         out = [self._version(user_id, pv) for pv in versions]
         aliases = self._aliases(name)
-        out = [PersonaVersion(**{**v.__dict__, "aliases": tuple(a for a, ver in aliases.items() if ver == v.version)})
-               for v in out]
+        out = [
+            PersonaVersion(**{**v.__dict__, "aliases": tuple(a for a, ver in aliases.items() if ver == v.version)})
+            for v in out
+        ]
         return sorted(out, key=lambda v: v.version)
 
     def _aliases(self, name: str) -> dict[str, int]:
@@ -99,8 +110,9 @@ class PersonaRegistry:
                 continue
         return found if prompt is not None else {}
 
-    def register(self, user_id: str, text: str, *, commit_message: str, tags: dict[str, str],
-                 experiment_id: str | None = None) -> PersonaVersion:
+    def register(
+        self, user_id: str, text: str, *, commit_message: str, tags: dict[str, str], experiment_id: str | None = None
+    ) -> PersonaVersion:
         """A new immutable version with alias ``candidate``; the same text as the latest is not registered twice.
 
         ``tags`` go on the version only; the prompt itself carries ``user_id`` and is linked to
@@ -122,8 +134,9 @@ class PersonaRegistry:
                 except MlflowException as exc:
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
-            pv = store.create_prompt_version(name, template=text, description=commit_message,
-                                             tags={"user_id": user_id, **tags})
+            pv = store.create_prompt_version(
+                name, template=text, description=commit_message, tags={"user_id": user_id, **tags}
+            )
             forget_cached_prompt(self.client, name, "latest")
             latest = self._version(user_id, pv)
             self._set_alias(name, CANDIDATE, latest.version)
@@ -132,8 +145,10 @@ class PersonaRegistry:
     def promote(self, user_id: str, version: int, *, exists: bool = False) -> None:
         """Move ``production`` to ``version`` (checked to exist unless the caller just registered it)."""
         if not exists and self.get(user_id, version) is None:
-            raise PersonaNotFoundError(f"user {user_id!r} has no persona version {version}; nothing was moved. "
-                                       f"See `persona-dspy personas history {user_id}`.")
+            raise PersonaNotFoundError(
+                f"user {user_id!r} has no persona version {version}; nothing was moved. "
+                f"See `persona-dspy personas history {user_id}`."
+            )
         self._set_alias(prompt_name(user_id), PRODUCTION, version)
 
     def rollback(self, user_id: str, to_version: int | None = None, *, reason: str = "") -> PersonaVersion:
@@ -144,11 +159,15 @@ class PersonaRegistry:
             raise PersonaNotFoundError(f"user {user_id!r} has no persona versions; nothing to roll back")
         current = next((v for v in versions if PRODUCTION in v.aliases), None)
         if to_version is None:
-            earlier = [v for v in versions if v.tags.get("promoted") == "true"
-                       and (current is None or v.version < current.version)]
+            earlier = [
+                v
+                for v in versions
+                if v.tags.get("promoted") == "true" and (current is None or v.version < current.version)
+            ]
             if not earlier:
-                raise PersonaNotFoundError(f"user {user_id!r} has no earlier production persona to roll back to; "
-                                           "pass --to VERSION")
+                raise PersonaNotFoundError(
+                    f"user {user_id!r} has no earlier production persona to roll back to; pass --to VERSION"
+                )
             to_version = earlier[-1].version
         self.promote(user_id, to_version)
         name = prompt_name(user_id)

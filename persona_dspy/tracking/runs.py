@@ -33,16 +33,22 @@ def user_tags(user_id: str) -> dict[str, str]:
     return {"user_id": user_id, "persona_prompt": prompt_name(user_id)}
 
 
-def user_runs(client: MlflowClient, exp_id: str, user_id: str, extra: str = "",
-              view: int = ViewType.ACTIVE_ONLY) -> list[Run]:
+def user_runs(
+    client: MlflowClient, exp_id: str, user_id: str, extra: str = "", view: int = ViewType.ACTIVE_ONLY
+) -> list[Run]:
     """Runs of exactly this user (the filter uses the prompt name: safe characters only)."""
-    runs = client.search_runs([exp_id], filter_string=f"tags.persona_prompt = '{prompt_name(user_id)}'{extra}",
-                              run_view_type=view, max_results=10000)
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.persona_prompt = '{prompt_name(user_id)}'{extra}",
+        run_view_type=view,
+        max_results=10000,
+    )
     return [r for r in runs if r.data.tags.get("user_id") == user_id]
 
 
-def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_id: str | None = None,
-               recheck_gate: bool = False) -> int:
+def record_run(
+    store: MlflowStore, result: CompileResult, cid: str, *, open_run_id: str | None = None, recheck_gate: bool = False
+) -> int:
     """Write the compile as a finished run (into ``open_run_id`` when tracing opened it), register its
     candidate, promote it if the gate passed; returns the version. A compile already recorded (same
     ``compile_id`` on a finished run) returns its version without writing.
@@ -58,8 +64,9 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
         registry = PersonaRegistry(client)
         run_id, artifact_uri = open_run_id, None
         if run_id is None:
-            info = client.create_run(exp_id, run_name=f"{result.optimizer}:{result.user_id}",
-                                     tags=user_tags(result.user_id)).info
+            info = client.create_run(
+                exp_id, run_name=f"{result.optimizer}:{result.user_id}", tags=user_tags(result.user_id)
+            ).info
             run_id, artifact_uri = info.run_id, info.artifact_uri
         with tempfile.TemporaryDirectory(prefix="persona_dspy_run_") as tmp:
             _write_artifacts(result, Path(tmp))
@@ -67,11 +74,19 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
                 client.log_artifacts(run_id, tmp)
             else:  # what log_artifacts does, minus the get_run it needs to learn the run's artifact URI
                 get_artifact_repository(artifact_uri, tracking_uri=store.tracking_uri).log_artifacts(tmp)
-        version = registry.register(result.user_id, result.candidate_persona, commit_message=result.reason[:500]
-                                    or f"{result.optimizer} compile", tags={
-            "run_id": run_id, "compile_id": cid, "promoted": str(result.promoted).lower(),
-            "val_score_candidate": str(result.val_score_candidate),
-            "val_score_production": str(result.val_score_production)}, experiment_id=exp_id)
+        version = registry.register(
+            result.user_id,
+            result.candidate_persona,
+            commit_message=result.reason[:500] or f"{result.optimizer} compile",
+            tags={
+                "run_id": run_id,
+                "compile_id": cid,
+                "promoted": str(result.promoted).lower(),
+                "val_score_candidate": str(result.val_score_candidate),
+                "val_score_production": str(result.val_score_production),
+            },
+            experiment_id=exp_id,
+        )
         promote = result.promoted
         if promote and recheck_gate:
             current = registry.get(result.user_id, PRODUCTION)
@@ -82,8 +97,12 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
             registry.promote(result.user_id, version.version, exists=True)
         # one batch for everything the run shows; persona_version marks the run as recorded
         tags = {**_run_tags(result, cid), "persona_version": str(version.version), "promoted": str(promote).lower()}
-        client.log_batch(run_id, metrics=_metrics(result, int(time.time() * 1000)), params=_params(result),
-                         tags=[RunTag(k, v) for k, v in tags.items()])
+        client.log_batch(
+            run_id,
+            metrics=_metrics(result, int(time.time() * 1000)),
+            params=_params(result),
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
         client.set_terminated(run_id, "FINISHED")
     return version.version
 
@@ -93,15 +112,23 @@ def last_compile(store: MlflowStore, user_id: str) -> dict[str, Any] | None:
     (str values, as logged), ``persona_version``, ``promoted``, ``run_id``; None if never recorded."""
     exp_id = store.experiment_id()
     with store.guard("reading the last compile") as client:
-        runs = client.search_runs([exp_id], filter_string=f"tags.persona_prompt = '{prompt_name(user_id)}' "
-                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-                                  max_results=20)
+        runs = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.persona_prompt = '{prompt_name(user_id)}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=20,
+        )
     for run in runs:
         tags = run.data.tags
         if tags.get("user_id") == user_id and "persona_version" in tags:
-            return {"run_id": run.info.run_id, "optimizer": tags.get("optimizer"),
-                    "data_watermark": tags.get("data_watermark"), "params": dict(run.data.params),
-                    "persona_version": int(tags["persona_version"]), "promoted": tags.get("promoted") == "true"}
+            return {
+                "run_id": run.info.run_id,
+                "optimizer": tags.get("optimizer"),
+                "data_watermark": tags.get("data_watermark"),
+                "params": dict(run.data.params),
+                "persona_version": int(tags["persona_version"]),
+                "promoted": tags.get("promoted") == "true",
+            }
     return None
 
 
@@ -109,8 +136,11 @@ def discard_unfinished(store: MlflowStore, user_id: str) -> int:
     """Delete the user's runs a killed process left unfinished (no ``persona_version``); returns how many."""
     exp_id = store.experiment_id()
     with store.guard("discarding unfinished runs") as client:
-        stale = [r for r in user_runs(client, exp_id, user_id, " and attributes.status = 'RUNNING'")
-                 if "persona_version" not in r.data.tags]
+        stale = [
+            r
+            for r in user_runs(client, exp_id, user_id, " and attributes.status = 'RUNNING'")
+            if "persona_version" not in r.data.tags
+        ]
         for run in stale:
             client.delete_run(run.info.run_id)
     return len(stale)
@@ -124,25 +154,47 @@ def _finished_run(client: MlflowClient, exp_id: str, user_id: str, cid: str) -> 
 
 
 def _run_tags(result: CompileResult, cid: str) -> dict[str, str]:
-    return {**user_tags(result.user_id), "optimizer": result.optimizer, "compile_id": cid,
-            "data_watermark": str(result.data_watermark), "gate": result.reason[:5000],
-            "stopped": result.stopped[:5000],
-            "mlflow.runName": f"{result.optimizer}:{result.user_id}"}
+    return {
+        **user_tags(result.user_id),
+        "optimizer": result.optimizer,
+        "compile_id": cid,
+        "data_watermark": str(result.data_watermark),
+        "gate": result.reason[:5000],
+        "stopped": result.stopped[:5000],
+        "mlflow.runName": f"{result.optimizer}:{result.user_id}",
+    }
 
 
 def _params(result: CompileResult) -> list[Param]:
-    params = {"optimizer": result.optimizer, **result.params, "data_watermark": result.data_watermark,
-              "val_ids": ",".join(result.val_ids)}
+    params = {
+        "optimizer": result.optimizer,
+        **result.params,
+        "data_watermark": result.data_watermark,
+        "val_ids": ",".join(result.val_ids),
+    }
     return [Param(k, str(v)[:6000]) for k, v in params.items()]
 
 
 def _metrics(result: CompileResult, now: int) -> list[Metric]:
     """Per-iteration (step = iteration) and final metrics."""
-    per_step = [Metric(key, float(value), now, s.iteration) for s in result.steps for key, value in (
-        ("train_score", s.train_score), ("loss_chars", len(s.loss)), ("persona_chars", len(s.persona)))]
-    finals = {"lm_calls": result.lm_calls, "tokens": result.tokens, "wall_time_s": result.wall_time,
-              "iterations_run": len(result.steps), "val_score_production": result.val_score_production,
-              "val_score_candidate": result.val_score_candidate, "promoted": float(result.promoted)}
+    per_step = [
+        Metric(key, float(value), now, s.iteration)
+        for s in result.steps
+        for key, value in (
+            ("train_score", s.train_score),
+            ("loss_chars", len(s.loss)),
+            ("persona_chars", len(s.persona)),
+        )
+    ]
+    finals = {
+        "lm_calls": result.lm_calls,
+        "tokens": result.tokens,
+        "wall_time_s": result.wall_time,
+        "iterations_run": len(result.steps),
+        "val_score_production": result.val_score_production,
+        "val_score_candidate": result.val_score_candidate,
+        "promoted": float(result.promoted),
+    }
     return per_step + [Metric(k, float(v), now, 0) for k, v in finals.items() if v is not None]
 
 
@@ -150,17 +202,25 @@ def _write_artifacts(result: CompileResult, folder: Path) -> None:
     """Persona texts of every step, the critique that moved it, the diff against production, the record."""
     personas = folder / "personas"
     personas.mkdir()
-    texts = {"initial.txt": result.initial_persona, "production.txt": result.production_persona,
-             "candidate.txt": result.candidate_persona}
+    texts = {
+        "initial.txt": result.initial_persona,
+        "production.txt": result.production_persona,
+        "candidate.txt": result.candidate_persona,
+    }
     for step in result.steps:
         texts[f"step_{step.iteration}.txt"] = step.persona
         if step.loss:
             texts[f"step_{step.iteration}_critique.txt"] = step.loss
         if step.updated_persona is not None:
             texts[f"step_{step.iteration}_updated.txt"] = step.updated_persona
-    diff = "".join(difflib.unified_diff(result.production_persona.splitlines(keepends=True),
-                                        result.candidate_persona.splitlines(keepends=True),
-                                        "production", "candidate"))
+    diff = "".join(
+        difflib.unified_diff(
+            result.production_persona.splitlines(keepends=True),
+            result.candidate_persona.splitlines(keepends=True),
+            "production",
+            "candidate",
+        )
+    )
     texts["candidate_vs_production.diff"] = diff or "(no change)\n"
     for name, text in texts.items():
         (personas / name).write_text(text, encoding="utf-8")

@@ -31,8 +31,15 @@ class LocalMlflowServer:
     migrated sqlite file) is copied in first: a new store otherwise spends seconds in migrations.
     """
 
-    def __init__(self, folder: Path, *, port: int | None = None, template_db: Path | None = None,
-                 command: str = "server", startup_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        port: int | None = None,
+        template_db: Path | None = None,
+        command: str = "server",
+        startup_timeout: float = 90.0,
+    ) -> None:
         self.folder, self.port, self.template_db = Path(folder), port, template_db
         self.command, self.startup_timeout = command, startup_timeout
         self.process: subprocess.Popen | None = None
@@ -50,15 +57,30 @@ class LocalMlflowServer:
         if self.template_db is not None and not self.db.exists():
             shutil.copyfile(self.template_db, self.db)
         self.port = self.port or free_port()
-        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "MLFLOW_DISABLE_TELEMETRY": "true",
-               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: persona_dspy submits no jobs
-        args = [sys.executable, "-m", "mlflow", self.command, "--backend-store-uri", f"sqlite:///{self.db}",
-                "--host", "127.0.0.1", "--port", str(self.port)]
+        env = {
+            **os.environ,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }  # no job runner: persona_dspy submits no jobs
+        args = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            self.command,
+            "--backend-store-uri",
+            f"sqlite:///{self.db}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.command == "server":
             args += ["--workers", "1", "--artifacts-destination", str(self.folder / "artifacts")]
         self._log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.folder,
-                                        env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.folder, env=env, start_new_session=True
+        )
         return self
 
     def wait(self) -> Self:
@@ -73,8 +95,9 @@ class LocalMlflowServer:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"mlflow {self.command} not healthy after {self.startup_timeout:.0f} s; "
-                           f"see {self.folder / 'server.log'}")
+        raise RuntimeError(
+            f"mlflow {self.command} not healthy after {self.startup_timeout:.0f} s; see {self.folder / 'server.log'}"
+        )
 
     def stop(self) -> None:
         """Stop the server and its uvicorn workers (its own process group, started by ``start``)."""

@@ -68,7 +68,8 @@ class MlflowStore:
             raise TrackingUnavailableError(
                 f"MLflow store {redact_uri(self.tracking_uri)} failed while {doing}: {type(exc).__name__}: "
                 f"{detail}. No persona alias was moved. Check that the tracking server is up (or the sqlite path "
-                "is writable) and retry; set PERSONA_DSPY_MLFLOW_TRACKING_URI to change stores.") from exc
+                "is writable) and retry; set PERSONA_DSPY_MLFLOW_TRACKING_URI to change stores."
+            ) from exc
 
     @property
     def client(self) -> MlflowClient:

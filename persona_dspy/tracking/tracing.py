@@ -46,8 +46,12 @@ class Tracer:
             status = "FAILED"
             try:
                 with self.store.guard("opening a traced compile run"):
-                    run = mlflow.start_run(experiment_id=exp_id, run_name=f"compile:{user_id}",
-                                           tags=user_tags(user_id), nested=mlflow.active_run() is not None)
+                    run = mlflow.start_run(
+                        experiment_id=exp_id,
+                        run_name=f"compile:{user_id}",
+                        tags=user_tags(user_id),
+                        nested=mlflow.active_run() is not None,
+                    )
                 self._open_runs[user_id] = run.info.run_id
                 try:
                     with dspy.context(callbacks=with_dspy_tracing(dspy.settings.callbacks)):

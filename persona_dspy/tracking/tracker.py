@@ -37,8 +37,9 @@ class Tracking:
     (``compile_run``).
     """
 
-    def __init__(self, settings: Settings, *, tracking_uri: str | None = None, experiment: str | None = None,
-                 trace: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, tracking_uri: str | None = None, experiment: str | None = None, trace: bool = False
+    ) -> None:
         self.settings = settings
         self.tracking_uri = tracking_uri or settings.tracking_uri
         self.experiment = experiment or settings.experiment
@@ -68,8 +69,10 @@ class Tracking:
         with self.store.guard("loading a persona"):
             version = self.registry.get(user_id, alias_or_version)
         if version is None:
-            raise PersonaNotFoundError(f"user {user_id!r} has no persona {alias_or_version!r} in "
-                                       f"{redact_uri(self.tracking_uri)}; compile one first (persona-dspy demo / compile).")
+            raise PersonaNotFoundError(
+                f"user {user_id!r} has no persona {alias_or_version!r} in "
+                f"{redact_uri(self.tracking_uri)}; compile one first (persona-dspy demo / compile)."
+            )
         return version
 
     def history(self, user_id: str) -> list[PersonaVersion]:
@@ -106,8 +109,10 @@ class Tracking:
             return record_run(self.store, result, cid, open_run_id=self._tracer.open_run(result.user_id))
         except TrackingUnavailableError as exc:
             kept = self.pending_compiles.keep(result, cid)
-            raise TrackingUnavailableError(f"{exc} The compile result was kept in {kept}; run `persona-dspy sync` "
-                                           "once the store is back to record it.") from exc.__cause__
+            raise TrackingUnavailableError(
+                f"{exc} The compile result was kept in {kept}; run `persona-dspy sync` "
+                "once the store is back to record it."
+            ) from exc.__cause__
 
     @property
     def pending_dir(self) -> Path:

@@ -24,8 +24,15 @@ _WORKER_STATE: dict[str, Any] = {}
 """Per Ray worker process: the Tracking client and the embedder, reused by every task it runs."""
 
 
-def _ray_compile_user(user_id: str, optimizer: GatedPersonaOptimizer, settings: Settings, lm: LMSource,
-                      view: UserSnapshot | None, read_seconds: float, resume: bool) -> UserReport:
+def _ray_compile_user(
+    user_id: str,
+    optimizer: GatedPersonaOptimizer,
+    settings: Settings,
+    lm: LMSource,
+    view: UserSnapshot | None,
+    read_seconds: float,
+    resume: bool,
+) -> UserReport:
     """One Ray task: compile ``user_id`` against the stores of ``settings``.
 
     With ``view`` (the user's snapshot shipped by the driver: test/benchmark path) the compile reads
@@ -50,13 +57,24 @@ def _ray_compile_user(user_id: str, optimizer: GatedPersonaOptimizer, settings: 
             state["memory"] = EpisodicMemory(settings, embedder=state["embedder"])
         memory = state["memory"]
     with dspy.context(lm=model):
-        return compile_user(user_id, optimizer, memory=memory, tracking=tracking,
-                            discard_unfinished=resume, read_seconds=read_seconds)
+        return compile_user(
+            user_id, optimizer, memory=memory, tracking=tracking, discard_unfinished=resume, read_seconds=read_seconds
+        )
 
 
-def run_ray(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory, settings: Settings,
-            lm: LMSource, workers: int, resume: bool, ship_histories: bool,
-            on_done: Callable[[UserReport], None], read_chunk: int | None = None) -> None:
+def run_ray(
+    user_ids: list[str],
+    optimizer: GatedPersonaOptimizer,
+    *,
+    memory: EpisodicMemory,
+    settings: Settings,
+    lm: LMSource,
+    workers: int,
+    resume: bool,
+    ship_histories: bool,
+    on_done: Callable[[UserReport], None],
+    read_chunk: int | None = None,
+) -> None:
     try:
         import ray
     except ImportError as exc:

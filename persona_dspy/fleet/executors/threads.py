@@ -20,9 +20,19 @@ if TYPE_CHECKING:
     from persona_dspy.optimizers.base import GatedPersonaOptimizer
 
 
-def run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory: EpisodicMemory,
-                tracking: Tracking, lm: LMSource, settings: Settings, workers: int, resume: bool,
-                on_done: Callable[[UserReport], None], read_chunk: int | None = None) -> None:
+def run_threads(
+    user_ids: list[str],
+    optimizer: GatedPersonaOptimizer,
+    *,
+    memory: EpisodicMemory,
+    tracking: Tracking,
+    lm: LMSource,
+    settings: Settings,
+    workers: int,
+    resume: bool,
+    on_done: Callable[[UserReport], None],
+    read_chunk: int | None = None,
+) -> None:
     """Users' snapshots are read ahead of the workers, ``read_chunk`` users per store read (``fleet.reads.snapshots``)."""
     if not user_ids:
         return
@@ -30,8 +40,9 @@ def run_threads(user_ids: list[str], optimizer: GatedPersonaOptimizer, *, memory
 
     def work(uid: str, view: UserSnapshot, read_seconds: float) -> UserReport:
         with dspy.context(lm=model):  # thread-local; dspy.configure is for the main thread only
-            return compile_user(uid, optimizer, memory=view, tracking=tracking, discard_unfinished=resume,
-                                read_seconds=read_seconds)
+            return compile_user(
+                uid, optimizer, memory=view, tracking=tracking, discard_unfinished=resume, read_seconds=read_seconds
+            )
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="persona-fleet")
     reads = snapshots(memory, user_ids, read_chunk)
