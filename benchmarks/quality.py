@@ -102,8 +102,10 @@ def checks(case: UserHistory, persona: str | None) -> dict[str, Any]:
         return {}
     task = get_task(case.task)
     base, _, guidance = prompts.decompose(persona)
-    return {"base_kept": persona.startswith(DEFAULT_PERSONA) or base == DEFAULT_PERSONA,
-            "contradictions": contradictions(guidance, measure(task, case.interactions)) if guidance else []}
+    return {
+        "base_kept": persona.startswith(DEFAULT_PERSONA) or base == DEFAULT_PERSONA,
+        "contradictions": contradictions(guidance, measure(task, case.interactions)) if guidance else [],
+    }
 
 
 def run(args: argparse.Namespace) -> None:
@@ -126,21 +128,37 @@ def run(args: argparse.Namespace) -> None:
                     options = dict(spec_options)
                     k = options.pop("k", args.k)
                     opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
-                    report = evaluate([case], method, memory=memory, lm=None if method == "trivial" else lm, k=k,
-                                      n_recent=opt.get("n_recent", args.n_recent),
-                                      iterations=opt.get("iterations", args.iterations),
-                                      n_val=opt.get("n_val", args.n_val), max_lm_calls=args.max_lm_calls,
-                                      optimizer_options=options, progress=False)
+                    report = evaluate(
+                        [case],
+                        method,
+                        memory=memory,
+                        lm=None if method == "trivial" else lm,
+                        k=k,
+                        n_recent=opt.get("n_recent", args.n_recent),
+                        iterations=opt.get("iterations", args.iterations),
+                        n_val=opt.get("n_val", args.n_val),
+                        max_lm_calls=args.max_lm_calls,
+                        optimizer_options=options,
+                        progress=False,
+                    )
                     row = report.cases[0].model_dump()
-                    row.update(dataset=name, spec=spec, task=report.task,
-                               checks=checks(case, row["persona"]) if method == MAIN else {})
+                    row.update(
+                        dataset=name,
+                        spec=spec,
+                        task=report.task,
+                        checks=checks(case, row["persona"]) if method == MAIN else {},
+                    )
                     with CASES.open("a") as f:
                         f.write(json.dumps(row) + "\n")
-                    print(f"  {case.user_id:<14} {spec:<22.22} truth {row['truth']:<12.12} "
-                          f"pred {row['prediction']!s:<12.12} calls {row['lm_calls']:>2} {row['seconds']:.0f} s", flush=True)
+                    print(
+                        f"  {case.user_id:<14} {spec:<22.22} truth {row['truth']:<12.12} "
+                        f"pred {row['prediction']!s:<12.12} calls {row['lm_calls']:>2} {row['seconds']:.0f} s",
+                        flush=True,
+                    )
 
 
 # -- the report ----------------------------------------------------------------------------------
+
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One summary per (data set, method spec), with intervals and paired differences to persona+align."""
@@ -157,11 +175,19 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kw = {"scale": task.scale} if task.kind == "rating" else {"labels": task.labels}
         gold_v = [float(task.parse(g)) for g in gold] if task.kind == "rating" else [task.parse(g) for g in gold]
         pred_v = [float(p) if p is not None else None for p in pred] if task.kind == "rating" else pred
-        summary = {"dataset": dataset, "spec": spec, "n": len(ids), "kind": task.kind, "cases": cases,
-                   "gold": dict(zip(ids, gold_v)), "pred": dict(zip(ids, pred_v)), "kw": kw,
-                   "lm_calls": _mean(c["lm_calls"] for c in cases.values()),
-                   "tokens": _mean(c["tokens"] for c in cases.values()),
-                   "seconds": _mean(c["seconds"] for c in cases.values())}
+        summary = {
+            "dataset": dataset,
+            "spec": spec,
+            "n": len(ids),
+            "kind": task.kind,
+            "cases": cases,
+            "gold": dict(zip(ids, gold_v)),
+            "pred": dict(zip(ids, pred_v)),
+            "kw": kw,
+            "lm_calls": _mean(c["lm_calls"] for c in cases.values()),
+            "tokens": _mean(c["tokens"] for c in cases.values()),
+            "seconds": _mean(c["seconds"] for c in cases.values()),
+        }
         for m in metric_names:
             summary[m] = metric_ci(m, gold_v, pred_v, **kw)
         out.append(summary)
@@ -176,9 +202,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if len(common) < 5:
                 continue
             metric = "mae" if s["kind"] == "rating" else "accuracy"
-            s["paired"][other["spec"]] = (len(common), paired_metric_diff(
-                metric, [s["gold"][i] for i in common], [s["pred"][i] for i in common],
-                [other["pred"][i] for i in common], **s["kw"]))
+            s["paired"][other["spec"]] = (
+                len(common),
+                paired_metric_diff(
+                    metric,
+                    [s["gold"][i] for i in common],
+                    [s["pred"][i] for i in common],
+                    [other["pred"][i] for i in common],
+                    **s["kw"],
+                ),
+            )
     return out
 
 
@@ -192,24 +225,35 @@ def _ci(t: tuple[float, float, float]) -> str:
 
 
 def report(summaries: list[dict[str, Any]], note: str) -> None:
-    lines = [note, "",
-             "| data set | method | users | metric [95% CI] | second metric [95% CI] | LM calls | tokens | s / user |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        note,
+        "",
+        "| data set | method | users | metric [95% CI] | second metric [95% CI] | LM calls | tokens | s / user |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in sorted(summaries, key=lambda s: (s["dataset"], s["spec"])):
         m1, m2 = ("mae", "rmse") if s["kind"] == "rating" else ("accuracy", "macro_f1")
-        lines.append(f"| {s['dataset']} | {s['spec']} | {s['n']} | {m1} {_ci(s[m1])} | {m2} {_ci(s[m2])} | "
-                     f"{s['lm_calls']:.1f} | {s['tokens']:.0f} | {s['seconds']:.0f} |")
-    lines += ["", f"Paired differences, `{MAIN}` minus each method on the users both ran (MAE: negative = "
-              f"`{MAIN}` better; accuracy: positive = better), 95% paired-bootstrap interval, 10,000 resamples:", "",
-              "| data set | vs method | users | difference [95% CI] | relative | interval excludes 0 |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {s['dataset']} | {s['spec']} | {s['n']} | {m1} {_ci(s[m1])} | {m2} {_ci(s[m2])} | "
+            f"{s['lm_calls']:.1f} | {s['tokens']:.0f} | {s['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Paired differences, `{MAIN}` minus each method on the users both ran (MAE: negative = "
+        f"`{MAIN}` better; accuracy: positive = better), 95% paired-bootstrap interval, 10,000 resamples:",
+        "",
+        "| data set | vs method | users | difference [95% CI] | relative | interval excludes 0 |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         for other, (n, diff) in sorted(s.get("paired", {}).items()):
             base = next(o for o in summaries if o["dataset"] == s["dataset"] and o["spec"] == other)
             ref = base["mae" if s["kind"] == "rating" else "accuracy"][0]
             rel = (-diff[0] if s["kind"] == "rating" else diff[0]) / ref if ref else float("nan")
             excludes = diff[1] > 0 or diff[2] < 0
-            lines.append(f"| {s['dataset']} | {other} | {n} | {_ci(diff)} | {100 * rel:+.1f}% | "
-                         f"{'yes' if excludes else 'no'} |")
+            lines.append(
+                f"| {s['dataset']} | {other} | {n} | {_ci(diff)} | {100 * rel:+.1f}% | {'yes' if excludes else 'no'} |"
+            )
     lines += ["", *compile_checks(summaries), "", "![quality](benchmarks/results/quality.png)"]
     replace_section(ROOT / "BENCHMARKS.md", "## Quality (personalization methods on the dev sets)", "\n".join(lines))
 
@@ -226,9 +270,11 @@ def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
         stops = defaultdict(int)
         for r in rows:
             stops[(r.get("compile") or {}).get("stopped", "").split(" (")[0].split(" in iteration")[0]] += 1
-        out.append(f"- {s['dataset']} `{s['spec']}`: {len(promoted)} of {len(rows)} compiles promoted; promoted "
-                   f"personas that drop the base instructions: {dropped}; that contradict the user's statistics: "
-                   f"{contra}. Loop ends: " + "; ".join(f"{k or '?'}: {v}" for k, v in sorted(stops.items())) + ".")
+        out.append(
+            f"- {s['dataset']} `{s['spec']}`: {len(promoted)} of {len(rows)} compiles promoted; promoted "
+            f"personas that drop the base instructions: {dropped}; that contradict the user's statistics: "
+            f"{contra}. Loop ends: " + "; ".join(f"{k or '?'}: {v}" for k, v in sorted(stops.items())) + "."
+        )
     return out
 
 
@@ -244,11 +290,17 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
         rows = sorted((s for s in summaries if s["dataset"] == name), key=lambda s: s["spec"])
         key = "mae" if rows[0]["kind"] == "rating" else "accuracy"
         values = [r[key] for r in rows]
-        ax.bar([r["spec"] for r in rows], [v[0] for v in values],
-               yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]], capsize=3,
-               color=["#C44E52" if r["spec"] == MAIN else "#4C72B0" for r in rows])
-        ax.set_title(f"{name}: {key} with 95% CI ({'lower' if key == 'mae' else 'higher'} is better), "
-                     f"n={rows[0]['n']}", fontsize=9)
+        ax.bar(
+            [r["spec"] for r in rows],
+            [v[0] for v in values],
+            yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],
+            capsize=3,
+            color=["#C44E52" if r["spec"] == MAIN else "#4C72B0" for r in rows],
+        )
+        ax.set_title(
+            f"{name}: {key} with 95% CI ({'lower' if key == 'mae' else 'higher'} is better), n={rows[0]['n']}",
+            fontsize=9,
+        )
         ax.tick_params(axis="x", rotation=60, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -273,10 +325,12 @@ def main() -> None:
     if not summaries:
         raise SystemExit("no stored cases: run without --report first")
     plot(summaries, RESULTS / "quality.png")
-    note = (f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M) on 2 cores. One case per user (its held-out last interaction; "
-            f"LaMP-2N: one case per query). Rerun: `python benchmarks/quality.py --datasets {args.datasets} "
-            f"--users {args.users} --methods {args.methods}` (resumable; `--report` rewrites this section from "
-            f"`benchmarks/results/quality_cases.jsonl`). This invocation: {(time.perf_counter() - started) / 60:.0f} min.")
+    note = (
+        f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M) on 2 cores. One case per user (its held-out last interaction; "
+        f"LaMP-2N: one case per query). Rerun: `python benchmarks/quality.py --datasets {args.datasets} "
+        f"--users {args.users} --methods {args.methods}` (resumable; `--report` rewrites this section from "
+        f"`benchmarks/results/quality_cases.jsonl`). This invocation: {(time.perf_counter() - started) / 60:.0f} min."
+    )
     report(summaries, note)
 
 
