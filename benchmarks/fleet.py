@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import functools
 import json
 import os
 import pstats
@@ -40,9 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import persona_dspy  # noqa: F401  (environment guards first)
 import dspy
 
+import persona_dspy
 from persona_dspy import Settings
 from persona_dspy.data import Interaction
 from persona_dspy.fleet import FleetReport, compile_user, compile_users
@@ -179,9 +178,11 @@ def zero_latency(args: argparse.Namespace, root: Path) -> str:
     db = migrated_sqlite(root / "mlflow.db")
     settings = Settings(state_dir=root / "state", qdrant=str(root / "qdrant"), mlflow_tracking_uri=f"sqlite:///{db}")
     lines = [
-        f"Zero-latency scripted LM; {args.users} users x {args.interactions} interactions in an embedded Qdrant "
-        f"folder ({args.users * args.interactions} points); sqlite MLflow; PersonaOptimizer(n_recent="
-        f"{args.n_recent}, iterations={args.iterations}, n_val={args.n_val}); {os.cpu_count()} cores.\n"
+        (
+            f"Zero-latency scripted LM; {args.users} users x {args.interactions} interactions in an embedded Qdrant "
+            f"folder ({args.users * args.interactions} points); sqlite MLflow; PersonaOptimizer(n_recent="
+            f"{args.n_recent}, iterations={args.iterations}, n_val={args.n_val}); {os.cpu_count()} cores.\n"
+        )
     ]
 
     items = synthetic_users(args.users, args.interactions)
@@ -198,8 +199,10 @@ def zero_latency(args: argparse.Namespace, root: Path) -> str:
     tracking.experiment_id()
 
     rows = [
-        "| backend | users | workers | wall s | users/hour (wall) | users per CPU-hour | CPU ms per user | "
-        "LM calls/user | median s/user: memory read / tracking / compile | failed |",
+        (
+            "| backend | users | workers | wall s | users/hour (wall) | users per CPU-hour | CPU ms per user | "
+            "LM calls/user | median s/user: memory read / tracking / compile | failed |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     ray_users = users[len(users) - args.ray_users :] if args.ray_users else []
@@ -268,8 +271,10 @@ def zero_latency(args: argparse.Namespace, root: Path) -> str:
         "",
         *rows,
         "",
-        f"Where a user's time goes (cProfile self time, {len(prof_users)} users compiled in the "
-        f"main thread; {prof['wall_per_user'] * 1000:.0f} ms/user under the profiler):",
+        (
+            f"Where a user's time goes (cProfile self time, {len(prof_users)} users compiled in the "
+            f"main thread; {prof['wall_per_user'] * 1000:.0f} ms/user under the profiler):"
+        ),
         "",
         "| part | ms per user | share |",
         "|---|---|---|",
@@ -341,8 +346,10 @@ def steady_state(args: argparse.Namespace, root: Path) -> str:
     for view in views.values():
         view.embedder = queries
     lines = [
-        f"One thread, {args.users} users x {args.interactions} interactions compiled in order into one sqlite "
-        "MLflow store (zero-latency LM):",
+        (
+            f"One thread, {args.users} users x {args.interactions} interactions compiled in order into one sqlite "
+            "MLflow store (zero-latency LM):"
+        ),
         "",
         "| users | CPU ms per user | median tracking ms per user |",
         "|---|---|---|",

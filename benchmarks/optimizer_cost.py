@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import persona_dspy  # noqa: F401  (environment guards first)
-
 import dspy
 
+import persona_dspy  # noqa: F401  (environment guards first)
 from persona_dspy import Settings
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import load_sample_users
@@ -31,7 +30,7 @@ from persona_dspy.optimizers import PersonaOptimizer, usage_totals
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _report import replace_section  # noqa: E402
+from _report import replace_section
 
 
 def naive_iteration(agent: PersonaAgent, train, persona_text: str) -> str:
@@ -114,16 +113,22 @@ def verdict(rows: list[dict], mean, paired: list[dict]) -> list[str]:
     seconds = mean("ours", "seconds_per_iter", paired) / mean("naive", "seconds_per_iter")
     ours_gate, naive_gate = mean("ours", "gate_score", paired), mean("naive", "gate_score")
     return [
-        f"- **<= 15 LM calls per user, gate included (n=3, 3 iterations): {within} of {len(rows)} users** (mean "
-        f"{sum(calls) / len(calls):.1f}, max {max(calls)}) thanks to early stopping. Not a bound: a compile whose "
-        "replay improves at every iteration costs 19 (15 + 2 x n_val).",
-        f"- **Per iteration vs the naive loop (paired users): {100 * tokens:.0f}% of its tokens, {100 * seconds:.0f}% "
-        f"of its time** (goal <= 33% each; ours counts the whole compile, gate included, per replayed iteration) at "
-        f"a gate score of {ours_gate:.3f} vs {naive_gate:.3f} ({'equal or better' if ours_gate >= naive_gate else 'WORSE'}).",
-        f"- Early stopping vs `patience=None` (paired users): {mean('ours', 'calls', paired):.1f} vs "
-        f"{mean('no_early_stop', 'calls'):.1f} calls, gate score {ours_gate:.3f} vs {mean('no_early_stop', 'gate_score'):.3f}"
-        " (per user in the table above; 2 users x 2 held-back ratings is too few to tell them apart, and "
-        "llama.cpp's output also varies between runs with the prompt-cache state).",
+        (
+            f"- **<= 15 LM calls per user, gate included (n=3, 3 iterations): {within} of {len(rows)} users** (mean "
+            f"{sum(calls) / len(calls):.1f}, max {max(calls)}) thanks to early stopping. Not a bound: a compile whose "
+            "replay improves at every iteration costs 19 (15 + 2 x n_val)."
+        ),
+        (
+            f"- **Per iteration vs the naive loop (paired users): {100 * tokens:.0f}% of its tokens, {100 * seconds:.0f}% "
+            f"of its time** (goal <= 33% each; ours counts the whole compile, gate included, per replayed iteration) at "
+            f"a gate score of {ours_gate:.3f} vs {naive_gate:.3f} ({'equal or better' if ours_gate >= naive_gate else 'WORSE'})."
+        ),
+        (
+            f"- Early stopping vs `patience=None` (paired users): {mean('ours', 'calls', paired):.1f} vs "
+            f"{mean('no_early_stop', 'calls'):.1f} calls, gate score {ours_gate:.3f} vs {mean('no_early_stop', 'gate_score'):.3f}"
+            " (per user in the table above; 2 users x 2 held-back ratings is too few to tell them apart, and "
+            "llama.cpp's output also varies between runs with the prompt-cache state)."
+        ),
     ]
 
 
@@ -181,24 +186,36 @@ def main() -> None:
     paired = [r for r in rows if "naive" in r]
     calls = sorted(r["ours"]["calls"] for r in rows)
     table = [
-        f"| | naive TextGrad (1 iteration) | PersonaOptimizer patience=None, per iteration | "
-        f"PersonaOptimizer, per replayed iteration | PersonaOptimizer, whole compile, gate included |",
+        (
+            "| | naive TextGrad (1 iteration) | PersonaOptimizer patience=None, per iteration | "
+            "PersonaOptimizer, per replayed iteration | PersonaOptimizer, whole compile, gate included |"
+        ),
         "|---|---|---|---|---|",
         f"| users | {len(paired)} | {len(paired)} | {len(rows)} | {len(rows)} |",
-        f"| LM calls | {mean('naive', 'calls_per_iter'):.1f} | {mean('no_early_stop', 'calls_per_iter'):.1f} | "
-        f"{mean('ours', 'calls_per_iter'):.1f} | {mean('ours', 'calls'):.1f} (median {statistics.median(calls):.0f}, "
-        f"max {calls[-1]}) |",
-        f"| tokens | {mean('naive', 'tokens_per_iter'):.0f} | {mean('no_early_stop', 'tokens_per_iter'):.0f} | "
-        f"{mean('ours', 'tokens_per_iter'):.0f} | {mean('ours', 'tokens'):.0f} |",
-        f"| wall time (s) | {mean('naive', 'seconds_per_iter'):.0f} | {mean('no_early_stop', 'seconds_per_iter'):.0f} | "
-        f"{mean('ours', 'seconds_per_iter'):.0f} | {mean('ours', 'seconds'):.0f} |",
-        f"| gate score of the candidate (held-back), the {len(paired)} paired users | "
-        f"{mean('naive', 'gate_score'):.3f} | {mean('no_early_stop', 'gate_score'):.3f} | | "
-        f"{mean('ours', 'gate_score', paired):.3f} |",
+        (
+            f"| LM calls | {mean('naive', 'calls_per_iter'):.1f} | {mean('no_early_stop', 'calls_per_iter'):.1f} | "
+            f"{mean('ours', 'calls_per_iter'):.1f} | {mean('ours', 'calls'):.1f} (median {statistics.median(calls):.0f}, "
+            f"max {calls[-1]}) |"
+        ),
+        (
+            f"| tokens | {mean('naive', 'tokens_per_iter'):.0f} | {mean('no_early_stop', 'tokens_per_iter'):.0f} | "
+            f"{mean('ours', 'tokens_per_iter'):.0f} | {mean('ours', 'tokens'):.0f} |"
+        ),
+        (
+            f"| wall time (s) | {mean('naive', 'seconds_per_iter'):.0f} | {mean('no_early_stop', 'seconds_per_iter'):.0f} | "
+            f"{mean('ours', 'seconds_per_iter'):.0f} | {mean('ours', 'seconds'):.0f} |"
+        ),
+        (
+            f"| gate score of the candidate (held-back), the {len(paired)} paired users | "
+            f"{mean('naive', 'gate_score'):.3f} | {mean('no_early_stop', 'gate_score'):.3f} | | "
+            f"{mean('ours', 'gate_score', paired):.3f} |"
+        ),
     ]
     per_user = [
-        "| user | naive calls / tokens / s | patience=None: iterations, calls / tokens / s, gate | "
-        "PersonaOptimizer: iterations, calls / tokens / s, gate (production) | promoted | why the loop stopped |",
+        (
+            "| user | naive calls / tokens / s | patience=None: iterations, calls / tokens / s, gate | "
+            "PersonaOptimizer: iterations, calls / tokens / s, gate (production) | promoted | why the loop stopped |"
+        ),
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -216,11 +233,15 @@ def main() -> None:
         )
     body = "\n".join(
         [
-            f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M, 2 cores), bundled MovieLens users, n_recent={args.n_recent}, "
-            f"iterations={args.iterations}, n_val={args.n_val}, patience=1; the naive loop and PersonaOptimizer with "
-            f"patience=None (no plateau stop) on the first {len(paired)} users, in the same run.",
-            f"Rerun: `python benchmarks/optimizer_cost.py --users {args.users} --naive-users {args.naive_users}` "
-            "(results in `benchmarks/results/optimizer_cost.json`).",
+            (
+                f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M, 2 cores), bundled MovieLens users, n_recent={args.n_recent}, "
+                f"iterations={args.iterations}, n_val={args.n_val}, patience=1; the naive loop and PersonaOptimizer with "
+                f"patience=None (no plateau stop) on the first {len(paired)} users, in the same run."
+            ),
+            (
+                f"Rerun: `python benchmarks/optimizer_cost.py --users {args.users} --naive-users {args.naive_users}` "
+                "(results in `benchmarks/results/optimizer_cost.json`)."
+            ),
             "",
             *table,
             "",
@@ -228,14 +249,16 @@ def main() -> None:
             "",
             *verdict(rows, mean, paired),
             "",
-            "PersonaOptimizer costs `iterations x (n + 2)` + `2 x n_val` for the gate at most (3 x 5 + 4 = 19 at these "
-            "settings); the replay that starts each iteration also judges the previous update, so the loop stops "
-            "without extra calls when every answer matches, when an update made the replay worse (the step is undone), "
-            "after `patience` iterations without a better replay, or when an update leaves the persona unchanged; no "
-            "gate runs when the candidate is the production persona. The naive loop costs `4n + 1` = 13 per iteration "
-            '(39 for 3 iterations) before any gate. "failed (no tags)": the stock TGD step raised because the 1.5B '
-            "model's answer had no `<IMPROVED_VARIABLE>` tags; PersonaOptimizer accepts a tag-less answer that follows "
-            "its persona constraint and retries once otherwise.",
+            (
+                "PersonaOptimizer costs `iterations x (n + 2)` + `2 x n_val` for the gate at most (3 x 5 + 4 = 19 at these "
+                "settings); the replay that starts each iteration also judges the previous update, so the loop stops "
+                "without extra calls when every answer matches, when an update made the replay worse (the step is undone), "
+                "after `patience` iterations without a better replay, or when an update leaves the persona unchanged; no "
+                "gate runs when the candidate is the production persona. The naive loop costs `4n + 1` = 13 per iteration "
+                '(39 for 3 iterations) before any gate. "failed (no tags)": the stock TGD step raised because the 1.5B '
+                "model's answer had no `<IMPROVED_VARIABLE>` tags; PersonaOptimizer accepts a tag-less answer that follows "
+                "its persona constraint and retries once otherwise."
+            ),
         ]
     )
     replace_section(ROOT / "BENCHMARKS.md", "## Optimizer cost (PersonaOptimizer vs naive TextGrad)", body)

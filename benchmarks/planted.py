@@ -38,7 +38,7 @@ from persona_dspy.signatures import DEFAULT_PERSONA, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _report import replace_section  # noqa: E402
+from _report import replace_section
 
 DEV = ROOT / "benchmarks" / "data" / "movielens_dev.jsonl"
 PAIRS = [
@@ -147,7 +147,7 @@ def main() -> None:
                 agent = PersonaAgent(TASK, user_id=uid, memory=memory, persona=persona, actions=())
                 row[arm] = answer_all(agent, test)
             student = PersonaAgent(TASK, user_id=uid, memory=memory, actions=())
-            with dspy.track_usage() as usage:
+            with dspy.track_usage():
                 aligned = PersonaOptimizer().compile(student, trainset=past)
             result = aligned.compile_result
             row["aligned"] = answer_all(aligned, test)
@@ -178,9 +178,11 @@ def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) ->
 
     stated = sum(r["rules_stated"] for r in rows)
     lines = [
-        f"{len(rows)} synthetic users x {args.test} held-out movies, {args.past} past ratings each (rules in "
-        "`benchmarks/planted.py`); persona alone, no memory actions; embedded model. "
-        f"Rerun: `python benchmarks/planted.py --users {args.users} --test {args.test}` ({seconds / 60:.0f} min).",
+        (
+            f"{len(rows)} synthetic users x {args.test} held-out movies, {args.past} past ratings each (rules in "
+            "`benchmarks/planted.py`); persona alone, no memory actions; embedded model. "
+            f"Rerun: `python benchmarks/planted.py --users {args.users} --test {args.test}` ({seconds / 60:.0f} min)."
+        ),
         "",
         "| arm | MAE | mean score | share of the hand-written persona's score |",
         "|---|---|---|---|",
@@ -189,10 +191,12 @@ def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) ->
         lines.append(f"| {arm} | {mae(arm):.3f} | {mean_score(arm):.3f} | {mean_score(arm) / mean_score('hand'):.0%} |")
     lines += [
         "",
-        f"Planted rules stated by the aligned candidate persona: {stated} of {2 * len(rows)} "
-        f"({stated / (2 * len(rows)):.0%}); promoted: {sum(r['promoted'] for r in rows)} of {len(rows)}; "
-        f"LM calls per compile: {sum(r['lm_calls'] for r in rows) / len(rows):.1f}, tokens "
-        f"{sum(r['tokens'] for r in rows) / len(rows):.0f}.",
+        (
+            f"Planted rules stated by the aligned candidate persona: {stated} of {2 * len(rows)} "
+            f"({stated / (2 * len(rows)):.0%}); promoted: {sum(r['promoted'] for r in rows)} of {len(rows)}; "
+            f"LM calls per compile: {sum(r['lm_calls'] for r in rows) / len(rows):.1f}, tokens "
+            f"{sum(r['tokens'] for r in rows) / len(rows):.0f}."
+        ),
     ]
     replace_section(ROOT / "BENCHMARKS.md", "## Planted preferences (the right persona is known)", "\n".join(lines))
 

@@ -40,8 +40,8 @@ from persona_dspy.signatures import DEFAULT_PERSONA, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _report import replace_section  # noqa: E402
-from stats import metric_ci, paired_metric_diff  # noqa: E402
+from _report import replace_section
+from stats import metric_ci, paired_metric_diff
 
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {
@@ -239,8 +239,10 @@ def report(summaries: list[dict[str, Any]], note: str) -> None:
         )
     lines += [
         "",
-        f"Paired differences, `{MAIN}` minus each method on the users both ran (MAE: negative = "
-        f"`{MAIN}` better; accuracy: positive = better), 95% paired-bootstrap interval, 10,000 resamples:",
+        (
+            f"Paired differences, `{MAIN}` minus each method on the users both ran (MAE: negative = "
+            f"`{MAIN}` better; accuracy: positive = better), 95% paired-bootstrap interval, 10,000 resamples:"
+        ),
         "",
         "| data set | vs method | users | difference [95% CI] | relative | interval excludes 0 |",
         "|---|---|---|---|---|---|",

@@ -121,7 +121,7 @@ class PersonaAgent(dspy.Module):
                     raw, failure = None, None
                 except PersonaDSPyError:
                     raise
-                except Exception as exc:  # the LM layer already applied its own bounded retries
+                except Exception as exc:  # noqa: BLE001 -- any LM failure is recorded; the LM layer already retried
                     failure = exc
                 answer = self.task.parse(raw)
                 if answer is not None:

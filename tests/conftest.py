@@ -1,9 +1,8 @@
 """Shared fixtures: expensive objects are built once per test session."""
 
-import persona_dspy  # noqa: F401  (sets the offline environment guards first)
-
 import pytest
 
+import persona_dspy  # noqa: F401  (sets the offline environment guards first)
 from persona_dspy.memory.embedder import OnnxEmbedder
 
 

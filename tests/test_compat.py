@@ -81,7 +81,7 @@ def test_mlflow_dspy_tracing_callback_replaces_an_earlier_one():
 
 
 def test_mlflow_dspy_callback_reads_the_log_traces_flag_that_enable_dspy_tracing_sets():
-    import mlflow.dspy.callback as callback
+    from mlflow.dspy import callback
     from mlflow.utils.autologging_utils import get_autologging_config
 
     from persona_dspy.compat.mlflow import enable_dspy_tracing

@@ -11,7 +11,7 @@ from scripted import rule
 
 
 def test_demo_records_one_run_and_one_version_per_user(tmp_path, embedder, monkeypatch):
-    import persona_dspy.memory.episodic as episodic
+    from persona_dspy.memory import episodic
 
     monkeypatch.setattr(episodic, "OnnxEmbedder", lambda: embedder)  # reuse the session's loaded model
     settings = Settings(state_dir=tmp_path)

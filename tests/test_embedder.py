@@ -1,7 +1,6 @@
-import persona_dspy  # noqa: F401
-
 import numpy as np
 
+import persona_dspy  # noqa: F401
 from persona_dspy.memory.embedder import DIM, OnnxEmbedder
 
 

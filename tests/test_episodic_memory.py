@@ -2,8 +2,6 @@
 qdrant-client in memory (``:memory:``) and on a folder (``local:``), and ``UserSnapshot`` where a
 read-only view applies. Real engines, the real embedder; nothing mocked."""
 
-import persona_dspy  # noqa: F401
-
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import persona_dspy  # noqa: F401
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import MalformedInteractionError, UnknownUserError

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dspy
 import pytest
-from scripted import rule
 
 from persona_dspy import LMOutputError, MalformedInteractionError, Settings, UnknownUserError
 from persona_dspy.agent import PersonaAgent
@@ -19,6 +18,8 @@ from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.pipeline import align_user
 from persona_dspy.tracking import Tracking
+
+from scripted import rule
 
 
 def history(user: str, n: int = 6) -> list[Interaction]:

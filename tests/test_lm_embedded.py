@@ -4,13 +4,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-import persona_dspy  # noqa: F401  (environment guards first)
 import dspy
+import pytest
 from dspy.lm15 import Config, ContextLengthError, Message, Request
 from dspy.utils.exceptions import ContextWindowExceededError
 
+import persona_dspy  # noqa: F401  (environment guards first)
 from persona_dspy.config import Settings
 from persona_dspy.lm import build_lm
 from persona_dspy.lm.embedded import AsyncLlamaCppEngine, LlamaCppEngine

@@ -1,7 +1,5 @@
 """The qdrant-client engine: a legacy local folder (``local:``) and a server URL."""
 
-import persona_dspy  # noqa: F401
-
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import persona_dspy  # noqa: F401
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import StoreUnavailableError

@@ -1,8 +1,6 @@
 """Contract of the qdrant-client internals persona_dspy/compat/qdrant.py relies on: if an upgrade
 moves them, this fails here instead of silently slowing or breaking the local engine."""
 
-import persona_dspy  # noqa: F401
-
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import pytest
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
+import persona_dspy  # noqa: F401
 from persona_dspy.compat.qdrant import LOCAL_IN_USE, is_local, is_local_folder, local_folder_collections, local_sqlite
 
 

@@ -1,8 +1,6 @@
 """Qdrant Edge as the folder engine: its indexes, one process per folder, a process killed while
 writing, and the migration of a folder written by the previous engine (qdrant-client local mode)."""
 
-import persona_dspy  # noqa: F401
-
 import signal
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
+import persona_dspy  # noqa: F401
 from persona_dspy.cli import main
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
@@ -183,7 +182,7 @@ def test_process_killed_while_adding_leaves_an_openable_store_that_a_readd_compl
 
 def test_forget_vacuums_on_close_once_edge_finds_it_worth_it(tmp_path: Path) -> None:
     settings = Settings(qdrant=str(tmp_path / "q"))
-    segments = lambda: sorted(p.name for p in (tmp_path / "q" / "persona_episodes" / "segments").iterdir())  # noqa: E731
+    segments = lambda: sorted(p.name for p in (tmp_path / "q" / "persona_episodes" / "segments").iterdir())
     with EpisodicMemory(settings, embedder=HashedVectors()) as m:
         m.add(items(2_000, users=40))
     written = segments()

@@ -241,7 +241,7 @@ def test_an_update_that_makes_the_replay_worse_is_not_kept(memory, tracking):
 
 def test_an_update_that_returns_the_same_guidance_ends_the_loop(memory):
     persona = prompts.compose(DEFAULT_PERSONA, "", NEW_PERSONA)
-    result, lm = compile_with(memory, rating_history("same", ["4.0"] * 6), rule, persona=persona)
+    result, _ = compile_with(memory, rating_history("same", ["4.0"] * 6), rule, persona=persona)
     assert len(result.steps) == 1 and result.steps[0].updated_persona is None
     assert "no usable rewrite" in result.stopped
     assert result.lm_calls == 3 + 1 + 2 * 2  # the facts changed the persona: the gate runs

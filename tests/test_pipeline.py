@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dspy
-from scripted import NEW_PERSONA, rule
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
@@ -14,6 +13,8 @@ from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA
+
+from scripted import NEW_PERSONA, rule
 
 
 def harsh_history(user_id: str, n: int = 8) -> UserHistory:

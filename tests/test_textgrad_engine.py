@@ -3,13 +3,12 @@
 import subprocess
 import sys
 
-import pytest
-
-import persona_dspy  # noqa: F401  (environment guards first)
 import dspy
+import pytest
 from dspy.lm15 import Message, Request, Response, TextPart, Usage
 from dspy.utils.dummies import DummyLM
 
+import persona_dspy  # noqa: F401  (environment guards first)
 from persona_dspy.errors import ConfigurationError
 from persona_dspy.lm.textgrad_engine import DSPyEngine
 

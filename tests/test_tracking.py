@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dspy
 import pytest
 from mlflow.entities import ViewType
@@ -174,7 +176,8 @@ def test_run_holds_tags_params_metrics_and_persona_artifacts(tracking):
         "personas/candidate_vs_production.diff",
     } <= files
     diff = tracking.client.download_artifacts(run.info.run_id, "personas/candidate_vs_production.diff")
-    assert "-base" in open(diff).read() and "+line two" in open(diff).read()
+    text = Path(diff).read_text()
+    assert "-base" in text and "+line two" in text
 
 
 def test_rollback_moves_production_to_previous_promoted_version(tracking):
@@ -203,7 +206,7 @@ def test_forget_leaves_nothing_of_the_user_and_everything_of_others(tracking):
     assert tracking.history("reg-u5") == [] and user_runs(tracking, "reg-u5") == []
     purged = user_runs(tracking, "reg-u5", ViewType.ALL) == []
     assert purged != bool(counts["runs_awaiting_gc"])  # purged on sqlite; deleted, awaiting `mlflow gc`, on a server
-    repo = lambda run: get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking.tracking_uri)  # noqa: E731
+    repo = lambda run: get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking.tracking_uri)
     assert repo(mine).list_artifacts() == []
     assert len(repo(theirs).list_artifacts()) == 2
     assert tracking.load_persona("reg-u6").text == "theirs" and len(user_runs(tracking, "reg-u6")) == 1

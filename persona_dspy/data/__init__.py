@@ -19,9 +19,9 @@ def load_sample_users() -> list[UserHistory]:
 __all__ = [
     "Interaction",
     "UserHistory",
-    "load_interactions",
-    "load_shared",
     "group_by_user",
-    "sample_users_path",
+    "load_interactions",
     "load_sample_users",
+    "load_shared",
+    "sample_users_path",
 ]

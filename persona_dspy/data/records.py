@@ -32,7 +32,7 @@ class Interaction(BaseModel):
     @classmethod
     def _ids_are_strings(cls, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (str, int)):
-            raise ValueError("must be a string (or an integer)")
+            raise ValueError("must be a string (or an integer)")  # noqa: TRY004 -- pydantic reports only ValueError
         return str(v)
 
     @field_validator("input", "output", mode="after")
@@ -64,7 +64,7 @@ class UserHistory(BaseModel):
     query: Interaction | None = Field(None, description="a held-out interaction to evaluate on, never in memory")
 
     @model_validator(mode="after")
-    def _one_user_in_time_order(self) -> "UserHistory":
+    def _one_user_in_time_order(self) -> UserHistory:
         items = self.interactions + ((self.query,) if self.query else ())
         for it in items:
             if it.user_id != self.user_id:

@@ -17,7 +17,7 @@ from persona_dspy.lm.weights import model_path
 if TYPE_CHECKING:
     from persona_dspy.lm.textgrad_engine import DSPyEngine
 
-__all__ = ["build_lm", "embedded_engine", "LlamaCppEngine", "AsyncLlamaCppEngine", "DSPyEngine", "model_path"]
+__all__ = ["AsyncLlamaCppEngine", "DSPyEngine", "LlamaCppEngine", "build_lm", "embedded_engine", "model_path"]
 
 
 def embedded_engine(settings: Settings) -> LlamaCppEngine:

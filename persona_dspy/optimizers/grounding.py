@@ -66,8 +66,10 @@ class UserFacts:
             return []
         if self.kind == "rating":
             out = [
-                f"This user's average rating is {self.mean:.1f}; half of their ratings are between "
-                f"{self.low:g} and {self.high:g}."
+                (
+                    f"This user's average rating is {self.mean:.1f}; half of their ratings are between "
+                    f"{self.low:g} and {self.high:g}."
+                )
             ]
             if self.higher:
                 out.append(

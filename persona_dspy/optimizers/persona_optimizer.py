@@ -112,8 +112,10 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         engine = DSPyEngine()
         guidance = ops.GuidanceVariable(guidance_text or prompts.NO_GUIDANCE)
         constraints = [
-            f"Start with '{prompts.GUIDANCE_START}'. One to three short sentences, at most {MAX_GUIDANCE_CHARS} "
-            "characters, telling the assistant how to answer for this user.",
+            (
+                f"Start with '{prompts.GUIDANCE_START}'. One to three short sentences, at most {MAX_GUIDANCE_CHARS} "
+                "characters, telling the assistant how to answer for this user."
+            ),
             "Only say what the measured errors and the facts support; never contradict them.",
             f"Facts measured from the user's past answers: {facts_text or '(none)'}",
             f"Keep the task's output contract: {agent.task.contract()}",
