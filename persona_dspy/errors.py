@@ -110,6 +110,27 @@ class LeakageError(PersonaDSPyError):
     exit_code = 12
 
 
+class UnknownTaskError(ConfigurationError, KeyError):
+    """No task registered under that name (also a ``KeyError``, what ``get_task`` raised before)."""
+
+    exit_code = 13
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class OutOfOrderObservationError(MalformedInteractionError):
+    """An observation is older than what is already stored for its user; nothing was written."""
+
+    exit_code = 14
+
+
+class TaskMetricError(PersonaDSPyError):
+    """A task's metric raised or returned something other than a finite number."""
+
+    exit_code = 15
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -125,6 +146,9 @@ EXIT_CODES: dict[str, int] = {
         BudgetExceededError,
         PersonaNotFoundError,
         LeakageError,
+        UnknownTaskError,
+        OutOfOrderObservationError,
+        TaskMetricError,
     )
 }
 """Exit code of the CLI per error class (argparse usage errors exit 2, as ``ConfigurationError``)."""
@@ -138,9 +162,12 @@ __all__ = [
     "LeakageError",
     "MalformedInteractionError",
     "ModelWeightsError",
+    "OutOfOrderObservationError",
     "PersonaDSPyError",
     "PersonaNotFoundError",
     "StoreUnavailableError",
+    "TaskMetricError",
     "TrackingUnavailableError",
+    "UnknownTaskError",
     "UnknownUserError",
 ]
