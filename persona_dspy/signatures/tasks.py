@@ -7,12 +7,17 @@ scale) lives in the fields, so a persona rewrite can never break the output cont
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import typing
 from dataclasses import dataclass, field
 
 import dspy
 
 from persona_dspy.data.records import Interaction
+from persona_dspy.errors import ConfigurationError, TaskMetricError, UnknownTaskError
+from persona_dspy.signatures.metrics import Metric, call_metric, rouge_l
 
 
 class PersonalizedTask(dspy.Signature):
@@ -54,7 +59,9 @@ class TaskSpec:
     """A task: its signature, its answer space, and how an answer is validated and scored.
 
     ``score`` is in [0, 1] (1 = the user's real answer); an invalid answer scores 0, the worst,
-    as LaMP does.
+    as LaMP does. Labels score by exact match, ratings by distance on the scale, free text by
+    ROUGE-L; a ``metric`` (DSPy's ``metric(example, prediction) -> float``) replaces all three.
+    ``TaskSpec.from_signature`` builds one from any ``dspy.Signature``; ``register_task`` names it.
     """
 
     name: str
@@ -64,6 +71,53 @@ class TaskSpec:
     scale: tuple[float, float] = (0.0, 0.0)
     step: float = 1.0
     prompt_markers: tuple[str, ...] = field(default=())
+    metric: Metric | None = None
+    input_field: str = "task"
+    output_field: str = "answer"
+    """The names of the original signature's fields: what the metric's example and prediction hold."""
+
+    @classmethod
+    def from_signature(cls, name: str, signature: type[dspy.Signature], metric: Metric | None = None) -> TaskSpec:
+        """A task from any one-input, one-output ``dspy.Signature``: its docstring and field descriptions
+        become the task's contract (the persona stays the per-user instructions), a ``Literal[...]``
+        output makes it a label task, and ``metric`` scores it (default: exact label match, or ROUGE-L).
+        """
+        if not (isinstance(signature, type) and issubclass(signature, dspy.Signature)):
+            raise ConfigurationError(f"task {name!r}: expected a dspy.Signature class, got {signature!r}")
+        if metric is not None and not callable(metric):
+            raise TaskMetricError(f"task {name!r}: the metric must be callable as metric(example, prediction)")
+        inputs, outputs = list(signature.input_fields), list(signature.output_fields)
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ConfigurationError(
+                f"task {name!r}: a persona task has one input and one output field; {signature.__name__} has "
+                f"inputs {inputs} and outputs {outputs}. Combine the inputs into one text field."
+            )
+        (in_name, in_field), (out_name, out_field) = (
+            next(iter(signature.input_fields.items())),
+            next(iter(signature.output_fields.items())),
+        )
+
+        def desc(f, fallback: str) -> str:
+            text = str((f.json_schema_extra or {}).get("desc") or "")
+            return fallback if not text or text.startswith("${") else text
+
+        annotation = out_field.annotation
+        labels = (
+            tuple(str(a) for a in typing.get_args(annotation))
+            if typing.get_origin(annotation) is typing.Literal
+            else ()
+        )
+        answer_desc = desc(out_field, out_name) + (" (exactly one of: " + ", ".join(labels) + ")" if labels else "")
+        task_desc = f"{signature.instructions.strip()} The input ({in_name}): {desc(in_field, in_name)}"
+        return cls(
+            name,
+            _task_signature(answer_desc, task_desc),
+            "label" if labels else "text",
+            labels=labels,
+            metric=metric,
+            input_field=in_name,
+            output_field=out_name,
+        )
 
     def parse(self, answer: str | None) -> str | None:
         """The canonical form of a valid answer, or None when it is outside the contract."""
@@ -88,14 +142,22 @@ class TaskSpec:
             return f"{value:.1f}" if self.step < 1 else str(int(value))
         return text or None
 
-    def score(self, predicted: str | None, gold: str) -> float:
-        """Agreement with the user's real answer, in [0, 1]."""
+    def score(self, predicted: str | None, gold: str, input: str = "") -> float:
+        """Agreement with the user's real answer, in [0, 1]; ``input`` (the task text) reaches a custom
+        metric's example. A custom metric that raises or returns a non-number: ``TaskMetricError``."""
         p, g = self.parse(predicted), self.parse(gold)
         if p is None or g is None:
             return 0.0
+        if self.metric is not None:
+            fields = {"task": input, "answer": gold, self.input_field: input, self.output_field: gold}
+            example = dspy.Example(**fields).with_inputs("task", self.input_field)
+            prediction = dspy.Prediction(**{"answer": p, self.output_field: p})
+            return call_metric(self.metric, self.name, example, prediction)
         if self.kind == "rating":
             lo, hi = self.scale
             return 1.0 - abs(float(p) - float(g)) / (hi - lo)
+        if self.kind == "text":
+            return rouge_l(p, g)
         return float(p.lower() == g.lower())
 
     def compare(self, predicted: str | None, gold: str) -> str:
@@ -169,13 +231,66 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+BUILTIN_TASKS: frozenset[str] = frozenset(TASKS)
+
+TASK_MODULES_ENV = "PERSONA_DSPY_TASK_MODULES"
+"""Comma-separated modules that call ``register_task`` when imported: how the CLI (and any process
+that only sees a task's name, e.g. in stored interactions) finds custom tasks."""
+
+
+def register_task(
+    task: str | TaskSpec, signature: type[dspy.Signature] | None = None, metric: Metric | None = None
+) -> TaskSpec:
+    """Register a task by name so agents, the fleet and the CLI accept it; returns its ``TaskSpec``.
+
+    ``register_task("reply", ReplySignature, metric)`` builds it with ``TaskSpec.from_signature``;
+    ``register_task(spec)`` registers a spec. The metric is tried once on a trivial case (the user's
+    answer against itself): a metric that raises or returns a non-number is a ``TaskMetricError``
+    and nothing is registered. A built-in name cannot be replaced; a custom one can (re-running a
+    notebook cell).
+    """
+    if isinstance(task, TaskSpec):
+        spec = task
+    elif signature is None:
+        raise ConfigurationError(f"register_task({task!r}, ...) needs the task's dspy.Signature")
+    else:
+        spec = TaskSpec.from_signature(task, signature, metric)
+    if spec.name in BUILTIN_TASKS and TASKS.get(spec.name) is not spec:
+        raise ConfigurationError(f"{spec.name!r} is a built-in task; register yours under another name")
+    if spec.metric is not None:
+        probe = spec.labels[0] if spec.labels else "an answer"
+        spec.score(probe, probe, "a task")
+    TASKS[spec.name] = spec
+    return spec
+
+
+_imported_task_modules: set[str] = set()
+
+
+def _import_task_modules() -> None:
+    for module in filter(None, (m.strip() for m in os.environ.get(TASK_MODULES_ENV, "").split(","))):
+        if module in _imported_task_modules:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(f"{TASK_MODULES_ENV} names {module!r}, which cannot be imported: {exc}") from exc
+        _imported_task_modules.add(module)
+
+
 def get_task(task: str | TaskSpec) -> TaskSpec:
+    """The registered task of that name (importing ``PERSONA_DSPY_TASK_MODULES`` first if needed)."""
     if isinstance(task, TaskSpec):
         return task
+    if task not in TASKS:
+        _import_task_modules()
     try:
         return TASKS[task]
     except KeyError:
-        raise KeyError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}") from None
+        raise UnknownTaskError(
+            f"unknown task {task!r}; known tasks: {', '.join(TASKS)}. Register yours with "
+            f"persona_dspy.register_task (and name its module in {TASK_MODULES_ENV} for the CLI)."
+        ) from None
 
 
 MAX_EPISODE_CHARS = 220
