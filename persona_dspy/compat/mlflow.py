@@ -6,6 +6,10 @@
   linking the prompt to the fluent experiment; see ``tracking/registry.py``).
 - The prompt cache MLflow keeps per registry URI (``PromptCache``, ``client._registry_uri``):
   invalidated after those writes, as ``MlflowClient`` does.
+- Reading persona versions through that store (``get_registered_model``, ``get_model_version``,
+  ``get_model_version_by_alias``, ``model_version_to_prompt_version``): ``MlflowClient.get_prompt`` and
+  the store's ``get_prompt_version`` turn every failure but an ``MlflowException`` into "not found",
+  so an unreachable store would read as a user without personas.
 - The prompt tags MLflow's UI reads (``IS_PROMPT_TAG_KEY``, ``PROMPT_EXPERIMENT_IDS_TAG_KEY``).
 - The SQLAlchemy tracking store (``client._tracking_client.store``) and its ``_hard_delete_run``:
   what ``mlflow gc`` does to purge a run; there is no public API for it.
@@ -24,7 +28,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.prompt.constants import IS_PROMPT_TAG_KEY, PROMPT_EXPERIMENT_IDS_TAG_KEY
-from mlflow.prompt.registry_utils import PromptCache
+from mlflow.prompt.registry_utils import PromptCache, model_version_to_prompt_version
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -36,6 +40,7 @@ __all__ = [
     "get_artifact_repository",
     "hard_delete_run",
     "migrate_sqlite",
+    "model_version_to_prompt_version",
     "registry_store",
     "sql_store",
     "with_dspy_tracing",

@@ -15,6 +15,7 @@ from persona_dspy.compat.mlflow import (
     IS_PROMPT_TAG_KEY,
     PROMPT_EXPERIMENT_IDS_TAG_KEY,
     forget_cached_prompt,
+    model_version_to_prompt_version,
     registry_store,
 )
 from persona_dspy.errors import PersonaNotFoundError
@@ -45,11 +46,10 @@ class PersonaVersion:
 
 
 def _is_missing(exc: MlflowException) -> bool:
-    return (
-        exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
-        or "not found" in str(exc).lower()
-        or "does not exist" in str(exc).lower()
-    )
+    """The store answered "no such prompt / version / alias" (an alias or a model that is not a prompt is
+    INVALID_PARAMETER_VALUE). Anything else (a refused connection is INTERNAL_ERROR) is a failure:
+    "absent" and "unreachable" must never read the same."""
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
 
 class PersonaRegistry:
@@ -70,45 +70,39 @@ class PersonaRegistry:
         )
 
     def get(self, user_id: str, alias_or_version: str | int = PRODUCTION) -> PersonaVersion | None:
-        name = prompt_name(user_id)
+        """The version, or None when the store says it does not exist; a store failure raises."""
+        name, store = prompt_name(user_id), registry_store(self.client)
         try:
             if isinstance(alias_or_version, int) or str(alias_or_version).isdigit():
-                pv = self.client.get_prompt_version(name, int(alias_or_version))
+                mv = store.get_model_version(name, int(alias_or_version))
             else:
-                pv = self.client.get_prompt_version_by_alias(name, str(alias_or_version))
+                mv = store.get_model_version_by_alias(name, str(alias_or_version))
+            pv = model_version_to_prompt_version(mv)
         except MlflowException as exc:
             if _is_missing(exc):
                 return None
             raise
-        return self._version(user_id, pv) if pv is not None else None
+        return self._version(user_id, pv)
 
     def history(self, user_id: str) -> list[PersonaVersion]:
-        name = prompt_name(user_id)
+        """Every version, oldest first, with its aliases; [] only when the store says the prompt does not exist."""
+        name, store = prompt_name(user_id), registry_store(self.client)
         try:
-            if self.client.get_prompt(name) is None:
-                return []
-            versions = list(self.client.search_prompt_versions(name, max_results=1000))
+            model = store.get_registered_model(name)
         except MlflowException as exc:
             if _is_missing(exc):
                 return []
             raise
+        versions = list(store.search_prompt_versions(name, max_results=1000))
+        aliases = {alias: int(version) for alias, version in (model.aliases or {}).items()}
         out = [self._version(user_id, pv) for pv in versions]
-        aliases = self._aliases(name)
         out = [
-            PersonaVersion(**{**v.__dict__, "aliases": tuple(a for a, ver in aliases.items() if ver == v.version)})
+            PersonaVersion(
+                **{**v.__dict__, "aliases": tuple(sorted(a for a, ver in aliases.items() if ver == v.version))}
+            )
             for v in out
         ]
         return sorted(out, key=lambda v: v.version)
-
-    def _aliases(self, name: str) -> dict[str, int]:
-        prompt = self.client.get_prompt(name)
-        found: dict[str, int] = {}
-        for alias in (CANDIDATE, PRODUCTION):
-            try:
-                found[alias] = int(self.client.get_prompt_version_by_alias(name, alias).version)
-            except MlflowException:
-                continue
-        return found if prompt is not None else {}
 
     def register(
         self, user_id: str, text: str, *, commit_message: str, tags: dict[str, str], experiment_id: str | None = None
@@ -194,8 +188,9 @@ class PersonaRegistry:
         for alias in (CANDIDATE, PRODUCTION):
             try:
                 self.client.delete_prompt_alias(name, alias)
-            except MlflowException:
-                pass
+            except MlflowException as exc:
+                if not _is_missing(exc):
+                    raise
         for v in versions:
             self.client.delete_prompt_version(name, str(v.version))
         if versions:

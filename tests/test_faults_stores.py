@@ -1,0 +1,38 @@
+"""Faults of the stores themselves: an unreachable or broken MLflow store, a broken Qdrant folder, a copied
+state dir, an interrupted fleet. Each is a specific error with its exit code, and the state after is checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from persona_dspy import Settings
+from persona_dspy.cli import main
+from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
+from persona_dspy.tracking import Tracking
+from persona_dspy.tracking.server import free_port
+
+
+@pytest.fixture
+def dead_uri(monkeypatch) -> str:
+    """A tracking URI nothing listens on (no retries: the refusal is immediate)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.mark.parametrize("argv", [["personas", "history", "alice"], ["rollback", "alice"]])
+def test_an_unreachable_registry_is_tracking_unavailable_not_no_personas(argv, dead_uri, tmp_path, capsys):
+    code = main([*argv, "--state-dir", str(tmp_path), "--mlflow-tracking-uri", dead_uri])
+    out, err = capsys.readouterr()
+    assert code == TrackingUnavailableError.exit_code == 8, err
+    assert err.startswith("persona-dspy: TrackingUnavailableError: ") and "no persona versions" not in out
+
+
+def test_registry_reads_tell_absent_from_unreachable(dead_uri, tmp_path, mlflow_uri):
+    down = Tracking(Settings(state_dir=tmp_path), tracking_uri=dead_uri)
+    for read in (down.history, down.production_persona, lambda u: down.load_persona(u, 3)):
+        with pytest.raises(TrackingUnavailableError):
+            read("alice")
+    up = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
+    assert up.history("never-compiled") == [] and up.production_persona("never-compiled") is None
+    with pytest.raises(PersonaNotFoundError):
+        up.rollback("never-compiled")
