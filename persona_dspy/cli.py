@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from persona_dspy.config import Settings
 from persona_dspy.errors import ConfigurationError, PersonaDSPyError
+from persona_dspy.redaction import redact, redact_logs
 
 PROG = "persona-dspy"
 
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    redact_logs()
     if not args.debug:  # store migrations and library chatter are not the user's business
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (lazily, later)
         for name in ("mlflow", "alembic", "textgrad", "LiteLLM", "httpx"):
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        message = " ".join(str(exc).split()) or "(no message)"
+        message = redact(" ".join(str(exc).split())) or "(no message)"
         if isinstance(exc, PersonaDSPyError):
             print(f"{PROG}: {type(exc).__name__}: {message}", file=sys.stderr)
             return exc.exit_code

@@ -5,9 +5,10 @@ from __future__ import annotations
 import traceback
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from persona_dspy.pipeline import Alignment
+from persona_dspy.redaction import redact
 
 Status = Literal["promoted", "kept", "failed", "skipped"]
 
@@ -30,6 +31,12 @@ class UserReport(BaseModel):
         "compile (replays, TextGrad, gate; LM time included)",
     )
     from_journal: bool = Field(False, description="finished by an earlier, interrupted run of this fleet")
+
+    @field_validator("reason", "traceback")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        """Redacted at the source: the journal, the report and the CLI print these as they are."""
+        return redact(v) if v else v
 
     @classmethod
     def of(cls, done: Alignment) -> UserReport:

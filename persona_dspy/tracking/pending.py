@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from persona_dspy.redaction import redact
 from persona_dspy.results import CompileResult
 
 
@@ -21,7 +22,7 @@ class PendingCompiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{cid}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(result.model_dump_json(indent=1), encoding="utf-8")
+        tmp.write_text(redact(result.model_dump_json(indent=1)), encoding="utf-8")
         tmp.replace(path)
         return path
 

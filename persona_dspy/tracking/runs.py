@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 
 from persona_dspy.compat.mlflow import get_artifact_repository
+from persona_dspy.redaction import redact
 from persona_dspy.results import CompileResult
 from persona_dspy.tracking.registry import PRODUCTION, PersonaRegistry, prompt_name
 from persona_dspy.tracking.store import MlflowStore
@@ -77,7 +78,7 @@ def record_run(
         version = registry.register(
             result.user_id,
             result.candidate_persona,
-            commit_message=result.reason[:500] or f"{result.optimizer} compile",
+            commit_message=redact(result.reason)[:500] or f"{result.optimizer} compile",
             tags={
                 "run_id": run_id,
                 "compile_id": cid,
@@ -159,8 +160,8 @@ def _run_tags(result: CompileResult, cid: str) -> dict[str, str]:
         "optimizer": result.optimizer,
         "compile_id": cid,
         "data_watermark": str(result.data_watermark),
-        "gate": result.reason[:5000],
-        "stopped": result.stopped[:5000],
+        "gate": redact(result.reason)[:5000],
+        "stopped": redact(result.stopped)[:5000],
         "mlflow.runName": f"{result.optimizer}:{result.user_id}",
     }
 
@@ -172,7 +173,7 @@ def _params(result: CompileResult) -> list[Param]:
         "data_watermark": result.data_watermark,
         "val_ids": ",".join(result.val_ids),
     }
-    return [Param(k, str(v)[:6000]) for k, v in params.items()]
+    return [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
 
 
 def _metrics(result: CompileResult, now: int) -> list[Metric]:
@@ -223,5 +224,5 @@ def _write_artifacts(result: CompileResult, folder: Path) -> None:
     )
     texts["candidate_vs_production.diff"] = diff or "(no change)\n"
     for name, text in texts.items():
-        (personas / name).write_text(text, encoding="utf-8")
-    (folder / "compile_result.json").write_text(result.model_dump_json(indent=1), encoding="utf-8")
+        (personas / name).write_text(redact(text), encoding="utf-8")
+    (folder / "compile_result.json").write_text(redact(result.model_dump_json(indent=1)), encoding="utf-8")

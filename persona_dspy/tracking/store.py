@@ -4,7 +4,6 @@ failures turned into ``TrackingUnavailableError`` (with credentials redacted fro
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -16,16 +15,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
+from persona_dspy.redaction import redact
 
 STORE_ERRORS = (MlflowException, OSError, ConnectionError)
-_CREDENTIALS = re.compile(r"://[^/@\s]+@")
 _SQLITE_LOCKS: dict[str, threading.RLock] = {}
 _SQLITE_GUARD = threading.Lock()
 
 
-def redact_uri(text: str) -> str:
-    """Drop credentials (``user:password@``) from any URI in ``text`` before it is shown or logged."""
-    return _CREDENTIALS.sub("://***@", text)
+redact_uri = redact
+"""Drop credentials (``user:password@``) from any URI in ``text`` before it is shown or logged."""
 
 
 def _sqlite_wal(db: Path) -> None:
