@@ -74,10 +74,10 @@ def gate_score(agent: PersonaAgent, persona: str, val) -> float:
     return sum(scores) / len(scores)
 
 
-def ours(agent: PersonaAgent, history, lm, args, patience: int | None) -> dict:
+def ours(agent: PersonaAgent, history, lm, args, candidates: int = 1) -> dict:
     """One PersonaOptimizer compile; its cost and its gate score."""
     opt = PersonaOptimizer(
-        n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val, patience=patience, max_lm_calls=None
+        n_recent=args.n_recent, iterations=args.iterations, n_val=args.n_val, candidates=candidates, max_lm_calls=None
     )
     _, val = opt.split(history.user_id, history)
     with dspy.context(lm=lm):
@@ -124,7 +124,7 @@ def verdict(rows: list[dict], mean, paired: list[dict]) -> list[str]:
             f"a gate score of {ours_gate:.3f} vs {naive_gate:.3f} ({'equal or better' if ours_gate >= naive_gate else 'WORSE'})."
         ),
         (
-            f"- Early stopping vs `patience=None` (paired users): {mean('ours', 'calls', paired):.1f} vs "
+            f"- One rewrite vs `candidates=2` (paired users): {mean('ours', 'calls', paired):.1f} vs "
             f"{mean('no_early_stop', 'calls'):.1f} calls, gate score {ours_gate:.3f} vs {mean('no_early_stop', 'gate_score'):.3f}"
             " (per user in the table above; 2 users x 2 held-back ratings is too few to tell them apart, and "
             "llama.cpp's output also varies between runs with the prompt-cache state)."
@@ -139,7 +139,7 @@ def main() -> None:
         "--naive-users",
         type=int,
         default=2,
-        help="of those, how many also run the naive loop and PersonaOptimizer with patience=None",
+        help="of those, how many also run the naive loop and PersonaOptimizer with candidates=2",
     )
     parser.add_argument("--n-recent", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=3)
@@ -154,7 +154,7 @@ def main() -> None:
         with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_cost")) as memory:
             memory.add(history.interactions)
             agent = PersonaAgent(history.task, user_id=history.user_id, memory=memory)
-            row: dict = {"user": history.user_id, "ours": ours(agent, history, lm, args, patience=1)}
+            row: dict = {"user": history.user_id, "ours": ours(agent, history, lm, args)}
             if index < args.naive_users:
                 train, val = PersonaOptimizer(n_recent=args.n_recent, n_val=args.n_val).split(history.user_id, history)
                 with dspy.context(lm=lm), dspy.track_usage() as usage:
@@ -173,7 +173,7 @@ def main() -> None:
                     "seconds_per_iter": naive_seconds,
                     "gate_score": naive_gate,
                 }
-                row["no_early_stop"] = ours(agent, history, lm, args, patience=None)
+                row["no_early_stop"] = ours(agent, history, lm, args, candidates=2)
         rows.append(row)
         print(json.dumps(row), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def main() -> None:
     calls = sorted(r["ours"]["calls"] for r in rows)
     table = [
         (
-            "| | naive TextGrad (1 iteration) | PersonaOptimizer patience=None, per iteration | "
+            "| | naive TextGrad (1 iteration) | PersonaOptimizer candidates=2, per iteration | "
             "PersonaOptimizer, per replayed iteration | PersonaOptimizer, whole compile, gate included |"
         ),
         "|---|---|---|---|---|",
@@ -213,7 +213,7 @@ def main() -> None:
     ]
     per_user = [
         (
-            "| user | naive calls / tokens / s | patience=None: iterations, calls / tokens / s, gate | "
+            "| user | naive calls / tokens / s | candidates=2: iterations, calls / tokens / s, gate | "
             "PersonaOptimizer: iterations, calls / tokens / s, gate (production) | promoted | why the loop stopped |"
         ),
         "|---|---|---|---|---|---|",
@@ -235,8 +235,8 @@ def main() -> None:
         [
             (
                 f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M, 2 cores), bundled MovieLens users, n_recent={args.n_recent}, "
-                f"iterations={args.iterations}, n_val={args.n_val}, patience=1; the naive loop and PersonaOptimizer with "
-                f"patience=None (no plateau stop) on the first {len(paired)} users, in the same run."
+                f"iterations={args.iterations}, n_val={args.n_val}, candidates=1; the naive loop and PersonaOptimizer with "
+                f"candidates=2 on the first {len(paired)} users, in the same run."
             ),
             (
                 f"Rerun: `python benchmarks/optimizer_cost.py --users {args.users} --naive-users {args.naive_users}` "
@@ -250,14 +250,13 @@ def main() -> None:
             *verdict(rows, mean, paired),
             "",
             (
-                "PersonaOptimizer costs `iterations x (n + 2)` + `2 x n_val` for the gate at most (3 x 5 + 4 = 19 at these "
-                "settings); the replay that starts each iteration also judges the previous update, so the loop stops "
-                "without extra calls when every answer matches, when an update made the replay worse (the step is undone), "
-                "after `patience` iterations without a better replay, or when an update leaves the persona unchanged; no "
-                "gate runs when the candidate is the production persona. The naive loop costs `4n + 1` = 13 per iteration "
+                "PersonaOptimizer costs `n` replays, then per iteration `candidates` rewrites and `n` replays per "
+                "usable rewrite, and `2 x n_val` for the gate (defaults: 3 + 1 + 3 + 8 = 15); the loop stops when every "
+                "answer matches, when no rewrite replays better, or when the rewrite is unchanged; no gate runs when the "
+                "candidate is the production persona. The naive loop costs `4n + 1` = 13 per iteration "
                 '(39 for 3 iterations) before any gate. "failed (no tags)": the stock TGD step raised because the 1.5B '
                 "model's answer had no `<IMPROVED_VARIABLE>` tags; PersonaOptimizer accepts a tag-less answer that follows "
-                "its persona constraint and retries once otherwise."
+                "its guidance constraint and retries once otherwise."
             ),
         ]
     )
