@@ -34,13 +34,18 @@ def free_text_history(user_id: str, n: int = 7) -> UserHistory:
     return UserHistory(user_id=user_id, interactions=tuple(items))
 
 
-def test_no_replayed_interaction_sees_its_own_or_a_later_answer(memory):
+def test_no_replay_or_gate_prompt_sees_its_own_or_a_later_answer(memory):
     history = free_text_history("leaky")
     memory.add(history.interactions)
     lm = ScriptedLM(rule)
     student = PersonaAgent("generic", user_id="leaky", memory=memory, k=10)
-    with dspy.context(lm=lm):
-        PersonaOptimizer(n_recent=3, iterations=2, n_val=2).compile(student, trainset=history)
+    with dspy.context(lm=lm):  # production differs from the candidate, so the gate replays too
+        result = (
+            PersonaOptimizer(n_recent=3, iterations=2, n_val=2)
+            .compile(student, trainset=history, production="You answer briefly.")
+            .compile_result
+        )
+    assert result.val_score_production is not None
     by_input = {it.input: it for it in history.interactions}
     replays = 0
     for messages in lm.prompts:
@@ -54,8 +59,8 @@ def test_no_replayed_interaction_sees_its_own_or_a_later_answer(memory):
             if it.timestamp >= current.timestamp:
                 assert it.output not in text, f"{it.id}'s answer leaked into the replay of {current.id}"
         assert any(it.output in text for it in history.interactions if it.timestamp < current.timestamp)
-    # the current persona's replay, then the rewrite's (no better: the loop stops, nothing to gate)
-    assert replays == 3 + 3
+    # the current persona's replay, the rewrite's (no better: the loop stops), then the gate's two
+    assert replays == 3 + 3 + 2 * 2
 
 
 def test_budget_exceeded_stops_and_moves_nothing(memory, tracking):
