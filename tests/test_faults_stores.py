@@ -7,9 +7,29 @@ import pytest
 
 from persona_dspy import Settings
 from persona_dspy.cli import main
+from persona_dspy.data import Interaction
 from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
+from persona_dspy.fleet import compile_users
+from persona_dspy.lm.scripted import ScriptedLM
+from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.tracking import Tracking
 from persona_dspy.tracking.server import free_port
+
+from scripted import rule
+
+
+def history(user: str, n: int = 6) -> list[Interaction]:
+    return [
+        Interaction(
+            user_id=user,
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: Drama",
+            output="1.0",
+            timestamp=10.0 + i,
+            task="movielens_rating",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -36,3 +56,25 @@ def test_registry_reads_tell_absent_from_unreachable(dead_uri, tmp_path, mlflow_
     assert up.history("never-compiled") == [] and up.production_persona("never-compiled") is None
     with pytest.raises(PersonaNotFoundError):
         up.rollback("never-compiled")
+
+
+def test_credentials_never_reach_the_journal_the_report_or_the_cli(dead_uri, tmp_path, memory, capsys):
+    uri = dead_uri.replace("http://", "http://alice:TRACKPW@")
+    settings = Settings(state_dir=tmp_path, mlflow_tracking_uri=uri, api_base="http://bob:LMPW@127.0.0.1:1/v1")
+    memory.add(history("leaky"))
+    report = compile_users(
+        ["leaky"],
+        PersonaOptimizer(n_recent=2, iterations=1, n_val=2),
+        settings=settings,
+        memory=memory,
+        lm=ScriptedLM(rule),
+        progress=False,
+    )
+    assert [u.error_type for u in report.failed] == ["TrackingUnavailableError"]
+    code = main(["personas", "history", "leaky", "--state-dir", str(tmp_path), "--mlflow-tracking-uri", uri])
+    printed = capsys.readouterr()
+    assert code == 8
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(b"alice:***@" in b or b"***@" in b for b in written)  # the journal names the store, redacted
+    for text in [report.format(), printed.out, printed.err, *map(bytes.decode, written)]:
+        assert "TRACKPW" not in text and "LMPW" not in text
