@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import UserHistory
-from persona_dspy.errors import ConfigurationError, LeakageError
+from persona_dspy.errors import ConfigurationError, LeakageError, MalformedInteractionError
 from persona_dspy.signatures.tasks import TaskSpec, get_task
 
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
@@ -72,8 +72,16 @@ class EvaluationReport(BaseModel):
 
 
 # -- metrics -------------------------------------------------------------------------------------
+def true_value(task: TaskSpec, truth: str) -> float:
+    """The rating a true answer states; an unparsable one is bad data, not a wrong prediction."""
+    value = task.parse(truth)
+    if value is None:
+        raise MalformedInteractionError(f"the true answer {truth!r} is not a valid {task.name} answer", field="output")
+    return float(value)
+
+
 def worst_error(task: TaskSpec, truth: str) -> float:
-    g = float(task.parse(truth))
+    g = true_value(task, truth)
     lo, hi = task.scale
     return max(abs(g - lo), abs(hi - g))
 
@@ -85,7 +93,7 @@ def metrics(task: TaskSpec, truths: Sequence[str], predictions: Sequence[str | N
         return {}
     if task.kind == "rating":
         errors = [
-            abs(float(p) - float(task.parse(t))) if task.parse(p) is not None else worst_error(task, t)
+            abs(float(p) - true_value(task, t)) if p is not None else worst_error(task, t)
             for t, p in zip(truths, (task.parse(x) for x in predictions))
         ]
         return {"mae": sum(errors) / len(errors), "rmse": math.sqrt(sum(e * e for e in errors) / len(errors))}
@@ -116,6 +124,8 @@ def trivial_answer(task: TaskSpec, case: UserHistory) -> str | None:
 def check_no_leak(case: UserHistory, memory: Any, prompts: list[str], persona: str | None = None) -> None:
     """Memory holds nothing at or after the query, nor the query; free-text answers appear in no prompt."""
     q = case.query
+    if q is None:
+        raise ConfigurationError(f"user {case.user_id!r} has no held-out query to check for leakage")
     stored = memory.history(case.user_id)
     late = [it.id for it in stored if it.timestamp >= q.timestamp or it.id == q.id]
     if late:
@@ -170,6 +180,8 @@ def evaluate(
     results: list[CaseResult] = []
     for case in tqdm(cases, desc=f"{task.name} {method}", disable=not progress):
         q = case.query
+        if q is None:
+            raise ConfigurationError(f"user {case.user_id!r} has no held-out query to evaluate on")
         started = time.perf_counter()
         memory.forget(case.user_id)
         memory.add(case.interactions)
@@ -195,6 +207,7 @@ def evaluate(
                     )
                     optimizer = cls(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **kwargs)
                     aligned = align_user(case.user_id, optimizer, memory=memory, student=agent)  # no tracking
+                    assert aligned.agent is not None and aligned.result is not None  # untracked: never skipped
                     agent = aligned.agent
                     result.iteration_scores = [s.train_score for s in aligned.result.steps]
                     result.promoted = aligned.result.promoted
