@@ -167,7 +167,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         """Up to ``candidates`` usable, distinct rewrites of the guidance (TGD steps at temperature 0,
         then sampled). Unparsable or over-long output is retried once; a rewrite contradicting the facts
         is rejected (``step.rejected``). Raises ``LMOutputError`` when no attempt was even parsable."""
-        previous, out, parsed = guidance.value, [], 0
+        previous, parsed = guidance.value, 0
+        out: list[str] = []
         for attempt in range(self.candidates + 1):
             if len(out) == self.candidates or (attempt == self.candidates and parsed):
                 break
