@@ -35,6 +35,7 @@ from persona_dspy.errors import (
 if TYPE_CHECKING:
     from persona_dspy.agent import PersonaAgent
     from persona_dspy.data import Interaction, UserHistory, load_interactions, load_sample_users, load_shared
+    from persona_dspy.export import export_prompt
     from persona_dspy.fleet import FleetReport, compile_users
     from persona_dspy.lm import build_lm
     from persona_dspy.memory import EpisodicMemory, SemanticMemory
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from persona_dspy.optimizers.baselines import GEPABaseline, MIPROv2Baseline
     from persona_dspy.pipeline import Alignment, align_user
     from persona_dspy.results import CompileResult
+    from persona_dspy.serving import RealignPolicy, ServedAgent, compile_due, due_users, load_agent
+    from persona_dspy.signatures import TaskSpec, register_task
     from persona_dspy.tracking import Tracking
 
 __version__ = "0.1.0"
@@ -66,6 +69,14 @@ _LAZY = {
     "Alignment": "persona_dspy.pipeline",
     "compile_users": "persona_dspy.fleet",
     "FleetReport": "persona_dspy.fleet",
+    "load_agent": "persona_dspy.serving",
+    "ServedAgent": "persona_dspy.serving",
+    "RealignPolicy": "persona_dspy.serving",
+    "compile_due": "persona_dspy.serving",
+    "due_users": "persona_dspy.serving",
+    "export_prompt": "persona_dspy.export",
+    "TaskSpec": "persona_dspy.signatures",
+    "register_task": "persona_dspy.signatures",
 }
 
 
@@ -106,10 +117,13 @@ __all__ = [
     "PersonaDSPyError",
     "PersonaNotFoundError",
     "PersonaOptimizer",
+    "RealignPolicy",
     "SemanticMemory",
+    "ServedAgent",
     "Settings",
     "StoreUnavailableError",
     "TaskMetricError",
+    "TaskSpec",
     "Tracking",
     "TrackingUnavailableError",
     "UnknownTaskError",
@@ -117,8 +131,13 @@ __all__ = [
     "UserHistory",
     "align_user",
     "build_lm",
+    "compile_due",
     "compile_users",
+    "due_users",
+    "export_prompt",
+    "load_agent",
     "load_interactions",
     "load_sample_users",
     "load_shared",
+    "register_task",
 ]

@@ -49,6 +49,16 @@ positive = _int_at_least(1)
 non_negative = _int_at_least(0)
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def input_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
@@ -157,6 +167,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
+    if args.due:
+        users = _due_users(args, settings, users)
+        if not users:
+            return 0
     optimizer = PersonaOptimizer(
         n_recent=args.n_recent,
         iterations=args.iterations,
@@ -177,6 +191,107 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     print(report.format())
     return 1 if report.failed else 0
+
+
+def _policy(args: argparse.Namespace):
+    from persona_dspy.serving import RealignPolicy
+
+    return RealignPolicy(realign_after=args.realign_after, max_age=args.max_age)
+
+
+def _due_users(args: argparse.Namespace, settings: Settings, users) -> list[str]:
+    """``compile --due``: the users of ``users`` the re-alignment policy says are due (one line each)."""
+    from persona_dspy.memory import EpisodicMemory
+    from persona_dspy.serving import due_users
+    from persona_dspy.tracking import Tracking
+
+    with EpisodicMemory(settings) as memory:
+        statuses = due_users(users, memory=memory, tracking=Tracking(settings), policy=_policy(args))
+    for status in statuses:
+        print(status.line())
+    due = [s.user_id for s in statuses if s.due]
+    print(f"{len(due)} of {len(statuses)} user(s) due for a compile")
+    return due
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import json
+
+    import dspy
+
+    from persona_dspy.lm import build_lm
+    from persona_dspy.memory import EpisodicMemory
+    from persona_dspy.serving import load_agent
+
+    settings = _settings(args)
+    with EpisodicMemory(settings) as memory:
+        agent = load_agent(args.user, args.task, settings=settings, alias=args.alias, memory=memory, k=args.k)
+        with dspy.context(lm=build_lm(settings)):
+            prediction = agent(task=args.text)
+    answer = {
+        "user_id": args.user,
+        "task": agent.task.name,
+        "answer": prediction.answer,
+        "valid": prediction.valid,
+        "raw_answer": prediction.raw_answer,
+        "persona_version": agent.persona_version,
+        "alias": agent.alias,
+        "evidence": {"profile": prediction.profile, "episodes": prediction.history},
+    }
+    if args.json:
+        print(json.dumps(answer, indent=1, ensure_ascii=False))
+        return 0
+    version = f"v{agent.persona_version}" if agent.persona_version else "none (default persona, never compiled)"
+    shown = prediction.answer if prediction.valid else f"(no valid answer; the LM said {prediction.raw_answer!r})"
+    print(f"answer: {shown}\npersona: {version} ({agent.alias})")
+    print(f"profile used:\n{prediction.profile}\nepisodes used:\n{prediction.history}")
+    return 0
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    from persona_dspy.data import load_interactions
+    from persona_dspy.memory import EpisodicMemory
+    from persona_dspy.serving import interaction_from, observe
+    from persona_dspy.tracking import Tracking
+
+    if (args.file is None) == (args.input is None or args.output is None) or (args.file is not None) == bool(args.user):
+        raise ConfigurationError("observe USER --input TEXT --output ANSWER, or observe --file FILE.jsonl (not both)")
+    settings = _settings(args)
+    with EpisodicMemory(settings) as memory:
+        if args.file is not None:
+            interactions = load_interactions(args.file)
+        else:
+            fields = {"input": args.input, "output": args.output}
+            fields.update({k: v for k, v in (("timestamp", args.timestamp), ("id", args.id)) if v is not None})
+            task = args.task or memory.recent(args.user, 1)[-1].task
+            interactions = [interaction_from(fields, user_id=args.user, task=task)]
+        result = observe(interactions, memory=memory, tracking=Tracking(settings), policy=_policy(args))
+    print(f"{result.written} interaction(s) stored, {result.already_stored} already stored")
+    for status in result.users:
+        print(status.line())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from persona_dspy.export import check_format, export_prompt
+    from persona_dspy.memory import EpisodicMemory
+
+    check_format(args.format, args.task_text)
+    settings = _settings(args)
+    with EpisodicMemory(settings) as memory:
+        exported = export_prompt(
+            args.user,
+            settings=settings,
+            alias=args.alias,
+            format=args.format,
+            task=args.task,
+            task_text=args.task_text,
+            memory=memory,
+        )
+    print(exported if isinstance(exported, str) else json.dumps(exported, indent=1, ensure_ascii=False))
+    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -249,6 +364,16 @@ def cmd_memory_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The re-alignment policy's flags (``serving.RealignPolicy``)."""
+    parser.add_argument(
+        "--realign-after", type=positive, default=5, help="due after this many interactions since the last compile"
+    )
+    parser.add_argument(
+        "--max-age", type=positive_seconds, help="or due this many seconds after the last compile (with news)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -302,13 +427,43 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--critique", action="store_true", help="add an LM critique to the measured loss")
     fleet.add_argument("--max-lm-calls", type=positive, default=40, help="per-user budget")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")
+    fleet.add_argument("--due", action="store_true", help="only the users the re-alignment policy says are due")
     fleet.set_defaults(func=cmd_compile)
+
+    add_policy_arguments(fleet)
+
+    ask = sub.add_parser("ask", parents=[common], help="answer a task as a user's agent (production persona)")
+    ask.add_argument("user")
+    ask.add_argument("text", help="the task text")
+    ask.add_argument("--alias", default="production", help="alias or version number (default: production)")
+    ask.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
+    ask.add_argument("--k", type=positive, default=4, help="episodes retrieved")
+    ask.add_argument("--json", action="store_true", help="print the answer, version and evidence as JSON")
+    ask.set_defaults(func=cmd_ask)
+
+    obs = sub.add_parser("observe", parents=[common], help="store what a user really did (idempotent, in time order)")
+    add_policy_arguments(obs)
+    obs.add_argument("user", nargs="?", help="the user (with --input/--output)")
+    obs.add_argument("--input", help="the task the user saw")
+    obs.add_argument("--output", help="what the user really answered")
+    obs.add_argument("--timestamp", type=float, help="when (default: now)")
+    obs.add_argument("--id", help="interaction id (default: a hash of user, input, output and timestamp)")
+    obs.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
+    obs.add_argument("--file", type=input_file, help="a JSONL of interactions (the format `ingest` reads)")
+    obs.set_defaults(func=cmd_observe)
 
     personas = sub.add_parser("personas", help="persona versions in the registry")
     psub = personas.add_subparsers(dest="personas_command", required=True)
     hist = psub.add_parser("history", parents=[common], help="a user's persona versions and aliases")
     hist.add_argument("user")
     hist.set_defaults(func=cmd_history)
+    export = psub.add_parser("export", parents=[common], help="a user's persona as a self-contained chat prompt")
+    export.add_argument("user")
+    export.add_argument("--alias", default="production", help="alias or version number (default: production)")
+    export.add_argument("--format", choices=["text", "json", "messages"], default="text")
+    export.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
+    export.add_argument("--task-text", help="the task to retrieve examples for (--format messages)")
+    export.set_defaults(func=cmd_export)
 
     rollback = sub.add_parser("rollback", parents=[common], help="move a user's production alias back")
     rollback.add_argument("user")

@@ -25,6 +25,8 @@ LAYERS = [
     {"tracking"},
     {"pipeline"},
     {"fleet", "demo", "evaluation"},
+    {"serving"},
+    {"export"},
     {"cli"},
     {"__init__"},
 ]

@@ -1,0 +1,366 @@
+"""Serve what was compiled and keep it up: load a user's agent, feed back what the user really did,
+re-align the users that are due.
+
+The PersonaAgent loop: actions refine memory, memory refines the persona.
+
+- ``load_agent(user_id)`` -> a ``ServedAgent`` (a ``PersonaAgent``) with the user's episodic memory,
+  semantic profile and the persona of an alias (default ``production``) or version from the registry.
+- ``agent.observe(interaction)`` / ``observe(interactions, memory=...)`` stores what the user really
+  did: idempotent, never older than what is stored for the user, the whole batch checked before
+  anything is written. It makes no LM call: the semantic profile is stale as soon as a newer episode
+  exists (its watermark says so) and is re-distilled, once for all the news, by the next answer.
+- ``RealignPolicy`` decides when a user is due (``realign_after`` interactions since the last compile,
+  or ``max_age`` seconds since it with at least one new interaction); ``compile_due`` compiles exactly
+  those users through the fleet (its journal, resume and skip logic apply).
+
+What arrived since the last compile is read from the stores, not counted on the side: the episodes
+later than the data watermark of the user's last recorded compile. There is no counter to reset or
+to drift when a compile, an ingest or a crash happens elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import dspy
+from pydantic import BaseModel, Field
+
+from persona_dspy.agent import PersonaAgent
+from persona_dspy.config import Settings
+from persona_dspy.data.records import Interaction
+from persona_dspy.errors import (
+    LMOutputError,
+    MalformedInteractionError,
+    OutOfOrderObservationError,
+    PersonaNotFoundError,
+)
+from persona_dspy.memory.episodic import EpisodicMemory, validate_batch
+from persona_dspy.memory.semantic import SemanticMemory
+from persona_dspy.signatures.tasks import TaskSpec, get_task
+from persona_dspy.tracking.registry import PRODUCTION
+from persona_dspy.tracking.tracker import Tracking
+
+if TYPE_CHECKING:
+    from persona_dspy.fleet.report import FleetReport
+    from persona_dspy.optimizers.base import GatedPersonaOptimizer
+
+logger = logging.getLogger(__name__)
+
+
+class RealignPolicy(BaseModel):
+    """When a user is due for a new compile: ``realign_after`` interactions arrived since the last one
+    (a user never compiled counts all of theirs), or ``max_age`` seconds passed since it and at least
+    one interaction arrived."""
+
+    realign_after: int = Field(5, ge=1)
+    max_age: float | None = Field(None, gt=0)
+
+    def verdict(self, new: int, age: float | None) -> tuple[bool, str]:
+        if new >= self.realign_after:
+            return True, f"{new} new interaction(s) >= realign_after={self.realign_after}"
+        if self.max_age is not None and new and age is not None and age >= self.max_age:
+            return True, f"{new} new interaction(s) and the last compile is {age:.0f} s old >= max_age={self.max_age:g}"
+        return False, f"{new} new interaction(s) < realign_after={self.realign_after}"
+
+
+class UserStatus(BaseModel):
+    """Where one user stands against the policy."""
+
+    user_id: str
+    interactions: int
+    latest: float = Field(description="timestamp of the user's latest stored interaction")
+    compiled_watermark: float | None = Field(None, description="data watermark of the last recorded compile")
+    last_compile_at: float | None = Field(None, description="unix time the last compile was recorded")
+    new_since_compile: int
+    due: bool
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.user_id}: {self.new_since_compile} new since last compile; {'due' if self.due else 'not due'} ({self.reason})"
+
+
+class Observation(BaseModel):
+    """What ``observe`` did: interactions written, ones already stored (idempotent), users' status."""
+
+    written: int
+    already_stored: int
+    users: list[UserStatus] = Field(default_factory=list)
+
+
+def interaction_from(fields: Mapping[str, Any], *, user_id: str, task: str) -> Interaction:
+    """An ``Interaction`` from what a caller knows (``input``, ``output``, maybe ``timestamp``/``id``):
+    the user and task default to the agent's, the time to now, the id to a hash of the content, so the
+    same observation sent twice is stored once."""
+    data = {"user_id": user_id, "task": task, **fields}
+    data.setdefault("timestamp", time.time())
+    if "id" not in data:
+        key = "\x1f".join(str(data.get(k, "")) for k in ("user_id", "input", "output", "timestamp"))
+        data["id"] = "obs-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return validate_batch([data])[0]
+
+
+def observe(
+    interactions: Iterable[Interaction | Mapping[str, Any]],
+    *,
+    memory: EpisodicMemory,
+    tracking: Tracking | None = None,
+    policy: RealignPolicy | None = None,
+) -> Observation:
+    """Store what users really did; the whole batch is checked before anything is written.
+
+    Per user: an interaction already stored with the same content is skipped (idempotent); one
+    stored with the same id but other content is a ``MalformedInteractionError`` (observations are
+    immutable: give it a new id); one older than the user's latest stored interaction is an
+    ``OutOfOrderObservationError``; an unknown user is an ``UnknownUserError`` (ingest first). With
+    ``tracking`` the result holds each user's status against ``policy``.
+    """
+    items = validate_batch(interactions)
+    by_user: dict[str, list[Interaction]] = {}
+    for it in items:
+        by_user.setdefault(it.user_id, []).append(it)
+    todo: list[Interaction] = []
+    for user_id, batch in by_user.items():
+        stored = {it.id: it for it in memory.history(user_id)}
+        latest = max(stored.values(), key=lambda it: (it.timestamp, it.id))
+        for it in batch:
+            known = stored.get(it.id)
+            if known is not None:
+                if known.content_hash != it.content_hash:
+                    raise MalformedInteractionError(
+                        f"user {user_id!r} already has an interaction with this id and other content; an "
+                        "observation is immutable: send it under a new id. Nothing was written.",
+                        record_id=it.id,
+                        field="id",
+                    )
+                continue
+            if it.timestamp < latest.timestamp:
+                raise OutOfOrderObservationError(
+                    f"observation {it.id!r} of user {user_id!r} has timestamp {it.timestamp}, older than the "
+                    f"latest stored one ({latest.id!r} at {latest.timestamp}); observe interactions in time "
+                    "order (or ingest an older history with `persona-dspy ingest`). Nothing was written."
+                )
+            todo.append(it)
+    written = memory.add(todo) if todo else 0
+    statuses = (
+        [user_status(u, memory=memory, tracking=tracking, policy=policy) for u in by_user]
+        if tracking is not None
+        else []
+    )
+    return Observation(written=written, already_stored=len(items) - len(todo), users=statuses)
+
+
+def user_status(
+    user_id: str,
+    *,
+    memory: EpisodicMemory,
+    tracking: Tracking,
+    policy: RealignPolicy | None = None,
+    now: float | None = None,
+) -> UserStatus:
+    """How many interactions arrived since the user's last recorded compile, and whether that makes
+    the user due. Unknown user: ``UnknownUserError``."""
+    policy = policy or RealignPolicy()
+    history = memory.history(user_id)
+    last = tracking.last_compile(user_id)
+    watermark = float(last["data_watermark"]) if last and last.get("data_watermark") not in (None, "None") else None
+    new = sum(1 for it in history if watermark is None or it.timestamp > watermark)
+    compiled_at = None
+    if last is not None and policy.max_age is not None:
+        with tracking.store.guard("reading the last compile's time") as client:
+            info = client.get_run(last["run_id"]).info
+        compiled_at = (info.end_time or info.start_time) / 1000
+    age = None if compiled_at is None else (now or time.time()) - compiled_at
+    due, reason = policy.verdict(new, age)
+    if last is None:
+        reason += "; never compiled"
+    return UserStatus(
+        user_id=user_id,
+        interactions=len(history),
+        latest=history[-1].timestamp,
+        compiled_watermark=watermark,
+        last_compile_at=compiled_at,
+        new_since_compile=new,
+        due=due,
+        reason=reason,
+    )
+
+
+def due_users(
+    users: Sequence[str] | Literal["all"] = "all",
+    *,
+    memory: EpisodicMemory,
+    tracking: Tracking,
+    policy: RealignPolicy | None = None,
+) -> list[UserStatus]:
+    """The status of every user in ``users`` (``"all"``: every user in episodic memory); filter on ``.due``."""
+    user_ids = memory.users() if users == "all" else sorted(set(users))
+    return [user_status(u, memory=memory, tracking=tracking, policy=policy) for u in user_ids]
+
+
+def compile_due(
+    optimizer: GatedPersonaOptimizer | None = None,
+    *,
+    settings: Settings,
+    policy: RealignPolicy | None = None,
+    users: Sequence[str] | Literal["all"] = "all",
+    memory: EpisodicMemory | None = None,
+    tracking: Tracking | None = None,
+    **fleet: Any,
+) -> tuple[list[UserStatus], FleetReport | None]:
+    """Compile exactly the users the policy says are due, through ``compile_users`` (``fleet``: its
+    other arguments: ``lm``, ``workers``, ``resume``...). Returns every status and the fleet report
+    (None when nobody is due)."""
+    from persona_dspy.fleet.run import compile_users
+
+    own = memory is None
+    memory = memory or EpisodicMemory(settings)
+    tracking = tracking or Tracking(settings)
+    try:
+        statuses = due_users(users, memory=memory, tracking=tracking, policy=policy)
+        due = [s.user_id for s in statuses if s.due]
+        report = (
+            compile_users(due, optimizer, settings=settings, memory=memory, tracking=tracking, **fleet) if due else None
+        )
+    finally:
+        if own:
+            memory.close()
+    return statuses, report
+
+
+class _Store:
+    """Holds the stores a served agent writes to; shared, never copied, by copies of the agent."""
+
+    def __init__(self, tracking: Tracking, policy: RealignPolicy) -> None:
+        self.tracking, self.policy = tracking, policy
+
+    def __deepcopy__(self, memo: dict) -> _Store:
+        return self
+
+
+class ServedAgent(PersonaAgent):
+    """A ``PersonaAgent`` loaded from the registry (``load_agent``) that can also learn from outcomes.
+
+    ``persona_version`` is the registry version it serves (None: the default persona, never
+    compiled); ``alias`` the alias it was loaded by. Answering "now" (``before=None``) first
+    re-distills the semantic profile when newer episodes exist (one LM call for all the news).
+    """
+
+    def __init__(
+        self,
+        task: str | TaskSpec,
+        *,
+        user_id: str,
+        tracking: Tracking,
+        policy: RealignPolicy | None = None,
+        persona_version: int | None = None,
+        alias: str | None = None,
+        **agent: Any,
+    ) -> None:
+        super().__init__(task, user_id=user_id, **agent)
+        self.persona_version, self.alias = persona_version, alias
+        self._serving = _Store(tracking, policy or RealignPolicy())
+
+    def observe(self, interaction: Interaction | Mapping[str, Any]) -> Observation:
+        """Store what this user really did (``Interaction``, or a mapping with at least ``input`` and
+        ``output``; ``timestamp`` defaults to now); see ``serving.observe``."""
+        if not isinstance(interaction, Interaction):
+            interaction = interaction_from(interaction, user_id=self.user_id, task=self.task.name)
+        if interaction.user_id != self.user_id:
+            raise MalformedInteractionError(
+                f"this agent serves user {self.user_id!r}; observe user {interaction.user_id!r} with their own agent",
+                record_id=interaction.id,
+                field="user_id",
+            )
+        return observe([interaction], memory=self.memory, tracking=self._serving.tracking, policy=self._serving.policy)
+
+    def status(self) -> UserStatus:
+        """This user against the re-alignment policy (new interactions since the last compile, due or not)."""
+        return user_status(
+            self.user_id, memory=self.memory, tracking=self._serving.tracking, policy=self._serving.policy
+        )
+
+    def profile_is_stale(self) -> bool:
+        if self.semantic is None or self.memory is None:
+            return False
+        profile = self.semantic.get(self.user_id)
+        latest = self.memory.recent(self.user_id, 1)
+        return bool(latest) and (profile is None or profile.watermark < latest[-1].timestamp)
+
+    def refresh_profile(self) -> None:
+        """Re-distill the semantic profile if newer episodes exist; an LM failure keeps the old one."""
+        if self.profile_is_stale():
+            try:
+                self.semantic.update(self.user_id)
+            except LMOutputError as exc:
+                logger.warning("serving user %r with its previous profile: %s", self.user_id, exc)
+
+    def forward(self, task: str, before: float | None = None) -> dspy.Prediction:
+        if before is None:
+            self.refresh_profile()
+        prediction = super().forward(task, before=before)
+        prediction["persona_version"] = self.persona_version
+        return prediction
+
+
+def load_agent(
+    user_id: str,
+    task: str | TaskSpec | None = None,
+    *,
+    settings: Settings | None = None,
+    alias: str | int = PRODUCTION,
+    memory: EpisodicMemory | None = None,
+    tracking: Tracking | None = None,
+    policy: RealignPolicy | None = None,
+    k: int = 4,
+) -> ServedAgent:
+    """The agent serving ``user_id``: episodic memory, semantic profile (``<state_dir>/profiles``) and
+    the persona of ``alias`` (``"production"``, ``"candidate"``) or of a version number.
+
+    ``task`` defaults to the task of the user's latest interaction. A user with no compiled persona
+    gets the default persona when asking for ``production`` (``agent.persona_version is None``).
+    Unknown user: ``UnknownUserError``; an alias or version the user does not have:
+    ``PersonaNotFoundError``. Reads only; no LM call.
+    """
+    settings = settings or (
+        memory.settings if memory is not None else tracking.settings if tracking is not None else Settings()
+    )
+    memory = memory or EpisodicMemory(settings)
+    tracking = tracking or Tracking(settings)
+    latest = memory.recent(user_id, 1)  # UnknownUserError for a user with no interactions
+    spec = get_task(task if task is not None else latest[-1].task)
+    try:
+        version = tracking.load_persona(user_id, alias)
+    except PersonaNotFoundError:
+        if alias != PRODUCTION:
+            raise
+        version = None  # never compiled (or never promoted): the default persona
+    return ServedAgent(
+        spec,
+        user_id=user_id,
+        tracking=tracking,
+        policy=policy,
+        persona_version=version.version if version else None,
+        alias=str(alias),
+        memory=memory,
+        semantic=SemanticMemory(memory, settings.state_dir / "profiles", task=spec),
+        persona=version.text if version else None,
+        k=k,
+    )
+
+
+__all__ = [
+    "Observation",
+    "RealignPolicy",
+    "ServedAgent",
+    "UserStatus",
+    "compile_due",
+    "due_users",
+    "interaction_from",
+    "load_agent",
+    "observe",
+    "user_status",
+]
