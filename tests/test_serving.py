@@ -1,0 +1,187 @@
+"""Serving: load a user's agent from the registry, feed back what the user did, re-align when due.
+
+Real Qdrant (``:memory:``), real sqlite MLflow, real DSPy/TextGrad objects; the scripted LM answers
+``HIGH`` unless the persona says "harsh" (what the scripted compile writes), so a new production
+version is visible in the answers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dspy
+import pytest
+
+from persona_dspy.data import Interaction
+from persona_dspy.errors import (
+    MalformedInteractionError,
+    OutOfOrderObservationError,
+    PersonaNotFoundError,
+    UnknownUserError,
+)
+from persona_dspy.lm.scripted import ScriptedLM
+from persona_dspy.optimizers import PersonaOptimizer
+from persona_dspy.serving import RealignPolicy, compile_due, load_agent, observe, user_status
+from persona_dspy.signatures import DEFAULT_PERSONA
+
+from scripted import HIGH, LOW, rule
+
+OPTIMIZER = PersonaOptimizer(n_recent=3, iterations=1, n_val=2)
+
+
+def rating(user_id: str, i: int, output: str = "1.0", ts: float | None = None) -> Interaction:
+    return Interaction(
+        user_id=user_id,
+        id=f"m{i}",
+        input=f"movie: Film {i} genres: Comedy",
+        output=output,
+        timestamp=ts if ts is not None else 1000.0 + i,
+        task="movielens_rating",
+    )
+
+
+def served(user_id, memory, tracking, **kwargs):
+    return load_agent(user_id, settings=tracking.settings, memory=memory, tracking=tracking, **kwargs)
+
+
+def compile_now(users, memory, tracking, realign_after: int = 1):
+    """``compile_due`` on ``users`` with the scripted LM."""
+    return compile_due(
+        OPTIMIZER,
+        settings=tracking.settings,
+        policy=RealignPolicy(realign_after=realign_after),
+        users=users,
+        memory=memory,
+        tracking=tracking,
+        lm=ScriptedLM(rule),
+        progress=False,
+    )
+
+
+def distill_calls(lm: ScriptedLM) -> int:
+    return sum("previous_profile" in m[0]["content"] for m in lm.prompts)
+
+
+def test_the_loop_ask_observe_become_due_compile_and_the_next_ask_serves_the_new_production(memory, tracking):
+    memory.add([rating("loop", i) for i in range(6)])
+    policy = RealignPolicy(realign_after=8)
+    lm = ScriptedLM(rule)
+    with dspy.context(lm=lm):
+        agent = served("loop", memory, tracking, policy=policy)
+        first = agent(task="movie: Tonight genres: Comedy")
+        assert agent.persona_version is None and first.persona_version is None and first.answer == HIGH
+        assert "rates low" in first.profile and "movie: Film" in first.history  # the evidence it used
+
+        for i in (6, 7):  # the user really rated them 1.0
+            seen = agent.observe({"input": f"movie: Seen {i} genres: Comedy", "output": "1.0", "timestamp": 2000.0 + i})
+        assert seen.written == 1 and seen.users[0].new_since_compile == 8 and seen.users[0].due
+
+        statuses, report = compile_due(
+            OPTIMIZER,
+            settings=tracking.settings,
+            policy=policy,
+            memory=memory,
+            tracking=tracking,
+            lm=lm,
+            progress=False,
+        )
+        assert [s.user_id for s in statuses if s.due] == ["loop"]
+        assert report is not None and [u.status for u in report.users] == ["promoted"]
+        assert agent.status().new_since_compile == 0 and not agent.status().due
+
+        again = served("loop", memory, tracking, policy=policy)
+        answer = again(task="movie: Tonight genres: Comedy")
+    assert again.persona_version == report.users[0].version == answer.persona_version
+    assert answer.answer == LOW and again.persona == tracking.load_persona("loop").text
+
+
+def test_a_user_never_compiled_is_served_the_default_persona(memory, tracking):
+    memory.add([rating("fresh", i) for i in range(3)])
+    agent = served("fresh", memory, tracking)
+    assert agent.persona_version is None and agent.persona == DEFAULT_PERSONA and agent.alias == "production"
+    assert agent.task.name == "movielens_rating"  # the task of the user's latest interaction
+
+
+def test_loading_an_unknown_user_is_an_unknown_user_error(memory, tracking):
+    with pytest.raises(UnknownUserError, match="nobody"):
+        served("nobody", memory, tracking)
+
+
+@pytest.mark.parametrize("alias", ["candidate", 7, "bogus"])
+def test_loading_an_alias_or_version_the_user_does_not_have_is_persona_not_found(memory, tracking, alias):
+    memory.add([rating("noalias", i) for i in range(3)])
+    with pytest.raises(PersonaNotFoundError, match="noalias"):
+        served("noalias", memory, tracking, alias=alias)
+
+
+def test_load_agent_by_version_serves_that_version(memory, tracking):
+    memory.add([rating("byversion", i) for i in range(6)])
+    _, report = compile_now(["byversion"], memory, tracking)
+    version = report.users[0].version
+    agent = served("byversion", memory, tracking, alias=version)
+    assert agent.persona_version == version and agent.alias == str(version)
+
+
+def test_observing_the_same_interaction_twice_stores_it_once(memory, tracking):
+    memory.add([rating("twice", i) for i in range(3)])
+    agent = served("twice", memory, tracking)
+    truth = {"input": "movie: Again genres: Drama", "output": "2.0", "timestamp": 5000.0}
+    assert agent.observe(truth).written == 1
+    repeat = agent.observe(truth)
+    assert (repeat.written, repeat.already_stored) == (0, 1) and memory.count("twice") == 4
+
+
+def test_an_observation_older_than_the_stored_history_writes_nothing_of_its_batch(memory, tracking):
+    memory.add([rating("order", i) for i in range(3)])
+    batch = [rating("order", 10, ts=3000.0), rating("order", 11, ts=1000.5)]
+    with pytest.raises(OutOfOrderObservationError, match=r"'m11'.*older than the latest stored one \('m2'"):
+        observe(batch, memory=memory, tracking=tracking)
+    assert memory.count("order") == 3
+
+
+def test_an_observation_reusing_an_id_with_other_content_is_rejected(memory, tracking):
+    memory.add([rating("immutable", i) for i in range(3)])
+    with pytest.raises(MalformedInteractionError, match="immutable"):
+        observe([rating("immutable", 2, output="5.0")], memory=memory)
+    assert memory.history("immutable")[-1].output == "1.0"
+
+
+def test_observing_an_unknown_user_is_an_unknown_user_error(memory):
+    with pytest.raises(UnknownUserError):
+        observe([rating("stranger", 0)], memory=memory)
+
+
+def test_observe_makes_no_lm_call_and_the_next_answer_refreshes_the_profile_once(memory, tracking):
+    memory.add([rating("lazy", i) for i in range(4)])
+    lm = ScriptedLM(rule)
+    with dspy.context(lm=lm):
+        agent = served("lazy", memory, tracking)
+        agent(task="movie: One genres: Comedy")
+        assert distill_calls(lm) == 1 and not agent.profile_is_stale()
+        calls = len(lm.prompts)
+        for i in range(3):
+            agent.observe({"input": f"movie: Seen {i}", "output": "1.0", "timestamp": 3000.0 + i})
+        assert len(lm.prompts) == calls and agent.profile_is_stale()
+        agent(task="movie: Two genres: Comedy")
+        agent(task="movie: Three genres: Comedy")
+    assert distill_calls(lm) == 2  # one refresh for the three observations, none for an up-to-date profile
+    assert agent.semantic.get("lazy").watermark == 3002.0
+
+
+def test_a_user_is_due_by_age_after_news_since_the_last_compile(memory, tracking):
+    memory.add([rating("aged", i) for i in range(6)])
+    compile_now(["aged"], memory, tracking)
+    policy = RealignPolicy(realign_after=100, max_age=3600)
+    later = time.time() + 7200
+    assert not user_status("aged", memory=memory, tracking=tracking, policy=policy, now=later).due  # no news
+    observe([rating("aged", 6, ts=4000.0)], memory=memory)
+    assert not user_status("aged", memory=memory, tracking=tracking, policy=policy).due  # news, but recent
+    status = user_status("aged", memory=memory, tracking=tracking, policy=policy, now=later)
+    assert status.due and status.new_since_compile == 1 and "max_age" in status.reason
+
+
+def test_compile_due_compiles_only_the_due_users(memory, tracking):
+    memory.add([rating("due-a", i) for i in range(6)] + [rating("due-b", i) for i in range(2)])
+    statuses, report = compile_now(["due-a", "due-b"], memory, tracking, realign_after=5)
+    assert {s.user_id: s.due for s in statuses} == {"due-a": True, "due-b": False}
+    assert [u.user_id for u in report.users] == ["due-a"]
