@@ -3,6 +3,9 @@ state dir, an interrupted fleet. Each is a specific error with its exit code, an
 
 from __future__ import annotations
 
+import shutil
+
+import dspy
 import pytest
 
 from persona_dspy import Settings
@@ -12,6 +15,7 @@ from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
 from persona_dspy.fleet import compile_users
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer
+from persona_dspy.pipeline import align_user
 from persona_dspy.tracking import Tracking
 from persona_dspy.tracking.server import free_port
 
@@ -78,3 +82,47 @@ def test_credentials_never_reach_the_journal_the_report_or_the_cli(dead_uri, tmp
     assert any(b"alice:***@" in b or b"***@" in b for b in written)  # the journal names the store, redacted
     for text in [report.format(), printed.out, printed.err, *map(bytes.decode, written)]:
         assert "TRACKPW" not in text and "LMPW" not in text
+
+
+def compile_one(user: str, settings: Settings, memory) -> Tracking:
+    tracking = Tracking(settings)
+    memory.add(history(user))
+    with dspy.context(lm=ScriptedLM(rule)):
+        align_user(user, PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking)
+    return tracking
+
+
+def test_a_copied_state_dir_refuses_to_touch_the_originals_artifacts(tmp_path, memory, capsys):
+    original = tmp_path / "state"
+    compile_one("copied", Settings(state_dir=original), memory)
+    before = sorted(p for p in (original / "mlartifacts").rglob("*") if p.is_file())
+    assert before
+    shutil.copytree(original, tmp_path / "copy")
+    code = main(["forget", "copied", "--state-dir", str(tmp_path / "copy"), "--qdrant", ":memory:"])
+    err = capsys.readouterr().err
+    assert code == TrackingUnavailableError.exit_code, err
+    assert "copied or moved" in err and str(original / "mlartifacts") in err and "PERSONA_DSPY_EXPERIMENT" in err
+    assert sorted(p for p in (original / "mlartifacts").rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda db: db.write_bytes(b""), "is empty (0 bytes)"),
+        (lambda db: db.write_bytes(db.read_bytes()[: db.stat().st_size // 3]), "is truncated"),
+        (lambda db: db.write_bytes(b"{not sqlite}" * 20), "is not a sqlite database"),
+    ],
+    ids=["zero-byte", "truncated", "garbage"],
+)
+def test_a_damaged_sqlite_registry_is_tracking_unavailable_naming_the_file(damage, says, tmp_path, mlflow_uri, capsys):
+    db = tmp_path / "mlflow.db"
+    Tracking(Settings(state_dir=tmp_path / "other"), tracking_uri=mlflow_uri).history("u")  # the store exists
+    shutil.copyfile(mlflow_uri.removeprefix("sqlite:///"), db)  # a real, migrated store
+    damage(db)
+    size = db.stat().st_size
+    for argv in (["personas", "history", "u"], ["rollback", "u"], ["forget", "u", "--qdrant", ":memory:"]):
+        code = main([*argv, "--state-dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert code == TrackingUnavailableError.exit_code, err
+        assert str(db) in err and says in err and len(err.strip().splitlines()) == 1
+    assert db.stat().st_size == size  # not turned into a new, empty registry

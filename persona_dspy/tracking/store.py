@@ -10,14 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
 from persona_dspy.redaction import redact
 
-STORE_ERRORS = (MlflowException, OSError, ConnectionError)
+STORE_ERRORS = (MlflowException, OSError, ConnectionError, sqlite3.Error, SQLAlchemyError)
 _SQLITE_LOCKS: dict[str, threading.RLock] = {}
 _SQLITE_GUARD = threading.Lock()
 
@@ -26,9 +28,42 @@ redact_uri = redact
 """Drop credentials (``user:password@``) from any URI in ``text`` before it is shown or logged."""
 
 
+def _broken_sqlite(db: Path) -> str | None:
+    """Why ``db`` is not a usable sqlite file (empty, not sqlite, shorter than its header says), or None.
+
+    Reads the 100-byte header only: a zero-byte file would otherwise silently become a new, empty
+    registry, and a truncated one fails on some later query with "database disk image is malformed".
+    """
+    if not db.exists():
+        return None
+    if db.is_dir():
+        return "is a directory"
+    size = db.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes), not an MLflow store"
+    with db.open("rb") as fh:
+        header = fh.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return "is not a sqlite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages, counter, valid_for = (int.from_bytes(header[i : i + 4], "big") for i in (28, 24, 92))
+    if pages and counter == valid_for and size < pages * page_size:
+        return f"is truncated ({size:,} bytes, its header says {pages * page_size:,})"
+    return None
+
+
 def _sqlite_wal(db: Path) -> None:
     """Put a sqlite MLflow store in WAL mode: MLflow commits ~26 times per compile, and a rollback
-    journal waits for the disk on each (a persistent, per-file setting; readers never block)."""
+    journal waits for the disk on each (a persistent, per-file setting; readers never block).
+
+    A file that is not a usable sqlite store is refused here, naming it (``_broken_sqlite``)."""
+    problem = _broken_sqlite(db)
+    if problem is not None:
+        raise TrackingUnavailableError(
+            f"the MLflow store {db} {problem}. Restore it from a backup, or move it away to start a new, "
+            "empty registry (its persona versions and runs are then lost); nothing was written."
+        )
     db.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -94,10 +129,29 @@ class MlflowStore:
                         raise
                     exp_id = created.experiment_id
             else:
+                self._check_artifact_location(exp.artifact_location)
                 exp_id = exp.experiment_id
         with self._lock:
             self._experiment_id = exp_id
         return exp_id
+
+    def _check_artifact_location(self, location: str) -> None:
+        """Refuse a sqlite store whose experiment keeps its artifacts somewhere else than next to it.
+
+        MLflow stores the artifact location as an absolute path: in a copied (or moved) state dir it
+        still names the original's folder, and a compile or a ``forget`` there would write or delete
+        the original's files."""
+        expected = self._artifact_location()
+        if expected is None or not location.startswith("file:"):
+            return
+        found, here = Path(_file_uri_path(location)).resolve(), Path(_file_uri_path(expected)).resolve()
+        if found != here:
+            raise TrackingUnavailableError(
+                f"the MLflow store {redact_uri(self.tracking_uri)} keeps the artifacts of experiment "
+                f"{self.experiment!r} in {found}, not next to it ({here}): this state dir was copied or moved. "
+                "Nothing was written or deleted (it would change the other folder's files). Use the original "
+                "state dir, or set PERSONA_DSPY_EXPERIMENT to a new name to start a new experiment here."
+            )
 
     def _artifact_location(self) -> str | None:
         """Next to a sqlite file (MLflow's default would be ``./mlruns`` in the working directory);
@@ -105,3 +159,7 @@ class MlflowStore:
         if self.tracking_uri.startswith("sqlite:///"):
             return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
         return None
+
+
+def _file_uri_path(uri: str) -> str:
+    return unquote(urlparse(uri).path)
