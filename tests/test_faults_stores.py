@@ -120,6 +120,7 @@ def test_a_damaged_sqlite_registry_is_tracking_unavailable_naming_the_file(damag
     shutil.copyfile(mlflow_uri.removeprefix("sqlite:///"), db)  # a real, migrated store
     damage(db)
     size = db.stat().st_size
+    capsys.readouterr()  # the store's creation logs
     for argv in (["personas", "history", "u"], ["rollback", "u"], ["forget", "u", "--qdrant", ":memory:"]):
         code = main([*argv, "--state-dir", str(tmp_path)])
         err = capsys.readouterr().err
