@@ -10,6 +10,7 @@ Switching from the embedded defaults to a server is a setting, never a code chan
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -48,6 +49,17 @@ class Settings(BaseSettings):
     experiment: str = "persona_dspy"
     embedded_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     embedded_ctx: int = 8192
+
+    @field_validator("qdrant", mode="after")
+    @classmethod
+    def _qdrant_url_has_a_scheme(cls, v: str | None) -> str | None:
+        # 'localhost:6333' would silently become a folder of that name in the working directory
+        if v is not None and not v.startswith(("edge:", "local:")) and re.fullmatch(r"[A-Za-z0-9_.-]+:\d+(/.*)?", v):
+            raise ValueError(
+                f"{v!r} looks like a server address without a scheme: write http://{v} for a Qdrant server, "
+                f"or ./{v} for a folder"
+            )
+        return v
 
     @field_validator("state_dir", mode="after")
     @classmethod

@@ -24,7 +24,7 @@ class Interaction(BaseModel):
     id: str = Field(min_length=1, max_length=256)
     input: str = Field(min_length=1, max_length=MAX_FIELD_CHARS)
     output: str = Field(max_length=MAX_FIELD_CHARS)
-    timestamp: float
+    timestamp: float = Field(allow_inf_nan=False, description="finite; a bool is not a time")
     task: str = "generic"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -34,6 +34,15 @@ class Interaction(BaseModel):
         if isinstance(v, bool) or not isinstance(v, (str, int)):
             raise ValueError("must be a string (or an integer)")  # noqa: TRY004 -- pydantic reports only ValueError
         return str(v)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _time_is_a_number(cls, v: Any) -> Any:
+        # NaN compares false with everything: it would pass the time-order check and hide the record
+        # from every time-bounded read; a bool is an int to Python and to pydantic's lax mode
+        if isinstance(v, bool):
+            raise ValueError("must be a number (seconds), not a boolean")  # noqa: TRY004 (pydantic reports ValueError)
+        return v
 
     @field_validator("input", "output", mode="after")
     @classmethod

@@ -1,0 +1,55 @@
+"""Invalid values are refused at the boundary, before any work: one line, an exit code, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from persona_dspy import ConfigurationError, MalformedInteractionError
+from persona_dspy.cli import main
+
+
+def run(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stamp", ["NaN", "Infinity", "-Infinity", "1e400", "true", "false"])
+def test_a_non_finite_or_boolean_timestamp_is_rejected_at_ingest(stamp, tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    good = json.dumps({"user_id": "u", "id": "a", "input": "x", "output": "y", "timestamp": 1})
+    data.write_text(good + "\n" + f'{{"user_id": "u", "id": "b", "input": "x", "output": "y", "timestamp": {stamp}}}\n')
+    code, err = run(["ingest", str(data), "--state-dir", str(tmp_path)], capsys)
+    assert code == MalformedInteractionError.exit_code, err
+    assert "line 2" in err and "field 'timestamp'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "qdrant").exists()
+
+
+def test_an_unknown_task_is_rejected_at_ingest_not_at_compile(tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    record = {"user_id": "u", "id": "a", "input": "x", "output": "y", "timestamp": 1, "task": "no-such-task"}
+    data.write_text(json.dumps(record) + "\n")
+    code, err = run(["ingest", str(data), "--state-dir", str(tmp_path)], capsys)
+    assert code == MalformedInteractionError.exit_code, err
+    assert "field 'task'" in err and "no-such-task" in err and "register_task" in err
+    assert not (tmp_path / "qdrant").exists()
+
+
+@pytest.mark.parametrize("how", ["environment", "flag"])
+def test_a_qdrant_address_without_scheme_is_a_configuration_error(how, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "ok.jsonl"
+    data.write_text(json.dumps({"user_id": "u", "id": "a", "input": "x", "output": "y", "timestamp": 1}) + "\n")
+    argv = ["ingest", str(data), "--state-dir", str(tmp_path / "state")]
+    if how == "flag":
+        argv += ["--qdrant", "localhost:6333"]
+    else:
+        monkeypatch.setenv("PERSONA_DSPY_QDRANT", "localhost:6333")
+    code, err = run(argv, capsys)
+    assert code == ConfigurationError.exit_code, err
+    assert "http://localhost:6333" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.jsonl"]  # no folder named localhost:6333
