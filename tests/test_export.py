@@ -4,7 +4,9 @@ and the serving commands of the CLI (ask, observe, compile --due, personas expor
 from __future__ import annotations
 
 import json
+import sys
 import uuid
+from pathlib import Path
 
 import dspy
 import pytest
@@ -126,7 +128,12 @@ def persona_cli(tmp_path, mlflow_uri, embedder, monkeypatch, capsys):
     data = tmp_path / "history.jsonl"
     data.write_text("\n".join(it.model_dump_json() for it in ratings(user)) + "\n")
     assert run("ingest", str(data))[0] == 0
-    return lambda *argv: run(*(user if a == "USER" else a for a in argv))
+
+    def as_user(*argv: str) -> tuple[int, str, str]:
+        return run(*(user if a == "USER" else a for a in argv))
+
+    as_user.user = user  # type: ignore[attr-defined]
+    return as_user
 
 
 def test_cli_ask_prints_the_answer_the_persona_version_and_the_evidence(persona_cli):
@@ -151,6 +158,30 @@ def test_cli_observe_then_compile_due_then_ask_serves_the_new_version(persona_cl
     assert json.loads(out)["persona_version"] is not None and json.loads(out)["answer"] == "1.0"
     code, out, _ = persona_cli("personas", "export", "USER", "--format", "json")
     assert code == 0 and "harsh" in json.loads(out)["persona"]["guidance"]
+
+
+def test_cli_observe_a_batch_from_a_jsonl_file_is_idempotent(persona_cli, tmp_path):
+    batch = tmp_path / "outcomes.jsonl"
+    user = persona_cli.user
+    batch.write_text(
+        "\n".join(
+            it.model_copy(update={"timestamp": 9000.0 + i}).model_dump_json() for i, it in enumerate(ratings(user, 2))
+        )
+        .replace('"m0"', '"new0"')
+        .replace('"m1"', '"new1"')
+    )
+    code, out, _ = persona_cli("observe", "--file", str(batch))
+    assert code == 0 and "2 interaction(s) stored, 0 already stored" in out and "8 new since last compile" in out
+    code, out, _ = persona_cli("observe", "--file", str(batch))
+    assert code == 0 and "0 interaction(s) stored, 2 already stored" in out
+
+
+def test_the_export_benchmark_runs_on_the_scripted_lm(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from export import main as benchmark
+
+    result = benchmark(["--scripted", "--users", "2", "--out", str(tmp_path / "export.json")])
+    assert result["cases"] == 2 and result["within_2pct"] and result["summary"]["export"]["valid"] == 2
 
 
 @pytest.mark.parametrize(
