@@ -319,14 +319,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from persona_dspy.memory import EpisodicMemory
-    from persona_dspy.tracking import Tracking
+    from persona_dspy.forget import forget_user
 
-    settings = _settings(args)
-    counts = Tracking(settings).forget(args.user)
-    with EpisodicMemory(settings) as memory:
-        counts["qdrant_points"] = memory.forget(args.user)
-    print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    report = forget_user(_settings(args), args.user)
+    print(report.format())
+    report.raise_if_incomplete()
     return 0
 
 

@@ -4,6 +4,9 @@ state dir, an interrupted fleet. Each is a specific error with its exit code, an
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 
 import dspy
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from persona_dspy import Settings
 from persona_dspy.cli import main
 from persona_dspy.data import Interaction
-from persona_dspy.errors import PersonaNotFoundError, TrackingUnavailableError
+from persona_dspy.errors import PersonaNotFoundError, StoreUnavailableError, TrackingUnavailableError
 from persona_dspy.fleet import compile_users
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer
@@ -19,7 +22,7 @@ from persona_dspy.pipeline import align_user
 from persona_dspy.tracking import Tracking
 from persona_dspy.tracking.server import free_port
 
-from scripted import rule
+from scripted import CRITIQUE, NEW_PERSONA, rule
 
 
 def history(user: str, n: int = 6) -> list[Interaction]:
@@ -127,3 +130,56 @@ def test_a_damaged_sqlite_registry_is_tracking_unavailable_naming_the_file(damag
         assert code == TrackingUnavailableError.exit_code, err
         assert str(db) in err and says in err and len(err.strip().splitlines()) == 1
     assert db.stat().st_size == size  # not turned into a new, empty registry
+
+
+def test_forget_with_qdrant_held_elsewhere_reports_what_remains_and_a_second_forget_finishes(
+    tmp_path, embedder, monkeypatch, capsys
+):
+    from dspy.clients.cache import Cache
+
+    from persona_dspy.memory import EpisodicMemory
+
+    state, user = tmp_path / "state", "forgetme"
+    settings = Settings(state_dir=state)
+    texts = [f"movie: Quuxbarian {user} {i}" for i in range(6)]
+    with EpisodicMemory(settings, embedder=embedder) as memory:
+        memory.add([it.model_copy(update={"input": t}) for it, t in zip(history(user), texts, strict=True)])
+        compile_one(user, settings, memory)
+    monkeypatch.setenv("DSPY_CACHEDIR", str(state / "dspy_cache"))
+    monkeypatch.setenv("TEXTGRAD_LOG_DIR", str(state / "textgrad_logs"))
+    cache = Cache(True, False, str(state / "dspy_cache"))  # an LM response DSPy cached during the compile
+    cache.put({"model": "m", "messages": [{"role": "user", "content": texts[0]}]}, {"answer": NEW_PERSONA})
+    cache.disk_cache.close()
+    secrets = [*texts, NEW_PERSONA, CRITIQUE]
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_EDGE_FOLDER, str(state / "qdrant")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        code = main(["forget", user, "--state-dir", str(state)])
+        out, err = capsys.readouterr()
+        assert code == StoreUnavailableError.exit_code, err
+        assert "incomplete" in err and "still in qdrant" in err and "forget forgetme` again" in err
+        assert "mlflow: persona_versions 1" in out  # what was removed, per store
+        assert Tracking(settings).history(user) == []
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+    assert main(["forget", user, "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "qdrant: points 6" in out and "NOT FORGOTTEN" not in out
+    leftovers = [p for p in state.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
+    assert leftovers == []
+    with EpisodicMemory(settings, embedder=embedder) as memory:
+        assert memory.count() == 0
+
+
+HOLD_EDGE_FOLDER = """
+import sys, time
+from persona_dspy.memory.edge_engine import EdgeEngine
+engine = EdgeEngine(sys.argv[1], "persona_episodes")
+print("holding", flush=True)
+time.sleep(600)
+"""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from pathlib import Path
+
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
@@ -34,7 +38,18 @@ def forget_user(store: MlflowStore, user_id: str) -> dict[str, int]:
                 counts["runs_awaiting_gc"] += 1
         counts["runs"] = len(runs)
         counts["persona_versions"] = PersonaRegistry(client).forget(user_id)
+        if store.tracking_uri.startswith("sqlite:///"):
+            vacuum_sqlite(Path(store.tracking_uri.removeprefix("sqlite:///")))
     return counts
+
+
+def vacuum_sqlite(db: Path) -> None:
+    """Rewrite a sqlite file without its free pages: a DELETE leaves the rows' bytes in them (and in
+    the write-ahead log) until they are reused, so the forgotten texts would still be in the file."""
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _delete_traces(client: MlflowClient, exp_id: str, run_id: str) -> int:

@@ -1,0 +1,65 @@
+"""Rewriting a Qdrant Edge shard with its live points only, so deleted payloads leave the disk.
+
+Edge deletes a point by marking it: its payload stays in the segment's pages and in the write-ahead
+log (``wal/open-*``) until those are recycled, and ``optimize()`` vacuums a segment only past 20%
+deleted points. After a ``forget`` the user's texts would still be in the folder. ``rewrite_shard``
+copies the live points into a new shard next to it and swaps the folders under the folder lock
+(``<folder>/<collection>.lock``, the one ``EdgeEngine`` takes): a second process cannot open the
+store meanwhile. A rewrite killed between its two renames is completed by the next one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import qdrant_edge as qe
+
+from persona_dspy.errors import StoreUnavailableError
+from persona_dspy.memory.edge_engine import _OPEN, EDGE_CONFIG_FILE, SCROLL_PAGE, _lock, _open
+
+
+def rewrite_shard(folder: str | Path, collection: str) -> int:
+    """Rewrite ``<folder>/<collection>`` with its live points; returns how many were kept.
+
+    The shard must not be open in this process (close every ``EpisodicMemory`` on it first).
+    """
+    folder = Path(folder).expanduser().resolve()
+    path, new, old = (folder / name for name in (collection, f"{collection}.rewrite", f"{collection}.replaced"))
+    if str(path) in _OPEN:
+        raise StoreUnavailableError(f"the Qdrant Edge shard {path} is open in this process: close it before a rewrite")
+    if not folder.is_dir():
+        return 0
+    lock = _lock(folder, collection)
+    try:
+        if old.exists() and not path.exists():  # killed between the two renames: the old shard is complete
+            old.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(new, ignore_errors=True)
+        if not (path / EDGE_CONFIG_FILE).is_file():
+            return 0
+        source, target = _open(folder, collection), _open(folder, new.name)
+        kept, offset = 0, None
+        try:
+            while True:
+                records, offset = source.scroll(
+                    qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=True)
+                )
+                if records:
+                    points = [qe.Point(r.id, r.vector, r.payload or {}) for r in records]
+                    target.update(qe.UpdateOperation.upsert_points(points))
+                    kept += len(points)
+                if offset is None:
+                    break
+            target.flush()
+        finally:
+            source.close()
+            target.close()
+        path.rename(old)
+        new.rename(path)
+        shutil.rmtree(old)
+        return kept
+    except OSError as exc:
+        raise StoreUnavailableError(f"cannot rewrite the Qdrant Edge shard {path}: {exc}") from exc
+    finally:
+        lock.close()
