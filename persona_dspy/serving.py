@@ -234,8 +234,8 @@ def compile_due(
 class _Store:
     """Holds the stores a served agent writes to; shared, never copied, by copies of the agent."""
 
-    def __init__(self, tracking: Tracking, policy: RealignPolicy) -> None:
-        self.tracking, self.policy = tracking, policy
+    def __init__(self, memory: EpisodicMemory, tracking: Tracking, policy: RealignPolicy) -> None:
+        self.memory, self.tracking, self.policy = memory, tracking, policy
 
     def __deepcopy__(self, memo: dict) -> _Store:
         return self
@@ -254,15 +254,16 @@ class ServedAgent(PersonaAgent):
         task: str | TaskSpec,
         *,
         user_id: str,
+        memory: EpisodicMemory,
         tracking: Tracking,
         policy: RealignPolicy | None = None,
         persona_version: int | None = None,
         alias: str | None = None,
         **agent: Any,
     ) -> None:
-        super().__init__(task, user_id=user_id, **agent)
+        super().__init__(task, user_id=user_id, memory=memory, **agent)
         self.persona_version, self.alias = persona_version, alias
-        self._serving = _Store(tracking, policy or RealignPolicy())
+        self._serving = _Store(memory, tracking, policy or RealignPolicy())
 
     def observe(self, interaction: Interaction | Mapping[str, Any]) -> Observation:
         """Store what this user really did (``Interaction``, or a mapping with at least ``input`` and
@@ -275,13 +276,13 @@ class ServedAgent(PersonaAgent):
                 record_id=interaction.id,
                 field="user_id",
             )
-        return observe([interaction], memory=self.memory, tracking=self._serving.tracking, policy=self._serving.policy)
+        serving = self._serving
+        return observe([interaction], memory=serving.memory, tracking=serving.tracking, policy=serving.policy)
 
     def status(self) -> UserStatus:
         """This user against the re-alignment policy (new interactions since the last compile, due or not)."""
-        return user_status(
-            self.user_id, memory=self.memory, tracking=self._serving.tracking, policy=self._serving.policy
-        )
+        serving = self._serving
+        return user_status(self.user_id, memory=serving.memory, tracking=serving.tracking, policy=serving.policy)
 
     def profile_is_stale(self) -> bool:
         if self.semantic is None or self.memory is None:
@@ -292,7 +293,7 @@ class ServedAgent(PersonaAgent):
 
     def refresh_profile(self) -> None:
         """Re-distill the semantic profile if newer episodes exist; an LM failure keeps the old one."""
-        if self.profile_is_stale():
+        if self.semantic is not None and self.profile_is_stale():
             try:
                 self.semantic.update(self.user_id)
             except LMOutputError as exc:
