@@ -1,4 +1,4 @@
-"""``persona-dspy``: demo, ingest, compile, serve (ask, observe, export) and the persona registry (history, rollback, forget).
+"""``persona-dspy``: demo, ingest, compile, serve (ask, observe, export), the registry (history, rollback, forget).
 
 Every error becomes one line on stderr and an exit code, never a traceback (``--debug`` shows it):
 bad arguments and settings exit 2 (``ConfigurationError``, checked before any work starts), each

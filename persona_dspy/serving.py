@@ -80,7 +80,8 @@ class UserStatus(BaseModel):
     reason: str
 
     def line(self) -> str:
-        return f"{self.user_id}: {self.new_since_compile} new since last compile; {'due' if self.due else 'not due'} ({self.reason})"
+        verdict = "due" if self.due else "not due"
+        return f"{self.user_id}: {self.new_since_compile} new since last compile; {verdict} ({self.reason})"
 
 
 class Observation(BaseModel):
