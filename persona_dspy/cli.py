@@ -200,7 +200,8 @@ def _policy(args: argparse.Namespace):
 
 
 def _due_users(args: argparse.Namespace, settings: Settings, users) -> list[str]:
-    """``compile --due``: the users of ``users`` the re-alignment policy says are due (one line each)."""
+    """``compile --due``: the users of ``users`` the re-alignment policy says are due (a line for each due
+    user, for every user with ``--verbose``)."""
     from persona_dspy.memory import EpisodicMemory
     from persona_dspy.serving import due_users
     from persona_dspy.tracking import Tracking
@@ -208,7 +209,8 @@ def _due_users(args: argparse.Namespace, settings: Settings, users) -> list[str]
     with EpisodicMemory(settings) as memory:
         statuses = due_users(users, memory=memory, tracking=Tracking(settings), policy=_policy(args))
     for status in statuses:
-        print(status.line())
+        if status.due or args.verbose:
+            print(status.line())
     due = [s.user_id for s in statuses if s.due]
     print(f"{len(due)} of {len(statuses)} user(s) due for a compile")
     return due
