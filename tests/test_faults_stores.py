@@ -183,3 +183,32 @@ engine = EdgeEngine(sys.argv[1], "persona_episodes")
 print("holding", flush=True)
 time.sleep(600)
 """
+
+
+def test_a_failure_between_register_and_promote_leaves_no_running_run_and_sync_repoints_the_version(
+    tracking, memory, monkeypatch
+):
+    from mlflow.exceptions import MlflowException
+
+    from persona_dspy.tracking.registry import PersonaRegistry
+
+    user = "half-recorded"
+    memory.add(history(user))
+
+    def promote_fails(self, *args, **kwargs):
+        raise MlflowException("injected: the store went away between register and promote")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PersonaRegistry, "promote", promote_fails)
+        with dspy.context(lm=ScriptedLM(rule)), pytest.raises(TrackingUnavailableError, match="kept in"):
+            align_user(user, PersonaOptimizer(n_recent=2, iterations=1, n_val=2), memory=memory, tracking=tracking)
+    [version] = tracking.history(user)
+    assert "production" not in version.aliases  # nothing promoted
+    assert tracking.client.get_run(version.tags["run_id"]).info.status == "FAILED"  # not RUNNING
+
+    [(synced_user, synced_version)] = tracking.sync_pending()
+    assert (synced_user, synced_version) == (user, version.version)
+    [version] = tracking.history(user)
+    run = tracking.client.get_run(version.tags["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["persona_version"] == str(version.version)
+    assert "production" in version.aliases

@@ -22,7 +22,7 @@ from persona_dspy.compat.mlflow import get_artifact_repository
 from persona_dspy.redaction import redact
 from persona_dspy.results import CompileResult
 from persona_dspy.tracking.registry import PRODUCTION, PersonaRegistry, prompt_name
-from persona_dspy.tracking.store import MlflowStore
+from persona_dspy.tracking.store import STORE_ERRORS, MlflowStore
 
 
 def compile_id(result: CompileResult) -> str:
@@ -69,43 +69,59 @@ def record_run(
                 exp_id, run_name=f"{result.optimizer}:{result.user_id}", tags=user_tags(result.user_id)
             ).info
             run_id, artifact_uri = info.run_id, info.artifact_uri
-        with tempfile.TemporaryDirectory(prefix="persona_dspy_run_") as tmp:
-            _write_artifacts(result, Path(tmp))
-            if artifact_uri is None:
-                client.log_artifacts(run_id, tmp)
-            else:  # what log_artifacts does, minus the get_run it needs to learn the run's artifact URI
-                get_artifact_repository(artifact_uri, tracking_uri=store.tracking_uri).log_artifacts(tmp)
-        version = registry.register(
-            result.user_id,
-            result.candidate_persona,
-            commit_message=redact(result.reason)[:500] or f"{result.optimizer} compile",
-            tags={
-                "run_id": run_id,
-                "compile_id": cid,
-                "promoted": str(result.promoted).lower(),
-                "val_score_candidate": str(result.val_score_candidate),
-                "val_score_production": str(result.val_score_production),
-            },
-            experiment_id=exp_id,
-        )
-        promote = result.promoted
-        if promote and recheck_gate:
-            current = registry.get(result.user_id, PRODUCTION)
-            if current is not None and current.text != result.production_persona:
-                promote = False
-                client.set_tag(run_id, "promotion_skipped", "production moved while the result was pending")
-        if promote:
-            registry.promote(result.user_id, version.version, exists=True)
-        # one batch for everything the run shows; persona_version marks the run as recorded
-        tags = {**_run_tags(result, cid), "persona_version": str(version.version), "promoted": str(promote).lower()}
-        client.log_batch(
-            run_id,
-            metrics=_metrics(result, int(time.time() * 1000)),
-            params=_params(result),
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
-        client.set_terminated(run_id, "FINISHED")
+        try:
+            with tempfile.TemporaryDirectory(prefix="persona_dspy_run_") as tmp:
+                _write_artifacts(result, Path(tmp))
+                if artifact_uri is None:
+                    client.log_artifacts(run_id, tmp)
+                else:  # what log_artifacts does, minus the get_run it needs to learn the run's artifact URI
+                    get_artifact_repository(artifact_uri, tracking_uri=store.tracking_uri).log_artifacts(tmp)
+            version = registry.register(
+                result.user_id,
+                result.candidate_persona,
+                commit_message=redact(result.reason)[:500] or f"{result.optimizer} compile",
+                tags={
+                    "run_id": run_id,
+                    "compile_id": cid,
+                    "promoted": str(result.promoted).lower(),
+                    "val_score_candidate": str(result.val_score_candidate),
+                    "val_score_production": str(result.val_score_production),
+                },
+                experiment_id=exp_id,
+            )
+            if version.tags.get("run_id") != run_id:  # the text was registered by an earlier, failed attempt
+                for key, value in {"run_id": run_id, "compile_id": cid}.items():
+                    client.set_prompt_version_tag(version.name, str(version.version), key, value)
+            promote = result.promoted
+            if promote and recheck_gate:
+                current = registry.get(result.user_id, PRODUCTION)
+                if current is not None and current.text != result.production_persona:
+                    promote = False
+                    client.set_tag(run_id, "promotion_skipped", "production moved while the result was pending")
+            if promote:
+                registry.promote(result.user_id, version.version, exists=True)
+            # one batch for everything the run shows; persona_version marks the run as recorded
+            tags = {**_run_tags(result, cid), "persona_version": str(version.version), "promoted": str(promote).lower()}
+            client.log_batch(
+                run_id,
+                metrics=_metrics(result, int(time.time() * 1000)),
+                params=_params(result),
+                tags=[RunTag(k, v) for k, v in tags.items()],
+            )
+            client.set_terminated(run_id, "FINISHED")
+        except BaseException:
+            _mark_failed(client, run_id)
+            raise
     return version.version
+
+
+def _mark_failed(client: MlflowClient, run_id: str) -> None:
+    """A record that failed half-way ends its run as FAILED, never RUNNING: a registered version may
+    already point to it (its ``run_id`` tag), and a retry re-points that tag to its own run."""
+    try:
+        client.set_terminated(run_id, "FAILED")
+    except STORE_ERRORS:
+        pass  # the store is down: the run stays RUNNING until `discard_unfinished` or the retry
 
 
 def last_compile(store: MlflowStore, user_id: str) -> dict[str, Any] | None:
