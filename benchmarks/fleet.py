@@ -7,7 +7,7 @@
 
 Zero-latency mode (default): a scripted LM that answers instantly, so everything measured is the
 framework: DSPy (adapters, modules, usage tracking), TextGrad (variables, loss, TGD), memory
-(embedding the query + embedded Qdrant search over the whole store) and MLflow (sqlite store:
+(embedding the query + one filtered Qdrant Edge read per user) and MLflow (sqlite store:
 one run + one registered version + aliases per user).
 
 1. ``users x interactions`` synthetic MovieLens-like interactions (titles and genres from the
@@ -144,7 +144,14 @@ def phases(report: FleetReport) -> dict[str, float]:
 
 
 BUCKETS = {  # first match wins, on the profiled function's file path (or a builtin's name)
-    "memory (Qdrant, embedder)": ("/qdrant_client/", "onnxruntime", "/tokenizers/", "/persona_dspy/memory/", "/numpy/"),
+    "memory (Qdrant, embedder)": (
+        "/qdrant_client/",
+        "qdrant_edge",
+        "onnxruntime",
+        "/tokenizers/",
+        "/persona_dspy/memory/",
+        "/numpy/",
+    ),
     "MLflow (+ SQLAlchemy, sqlite)": ("/mlflow/", "/sqlalchemy/", "sqlite3", "/alembic/"),
     "TextGrad": ("/textgrad/",),
     "DSPy (+ litellm, pydantic)": ("/dspy/", "/litellm/", "/json_repair/", "pydantic", "/jinja2/"),
@@ -158,9 +165,8 @@ def profile(memory: EpisodicMemory, tracking: Tracking, optimizer: PersonaOptimi
     started = time.perf_counter()
     with dspy.context(lm=instant_lm()):
         profiler.enable()
-        views = memory.snapshots(users)  # as the fleet reads them: one store read for the chunk
-        for uid in users:
-            compile_user(uid, optimizer, memory=views[uid], tracking=tracking)
+        for uid in users:  # as the fleet reads them: the user's snapshot, then its compile
+            compile_user(uid, optimizer, memory=memory.snapshot(uid), tracking=tracking)
         profiler.disable()
     wall = time.perf_counter() - started
     totals = {name: 0.0 for name in [*BUCKETS, "other (stdlib, tqdm, ...)"]}
@@ -341,7 +347,7 @@ def steady_state(args: argparse.Namespace, root: Path) -> str:
     )
     with EpisodicMemory(settings, embedder=PrecomputedEmbedder()) as memory:
         memory.add(synthetic_users(args.users, args.interactions))
-        views = memory.snapshots(None)
+        views = memory.snapshots(memory.users())
     queries = OnnxEmbedder()  # what a compile's memory reads embed with (its LRU query cache included)
     for view in views.values():
         view.embedder = queries

@@ -12,7 +12,7 @@ from persona_dspy.signatures.tasks import DEFAULT_PERSONA, TaskSpec, get_task
 from persona_dspy.tools import UserTools, bound, late_bound_tools
 
 if TYPE_CHECKING:
-    from persona_dspy.memory.episodic import EpisodicMemory
+    from persona_dspy.memory.protocol import MemoryReader
     from persona_dspy.memory.semantic import SemanticMemory
 
 Mode = Literal["pipeline", "react"]
@@ -38,7 +38,7 @@ class PersonaAgent(dspy.Module):
         task: str | TaskSpec = "generic",
         *,
         user_id: str,
-        memory: EpisodicMemory | None = None,
+        memory: MemoryReader | None = None,
         semantic: SemanticMemory | None = None,
         persona: str | None = None,
         k: int = 4,

@@ -10,6 +10,7 @@ import dspy
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.config import Settings
 from persona_dspy.data import UserHistory, load_sample_users
+from persona_dspy.errors import ConfigurationError
 
 
 @dataclass
@@ -72,10 +73,13 @@ def run_demo(
     with dspy.context(lm=lm):
         for i, history in enumerate(histories, start=1):
             q = history.query
+            if q is None:
+                raise ConfigurationError(f"user {history.user_id!r} has no held-out query for the demo to answer")
             started = time.perf_counter()
             with dspy.track_usage() as usage:
                 aligned = align_user(history.user_id, optimizer, memory=memory, tracking=tracking, skip_unchanged=False)
                 res = aligned.result
+                assert aligned.agent is not None and res is not None  # skip_unchanged=False: never skipped
                 baseline = PersonaAgent(q.task, user_id=history.user_id, memory=memory, persona=res.production_persona)
                 before = baseline(task=q.input, before=q.timestamp).answer
                 after = aligned.agent(task=q.input, before=q.timestamp).answer

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.errors import EmptyHistoryError
-from persona_dspy.memory.protocol import Memory, MemoryReader
+from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.results import CompileResult
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def align_user(
     user_id: str,
     optimizer: GatedPersonaOptimizer,
     *,
-    memory: Memory | MemoryReader,
+    memory: MemoryReader,
     tracking: Tracking | None = None,
     student: PersonaAgent | None = None,
     valset: list[Interaction] | None = None,
@@ -98,8 +98,7 @@ def align_user(
             **fields,
         )
 
-    store = memory if isinstance(memory, Memory) else None  # else: the user's snapshot, already read
-    view = store.snapshot(user_id) if store is not None else memory
+    view = memory.snapshot(user_id)  # one store read; a snapshot already read returns itself
     history = view.history(user_id)
     if not history:
         raise EmptyHistoryError(f"user {user_id!r} has no interactions in memory; ingest its history first")
@@ -134,8 +133,7 @@ def align_user(
             mark = time.perf_counter()
             result.version = tracking.record(result)
             timings["tracking"] += time.perf_counter() - mark
-    if store is not None:
-        agent.memory = store  # the snapshot served the compile; the agent serves from the live store
+    agent.memory = memory  # the snapshot served the compile; the agent serves from what it was given
     return done("promoted" if result.promoted else "kept", result.reason, agent=agent, result=result)
 
 

@@ -18,7 +18,7 @@ from persona_dspy.errors import UnknownUserError
 from persona_dspy.signatures.tasks import TaskSpec, render_episode
 
 if TYPE_CHECKING:
-    from persona_dspy.memory.episodic import EpisodicMemory
+    from persona_dspy.memory.protocol import MemoryReader
     from persona_dspy.memory.semantic import SemanticMemory
 
 
@@ -30,7 +30,7 @@ class UserTools:
         user_id: str,
         task: TaskSpec,
         *,
-        memory: EpisodicMemory | None,
+        memory: MemoryReader | None,
         semantic: SemanticMemory | None = None,
         before: float | None = None,
     ) -> None:

@@ -126,7 +126,7 @@ def test_one_users_failure_is_recorded_and_the_others_compile(memory, tracking):
     assert "3 failed" in report.format() and "BudgetExceededError" in report.format()
 
 
-def test_users_read_in_chunks_and_an_unknown_one_fails_alone(memory, tracking):
+def test_an_unknown_user_fails_alone(memory, tracking):
     users = [f"chunk-{i}" for i in range(5)]
     for u in users:
         memory.add(history(u))
@@ -138,7 +138,6 @@ def test_users_read_in_chunks_and_an_unknown_one_fails_alone(memory, tracking):
         lm=ScriptedLM(rule),
         workers=2,
         progress=False,
-        read_chunk=2,
     )
     by = {u.user_id: u for u in report.users}
     assert by["never-ingested"].error_type == "UnknownUserError"
@@ -326,23 +325,20 @@ def test_fleet_id_depends_on_params_and_users_not_their_order():
     assert os.sep not in fleet_id(optimizer(), ["a/b"])
 
 
-def test_a_large_fleet_on_an_embedded_store_reads_it_whole_once(memory, monkeypatch):
+def test_the_fleet_reads_each_users_snapshot_lazily_and_an_unknown_user_as_its_error(memory):
     from persona_dspy.fleet import reads
 
-    users = [f"whole-{i}" for i in range(4)]
+    users = [f"read-{i}" for i in range(3)]
     for u in users:
         memory.add(history(u))
-    store_reads = []
-    real = type(memory).snapshots
-    monkeypatch.setattr(type(memory), "snapshots", lambda self, ids=None: store_reads.append(ids) or real(self, ids))
-    monkeypatch.setattr(reads, "WHOLE_STORE_USERS", 3)
-    got = {uid: view for uid, view, _ in reads.snapshots(memory, [*users, "nobody"], None)}
-    assert store_reads == [None]  # one unfiltered pass
+    asked = []
+    queue = reads.snapshots(lambda uid: asked.append(uid) or memory.snapshot(uid), [*users, "nobody"])
+    first, view, seconds = next(queue)
+    assert asked == [first] == ["read-0"] and seconds >= 0  # read as the workers take it, not all ahead
+    got = {first: view, **{uid: view for uid, view, _ in queue}}
+    assert asked == [*users, "nobody"]
     assert all(got[u].history(u) == memory.history(u) for u in users)
     assert isinstance(got["nobody"], UnknownUserError)
-    store_reads.clear()
-    list(reads.snapshots(memory, users[:2], None))
-    assert store_reads == [users[:2]]  # a small fleet reads only its users
 
 
 def test_a_traced_fleet_keeps_each_users_lm_calls_under_its_own_run(settings, memory):

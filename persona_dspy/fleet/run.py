@@ -39,7 +39,6 @@ def compile_users(
     progress: bool = True,
     verbose: bool = False,
     ship_histories: bool = False,
-    read_chunk: int | None = None,
 ) -> FleetReport:
     """Compile the persona of every user in ``users`` (or ``"all"`` users in episodic memory).
 
@@ -48,9 +47,7 @@ def compile_users(
     one of the three is required. ``optimizer`` defaults to ``PersonaOptimizer()``; each user is
     recorded into ``tracking`` (default ``Tracking(settings)``). KeyboardInterrupt cancels the users
     not started; compiles in flight finish, and ``resume=True`` then does only the rest.
-    ``read_chunk``: users whose episodes are read per store read (held in memory with their
-    vectors until compiled). Default: 64, or the whole embedded store in one unfiltered read for a
-    fleet of >= ``WHOLE_STORE_USERS`` users (see ``fleet.reads.snapshots``).
+    Each user's episodes are read (one filtered read, vectors included) just ahead of its compile.
     """
     from persona_dspy.optimizers import PersonaOptimizer
 
@@ -113,7 +110,6 @@ def compile_users(
                         workers=workers,
                         resume=resume,
                         on_done=finished,
-                        read_chunk=read_chunk,
                     )
                 else:
                     run_ray(
@@ -126,7 +122,6 @@ def compile_users(
                         resume=resume,
                         ship_histories=ship_histories,
                         on_done=finished,
-                        read_chunk=read_chunk,
                     )
             finally:
                 bar.close()

@@ -10,8 +10,7 @@ import dspy
 
 from persona_dspy.config import Settings
 from persona_dspy.fleet.report import UserReport
-from persona_dspy.memory.episodic import EpisodicMemory
-from persona_dspy.memory.snapshot import UserSnapshot
+from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.pipeline import align_user
 from persona_dspy.tracking.tracker import Tracking
 
@@ -26,7 +25,7 @@ def compile_user(
     user_id: str,
     optimizer: GatedPersonaOptimizer,
     *,
-    memory: EpisodicMemory | UserSnapshot,
+    memory: MemoryReader,
     tracking: Tracking,
     discard_unfinished: bool = False,
     read_seconds: float = 0.0,

@@ -30,9 +30,8 @@ def embedded_engine(settings: Settings) -> LlamaCppEngine:
     return LlamaCppEngine.shared(path, n_threads=settings.embedded_threads, n_ctx=settings.embedded_ctx)
 
 
-def build_lm(settings: Settings | None = None) -> dspy.LM:
+def build_lm(settings: Settings) -> dspy.LM:
     """A ``dspy.LM`` for ``settings.lm``; raises ``ModelWeightsError`` if embedded weights are broken."""
-    settings = settings or Settings()
     common = {"temperature": settings.lm_temperature, "max_tokens": settings.lm_max_tokens}
     if settings.is_embedded_lm:
         name = settings.lm.split("/", 1)[1]

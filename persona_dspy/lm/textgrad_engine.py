@@ -51,7 +51,7 @@ class DSPyEngine(EngineLM):
         return lm
 
     @property
-    def model_string(self) -> str:  # type: ignore[override]
+    def model_string(self) -> str:
         lm = self.lm or dspy.settings.lm
         return lm.model if lm is not None else "dspy.settings.lm"
 

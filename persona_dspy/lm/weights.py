@@ -92,7 +92,7 @@ def model_path(
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
-                for path in parts.values():
+                for path in filter(None, parts.values()):
                     with open(path, "rb") as chunk_file:
                         while chunk := chunk_file.read(_CHUNK):
                             out.write(chunk)

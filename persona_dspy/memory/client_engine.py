@@ -87,13 +87,11 @@ def _user_filter(user_id: str, before: float | None = None) -> qm.Filter:
     return qm.Filter(must=must)
 
 
-def _users_filter(user_ids: list[str] | None, before: float | None) -> qm.Filter | None:
-    must: list[qm.Condition] = []
-    if user_ids is not None:
-        must.append(qm.FieldCondition(key="user_id", match=qm.MatchAny(any=user_ids)))
+def _users_filter(user_ids: list[str], before: float | None) -> qm.Filter:
+    must: list[qm.Condition] = [qm.FieldCondition(key="user_id", match=qm.MatchAny(any=user_ids))]
     if before is not None:
         must.append(qm.FieldCondition(key="timestamp", range=qm.Range(lt=before)))
-    return qm.Filter(must=must) if must else None
+    return qm.Filter(must=must)
 
 
 class ClientEngine:
@@ -215,7 +213,7 @@ class ClientEngine:
         return [r.payload or {} for r in records]
 
     def scan(
-        self, user_ids: list[str] | None, before: float | None, with_vectors: bool
+        self, user_ids: list[str], before: float | None, with_vectors: bool
     ) -> Iterator[tuple[Payload, np.ndarray | None]]:
         flt = _users_filter(user_ids, before)
         offset: Any = None

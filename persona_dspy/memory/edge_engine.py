@@ -173,13 +173,11 @@ def _user_filter(user_id: str, before: float | None) -> qe.Filter:
     return qe.Filter(must=must)
 
 
-def _users_filter(user_ids: list[str] | None, before: float | None) -> qe.Filter | None:
-    must: list[qe.ConditionType] = []
-    if user_ids is not None:
-        must.append(qe.FieldCondition(key="user_id", match=qe.MatchAny(user_ids)))
+def _users_filter(user_ids: list[str], before: float | None) -> qe.Filter:
+    must: list[qe.ConditionType] = [qe.FieldCondition(key="user_id", match=qe.MatchAny(user_ids))]
     if before is not None:
         must.append(qe.FieldCondition(key="timestamp", range=qe.RangeFloat(lt=before)))
-    return qe.Filter(must=must) if must else None
+    return qe.Filter(must=must)
 
 
 class EdgeEngine:
@@ -231,7 +229,7 @@ class EdgeEngine:
         return [r.payload or {} for r in records]
 
     def scan(
-        self, user_ids: list[str] | None, before: float | None, with_vectors: bool
+        self, user_ids: list[str], before: float | None, with_vectors: bool
     ) -> Iterator[tuple[Payload, np.ndarray | None]]:
         flt = _users_filter(user_ids, before)
         offset = None

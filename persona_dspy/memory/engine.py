@@ -35,9 +35,9 @@ class Engine(Protocol):
         ...
 
     def scan(
-        self, user_ids: list[str] | None, before: float | None, with_vectors: bool
+        self, user_ids: list[str], before: float | None, with_vectors: bool
     ) -> Iterator[tuple[Payload, np.ndarray | None]]:
-        """Every point of these users (``None``: of all users), in no particular order."""
+        """Every point of these users, in no particular order."""
         ...
 
     def count(self, user_id: str | None) -> int: ...

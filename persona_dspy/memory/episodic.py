@@ -61,13 +61,14 @@ def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[I
         if not isinstance(rec, Interaction):
             if not isinstance(rec, Mapping):
                 raise MalformedInteractionError(f"item {pos}: expected an Interaction, got {type(rec).__name__}")
+            raw_id = rec.get("id")
             try:
                 rec = Interaction.model_validate(rec)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 raise MalformedInteractionError(
                     f"item {pos}: {err['msg']}",
-                    record_id=str(rec.get("id")) if rec.get("id") is not None else None,
+                    record_id=str(raw_id) if raw_id is not None else None,
                     field=".".join(map(str, err["loc"])) or None,
                 ) from exc
         if rec.key in seen:
@@ -108,12 +109,12 @@ class EpisodicMemory:
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: Settings,
         *,
         client: QdrantClient | None = None,
         embedder: OnnxEmbedder | None = None,
     ) -> None:
-        self.settings = settings or Settings()
+        self.settings = settings
         self.collection = self.settings.collection
         self.embedder = embedder or OnnxEmbedder()
         self._client = client
@@ -123,16 +124,6 @@ class EpisodicMemory:
     @property
     def location(self) -> str:
         return self.settings.qdrant_location
-
-    @property
-    def embedded(self) -> bool:
-        """True for qdrant-client's local mode (``:memory:``, ``local:``), whose reads scan every point.
-
-        Only the fleet's whole-store read uses it; Qdrant Edge and servers answer per-user reads
-        from their indexes.
-        """
-        loc = self.location
-        return self._client is None and (loc == ":memory:" or loc.startswith("local:"))
 
     def engine(self) -> Engine:
         """The open engine (opened on first use)."""
@@ -230,14 +221,14 @@ class EpisodicMemory:
             raise UnknownUserError(user_id)
         return found[user_id]
 
-    def snapshots(self, user_ids: Iterable[str] | None = None) -> dict[str, UserSnapshot]:
-        """``snapshot`` of many users in one read (``None``: every user); users with no episodes
-        are left out."""
-        wanted = None if user_ids is None else sorted(set(user_ids))
-        if wanted == []:
+    def snapshots(self, user_ids: Iterable[str]) -> dict[str, UserSnapshot]:
+        """``snapshot`` of many users in one filtered read; users with no episodes are left out."""
+        wanted = sorted(set(user_ids))
+        if not wanted:
             return {}
         by_user: dict[str, tuple[list[Interaction], list[np.ndarray]]] = {}
         for payload, vector in self.engine().scan(wanted, None, with_vectors=True):
+            assert vector is not None  # scan(with_vectors=True) yields every point's vector
             items, vectors = by_user.setdefault(str(payload.get("user_id")), ([], []))
             items.append(to_interaction(payload))
             vectors.append(vector)

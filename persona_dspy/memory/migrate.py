@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import qdrant_edge as qe
 from pydantic import BaseModel
 from qdrant_client import QdrantClient
 
@@ -121,7 +122,8 @@ def _verify(source: QdrantClient, name: str, staging: Path, copied: int, spot_ch
         if not sample:
             return 0
         old = {str(r.id): r for r in source.retrieve(name, sample, with_payload=True, with_vectors=True)}
-        new = {str(r.id): r for r in target.shard.retrieve(sample, with_payload=True, with_vector=True)}
+        edge_ids: list[qe.PointId] = [*sample]
+        new = {str(r.id): r for r in target.shard.retrieve(edge_ids, with_payload=True, with_vector=True)}
         for pid in sample:
             same = (
                 pid in new

@@ -73,7 +73,7 @@ class Memory(MemoryReader, Protocol):
         """Delete every interaction of one user; returns how many were deleted."""
         ...
 
-    def snapshots(self, user_ids: Iterable[str]) -> dict[str, MemoryReader]:
+    def snapshots(self, user_ids: Iterable[str]) -> Mapping[str, MemoryReader]:
         """``snapshot`` of many users; users with no episodes are left out."""
         ...
 

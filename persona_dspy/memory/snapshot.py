@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import UnknownUserError
+from persona_dspy.errors import ConfigurationError, UnknownUserError
 from persona_dspy.memory.protocol import Episode
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ class UserSnapshot:
         end = self._upto(before)
         if end == 0 or k <= 0:
             return []
+        if self.embedder is None:
+            raise ConfigurationError("this snapshot was unpickled without an embedder: set its .embedder first")
         scores = self.vectors[:end] @ self.embedder.embed_one(query)
         top = np.argsort(-scores, kind="stable")[:k]
         return [Episode(interaction=self.interactions[i], score=float(scores[i])) for i in top]

@@ -22,6 +22,7 @@ from dspy.teleprompt import Teleprompter
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import Interaction, UserHistory
 from persona_dspy.errors import BudgetExceededError, ConfigurationError, EmptyHistoryError, UnknownUserError
+from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.results import CompileResult
 
 MAX_PERSONA_CHARS = 1200
@@ -191,9 +192,9 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
             val = items[len(items) - self.n_recent - self.n_val : len(items) - self.n_recent]
         return train, val
 
-    def _snapshot(self, agent: PersonaAgent) -> Any:
-        """The user's episodes read once for the whole compile (``UserSnapshot``), when the memory can."""
-        if not self.snapshot_memory or not hasattr(agent.memory, "snapshot"):
+    def _snapshot(self, agent: PersonaAgent) -> MemoryReader | None:
+        """The user's episodes read once for the whole compile (``UserSnapshot``)."""
+        if not self.snapshot_memory or agent.memory is None:
             return agent.memory
         try:
             return agent.memory.snapshot(agent.user_id)

@@ -14,6 +14,7 @@ from persona_dspy.fleet.reads import snapshots
 from persona_dspy.fleet.report import UserReport
 from persona_dspy.fleet.worker import LMSource, compile_user, resolve_lm
 from persona_dspy.memory.episodic import EpisodicMemory
+from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.memory.snapshot import UserSnapshot
 from persona_dspy.tracking.tracker import Tracking
 
@@ -51,7 +52,7 @@ def _ray_compile_user(
         return UserReport.failure(user_id, exc)
     if view is not None:
         view.embedder = state["embedder"]
-        memory: EpisodicMemory | UserSnapshot = view
+        memory: MemoryReader = view
     else:
         if state["memory"] is None:
             state["memory"] = EpisodicMemory(settings, embedder=state["embedder"])
@@ -73,7 +74,6 @@ def run_ray(
     resume: bool,
     ship_histories: bool,
     on_done: Callable[[UserReport], None],
-    read_chunk: int | None = None,
 ) -> None:
     try:
         import ray
@@ -87,8 +87,8 @@ def run_ray(
     task = ray.remote(num_cpus=1, max_retries=1)(_ray_compile_user)
     spec = ray.put(optimizer)  # each task records into its own Tracking
     in_flight: dict[Any, str] = {}
-    # shipped: the driver reads snapshots in chunks, as the threads backend does; else tasks read Qdrant
-    queue = snapshots(memory, user_ids, read_chunk) if ship_histories else ((u, None, 0.0) for u in user_ids)
+    # shipped: the driver reads snapshots ahead, as the threads backend does; else tasks read Qdrant
+    queue = snapshots(memory.snapshot, user_ids) if ship_histories else ((u, None, 0.0) for u in user_ids)
     pending = True
     try:
         while pending or in_flight:

@@ -12,8 +12,7 @@ from persona_dspy.config import Settings
 from persona_dspy.fleet.reads import snapshots
 from persona_dspy.fleet.report import UserReport
 from persona_dspy.fleet.worker import LMSource, compile_user, resolve_lm
-from persona_dspy.memory.episodic import EpisodicMemory
-from persona_dspy.memory.snapshot import UserSnapshot
+from persona_dspy.memory.protocol import Memory, MemoryReader
 from persona_dspy.tracking.tracker import Tracking
 
 if TYPE_CHECKING:
@@ -24,28 +23,27 @@ def run_threads(
     user_ids: list[str],
     optimizer: GatedPersonaOptimizer,
     *,
-    memory: EpisodicMemory,
+    memory: Memory,
     tracking: Tracking,
     lm: LMSource,
     settings: Settings,
     workers: int,
     resume: bool,
     on_done: Callable[[UserReport], None],
-    read_chunk: int | None = None,
 ) -> None:
-    """Users' snapshots are read ahead of the workers, ``read_chunk`` users per store read (``fleet.reads.snapshots``)."""
+    """Users' snapshots are read ahead of the workers, at most ``2 * workers`` held (``fleet.reads.snapshots``)."""
     if not user_ids:
         return
     model = resolve_lm(lm, settings)
 
-    def work(uid: str, view: UserSnapshot, read_seconds: float) -> UserReport:
+    def work(uid: str, view: MemoryReader, read_seconds: float) -> UserReport:
         with dspy.context(lm=model):  # thread-local; dspy.configure is for the main thread only
             return compile_user(
                 uid, optimizer, memory=view, tracking=tracking, discard_unfinished=resume, read_seconds=read_seconds
             )
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="persona-fleet")
-    reads = snapshots(memory, user_ids, read_chunk)
+    reads = snapshots(memory.snapshot, user_ids)
     pending: set[Any] = set()
     try:
         for uid, view, seconds in reads:
