@@ -46,7 +46,9 @@ def rewrite_shard(folder: str | Path, collection: str) -> int:
                     qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=True)
                 )
                 if records:
-                    points = [qe.Point(r.id, r.vector, r.payload or {}) for r in records]
+                    points = [qe.Point(r.id, r.vector, r.payload or {}) for r in records if r.vector is not None]
+                    if len(points) != len(records):  # with_vector=True: every point has its vector
+                        raise StoreUnavailableError(f"compacting {path}: the shard returned points without vectors")
                     target.update(qe.UpdateOperation.upsert_points(points))
                     kept += len(points)
                 if offset is None:
