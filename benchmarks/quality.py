@@ -215,6 +215,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def metric_on(s: dict[str, Any], ids: list[str], key: str) -> float:
+    """``s``'s metric on the cases ``ids`` only (a paired comparison's own users)."""
+    return metric_ci(key, [s["gold"][i] for i in ids], [s["pred"][i] for i in ids], n=10, **s["kw"])[0]
+
+
 def _mean(values) -> float:
     values = list(values)
     return sum(values) / len(values) if values else 0.0
@@ -250,14 +255,53 @@ def report(summaries: list[dict[str, Any]], note: str) -> None:
     for s in summaries:
         for other, (n, diff) in sorted(s.get("paired", {}).items()):
             base = next(o for o in summaries if o["dataset"] == s["dataset"] and o["spec"] == other)
-            ref = base["mae" if s["kind"] == "rating" else "accuracy"][0]
+            common = sorted(set(s["gold"]) & set(base["gold"]))
+            ref = metric_on(base, common, "mae" if s["kind"] == "rating" else "accuracy")
             rel = (-diff[0] if s["kind"] == "rating" else diff[0]) / ref if ref else float("nan")
             excludes = diff[1] > 0 or diff[2] < 0
             lines.append(
                 f"| {s['dataset']} | {other} | {n} | {_ci(diff)} | {100 * rel:+.1f}% | {'yes' if excludes else 'no'} |"
             )
-    lines += ["", *compile_checks(summaries), "", "![quality](benchmarks/results/quality.png)"]
+    lines += ["", *verdict(summaries), "", *compile_checks(summaries), "", "![quality](benchmarks/results/quality.png)"]
     replace_section(ROOT / "BENCHMARKS.md", "## Quality (personalization methods on the dev sets)", "\n".join(lines))
+
+
+def verdict(summaries: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets on this run: beat the best non-aligned method by >= 10% relative with the
+    paired interval excluding zero; <= 15 LM calls and <= 5k tokens per compile."""
+    out = ["Targets (issue 19), on the users of this run:"]
+    for s in summaries:
+        if s["spec"] != MAIN:
+            continue
+        lower = s["kind"] == "rating"
+        key = "mae" if lower else "accuracy"
+        others = [
+            o
+            for o in summaries
+            if o["dataset"] == s["dataset"]
+            and not o["spec"].startswith(MAIN)
+            and o["spec"] != "gepa"
+            and o["spec"] in s.get("paired", {})
+        ]
+        if not others:
+            continue
+        on_common = {o["spec"]: metric_on(o, sorted(set(s["gold"]) & set(o["gold"])), key) for o in others}
+        best = (min if lower else max)(others, key=lambda o: on_common[o["spec"]])
+        n, diff = s["paired"][best["spec"]]
+        best_value = on_common[best["spec"]]
+        rel = (-diff[0] if lower else diff[0]) / best_value if best_value else float("nan")
+        excludes = diff[2] < 0 if lower else diff[1] > 0
+        met = rel >= 0.10 and excludes
+        compile_calls = _mean((c.get("compile") or {}).get("lm_calls", 0) for c in s["cases"].values())
+        compile_tokens = _mean((c.get("compile") or {}).get("tokens", 0) for c in s["cases"].values())
+        out.append(
+            f"- {s['dataset']}: `{MAIN}` {key} {s[key][0]:.3f} ({s['n']} users) vs the best non-aligned method "
+            f"(`{best['spec']}`) {best_value:.3f} on the same {n} users: {100 * rel:+.1f}% relative, paired 95% interval "
+            f"of the difference [{diff[1]:.3f}, {diff[2]:.3f}] -> target {'met' if met else 'NOT met'}. "
+            f"Compile cost: {compile_calls:.1f} LM calls (target <= 15), {compile_tokens:.0f} tokens "
+            f"(target <= 5,000) per user, gate included."
+        )
+    return out
 
 
 def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
