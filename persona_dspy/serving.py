@@ -41,7 +41,7 @@ from persona_dspy.errors import (
 from persona_dspy.memory.episodic import EpisodicMemory, validate_batch
 from persona_dspy.memory.semantic import SemanticMemory
 from persona_dspy.signatures.tasks import TaskSpec, get_task
-from persona_dspy.tracking.registry import PRODUCTION
+from persona_dspy.tracking.registry import CANDIDATE, PRODUCTION
 from persona_dspy.tracking.tracker import Tracking
 
 if TYPE_CHECKING:
@@ -336,9 +336,12 @@ def load_agent(
     spec = get_task(task if task is not None else latest[-1].task)
     try:
         version = tracking.load_persona(user_id, alias)
-    except PersonaNotFoundError:
+    except PersonaNotFoundError as exc:
         if alias != PRODUCTION:
-            raise
+            raise PersonaNotFoundError(
+                f"user {user_id!r} has no persona {alias!r} (an alias, {PRODUCTION} or {CANDIDATE}, or a version "
+                f"number); see `persona-dspy personas history {user_id}`."
+            ) from exc
         version = None  # never compiled (or never promoted): the default persona
     return ServedAgent(
         spec,
