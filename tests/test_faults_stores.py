@@ -3,10 +3,13 @@ state dir, an interrupted fleet. Each is a specific error with its exit code, an
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import dspy
 import pytest
@@ -112,15 +115,19 @@ def test_a_copied_state_dir_refuses_to_touch_the_originals_artifacts(tmp_path, m
     "damage, says",
     [
         (lambda db: db.write_bytes(b""), "is empty (0 bytes)"),
-        (lambda db: db.write_bytes(db.read_bytes()[: db.stat().st_size // 3]), "is truncated"),
-        (lambda db: db.write_bytes(b"{not sqlite}" * 20), "is not a sqlite database"),
+        (lambda db: db.write_bytes(db.read_bytes()[: db.stat().st_size // 3]), "truncated"),
+        (lambda db: db.write_bytes(b"{not sqlite}" * 20), "is not a readable sqlite database"),
     ],
     ids=["zero-byte", "truncated", "garbage"],
 )
 def test_a_damaged_sqlite_registry_is_tracking_unavailable_naming_the_file(damage, says, tmp_path, mlflow_uri, capsys):
     db = tmp_path / "mlflow.db"
     Tracking(Settings(state_dir=tmp_path / "other"), tracking_uri=mlflow_uri).history("u")  # the store exists
-    shutil.copyfile(mlflow_uri.removeprefix("sqlite:///"), db)  # a real, migrated store
+    with (  # a real, migrated store, copied by sqlite (a plain file copy would drop this process's locks on it)
+        contextlib.closing(sqlite3.connect(mlflow_uri.removeprefix("sqlite:///"))) as source,
+        contextlib.closing(sqlite3.connect(db)) as target,
+    ):
+        source.backup(target)
     damage(db)
     size = db.stat().st_size
     capsys.readouterr()  # the store's creation logs
@@ -212,3 +219,76 @@ def test_a_failure_between_register_and_promote_leaves_no_running_run_and_sync_r
     run = tracking.client.get_run(version.tags["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["persona_version"] == str(version.version)
     assert "production" in version.aliases
+
+
+FLEET = """
+import sys, threading
+from persona_dspy import Settings
+from persona_dspy.fleet import compile_users
+from persona_dspy.lm.scripted import ScriptedLM
+from persona_dspy.memory import EpisodicMemory
+from persona_dspy.optimizers import PersonaOptimizer
+from test_faults_stores import fleet_users, fleet_optimizer
+from scripted import rule
+
+started = threading.Event()
+def rule_saying_started(messages):
+    if not started.is_set():
+        started.set()
+        print("compiling", flush=True)
+    return rule(messages)
+
+settings = Settings(state_dir=sys.argv[1], qdrant=":memory:", mlflow_tracking_uri=sys.argv[2])
+with EpisodicMemory(settings) as memory:
+    memory.add([it for u in fleet_users() for it in history(u)])
+    compile_users(fleet_users(), fleet_optimizer(), settings=settings, memory=memory,
+                  lm=ScriptedLM(rule_saying_started, latency=0.1), workers=2, progress=False)
+"""
+
+
+def fleet_users() -> list[str]:
+    return [f"fleet-{i}" for i in range(5)]
+
+
+def fleet_optimizer() -> PersonaOptimizer:
+    return PersonaOptimizer(n_recent=2, iterations=1, n_val=2)
+
+
+def test_after_sigint_the_fleet_journal_lists_every_compile_the_registry_has_and_resume_says_so(
+    tmp_path, memory, mlflow_uri
+):
+    from persona_dspy.fleet.journal import FleetJournal, fleet_id
+
+    state = tmp_path / "state"
+    script = "from test_faults_stores import history\n" + FLEET
+    fleet = subprocess.Popen(
+        [sys.executable, "-c", script, str(state), mlflow_uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    assert fleet.stdout.readline().strip() == "compiling"
+    fleet.send_signal(signal.SIGINT)
+    _, err = fleet.communicate(timeout=120)
+    assert fleet.returncode != 0 and "KeyboardInterrupt" in err
+
+    settings = Settings(state_dir=state, qdrant=":memory:", mlflow_tracking_uri=mlflow_uri)
+    tracking = Tracking(settings)
+    recorded = {u: tracking.last_compile(u) for u in fleet_users()}
+    recorded = {u: last for u, last in recorded.items() if last is not None}
+    journal = FleetJournal(state / "fleet" / f"{fleet_id(fleet_optimizer(), fleet_users())}.jsonl").read()
+    assert recorded and len(recorded) < len(fleet_users())  # interrupted in the middle
+    assert {u: r.version for u, r in journal.items()} == {u: last["persona_version"] for u, last in recorded.items()}
+    running = tracking.client.search_runs(
+        [tracking.experiment_id()], "attributes.status = 'RUNNING' and tags.persona_prompt LIKE 'persona.fleet-%'"
+    )
+    assert running == []
+
+    memory.add([it for u in fleet_users() for it in history(u)])
+    report = compile_users(
+        fleet_users(), fleet_optimizer(), settings=settings, memory=memory, lm=ScriptedLM(rule), resume=True
+    )
+    by_user = {u.user_id: u for u in report.users}
+    assert {u for u, r in by_user.items() if r.from_journal} == set(recorded)
+    assert all(by_user[u].status == "promoted" for u in fleet_users())

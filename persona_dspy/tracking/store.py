@@ -22,51 +22,48 @@ from persona_dspy.redaction import redact
 STORE_ERRORS = (MlflowException, OSError, ConnectionError, sqlite3.Error, SQLAlchemyError)
 _SQLITE_LOCKS: dict[str, threading.RLock] = {}
 _SQLITE_GUARD = threading.Lock()
+_SQLITE_SEEN: set[str] = set()
 
 
 redact_uri = redact
 """Drop credentials (``user:password@``) from any URI in ``text`` before it is shown or logged."""
 
 
-def _broken_sqlite(db: Path) -> str | None:
-    """Why ``db`` is not a usable sqlite file (empty, not sqlite, shorter than its header says), or None.
-
-    Reads the 100-byte header only: a zero-byte file would otherwise silently become a new, empty
-    registry, and a truncated one fails on some later query with "database disk image is malformed".
-    """
-    if not db.exists():
-        return None
-    if db.is_dir():
-        return "is a directory"
-    size = db.stat().st_size
-    if size == 0:
-        return "is empty (0 bytes), not an MLflow store"
-    with db.open("rb") as fh:
-        header = fh.read(100)
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
-        return "is not a sqlite database"
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages, counter, valid_for = (int.from_bytes(header[i : i + 4], "big") for i in (28, 24, 92))
-    if pages and counter == valid_for and size < pages * page_size:
-        return f"is truncated ({size:,} bytes, its header says {pages * page_size:,})"
-    return None
-
-
 def _sqlite_wal(db: Path) -> None:
-    """Put a sqlite MLflow store in WAL mode: MLflow commits ~26 times per compile, and a rollback
-    journal waits for the disk on each (a persistent, per-file setting; readers never block).
+    """Open a sqlite MLflow store, refusing one that is not usable, and put it in WAL mode (MLflow
+    commits ~26 times per compile, and a rollback journal waits for the disk on each; a persistent,
+    per-file setting; readers never block).
 
-    A file that is not a usable sqlite store is refused here, naming it (``_broken_sqlite``)."""
-    problem = _broken_sqlite(db)
+    A zero-byte file would otherwise silently become a new, empty registry, and a truncated one fail
+    on some later query: the first open in this process runs ``PRAGMA quick_check``. Everything goes
+    through sqlite: reading the file with a descriptor of our own and closing it would drop every POSIX
+    lock this process holds on it (sqlite's connections' locks), and another process could then
+    checkpoint or write under them.
+    """
+    problem = None
+    if db.is_dir():
+        problem = "is a directory"
+    elif db.exists() and db.stat().st_size == 0:
+        problem = "is empty (0 bytes), not an MLflow store"
+    else:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _SQLITE_GUARD:
+            first = str(db.resolve()) not in _SQLITE_SEEN
+        try:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0] if first else "ok"
+            if verdict != "ok":
+                problem = f"is damaged (sqlite: {verdict})"
+        except sqlite3.DatabaseError as exc:
+            problem = f"is not a readable sqlite database (sqlite: {exc}; truncated or overwritten?)"
     if problem is not None:
         raise TrackingUnavailableError(
             f"the MLflow store {db} {problem}. Restore it from a backup, or move it away to start a new, "
             "empty registry (its persona versions and runs are then lost); nothing was written."
         )
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+    with _SQLITE_GUARD:
+        _SQLITE_SEEN.add(str(db.resolve()))
 
 
 def _writer_lock(tracking_uri: str) -> contextlib.AbstractContextManager[Any]:
