@@ -110,9 +110,15 @@ def align_user(
         mark = time.perf_counter()
         if discard_unfinished:
             tracking.discard_unfinished(user_id)
-        if skip_unchanged and unchanged_since_last_compile(tracking.last_compile(user_id), optimizer, watermark):
+        last = tracking.last_compile(user_id) if skip_unchanged else None
+        if last is not None and unchanged_since_last_compile(last, optimizer, watermark):
             timings["tracking"] = time.perf_counter() - mark
-            return done("skipped", "unchanged since its last compile (same data watermark and optimizer params)")
+            outcome = "promoted" if last["promoted"] else "kept"
+            return done(
+                "skipped",
+                f"unchanged since its last compile (same data watermark and optimizer params): "
+                f"v{last['persona_version']} {outcome}, run {last['run_id']}",
+            )
         production = tracking.production_persona(user_id)
         timings["tracking"] = time.perf_counter() - mark
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING
 
 import dspy
 
@@ -44,20 +44,33 @@ def run_threads(
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="persona-fleet")
     reads = snapshots(memory.snapshot, user_ids)
-    pending: set[Any] = set()
+    pending: set[Future[UserReport]] = set()
+    unreported: set[Future[UserReport]] = set()
+
+    def report(futures: set[Future[UserReport]]) -> None:
+        for future in futures:
+            on_done(future.result())
+            unreported.discard(future)
+
     try:
         for uid, view, seconds in reads:
             if isinstance(view, Exception):
                 on_done(UserReport.failure(uid, view, timings={"memory": seconds}, seconds=seconds))
                 continue
-            pending.add(pool.submit(work, uid, view, seconds))
+            future = pool.submit(work, uid, view, seconds)
+            pending.add(future)
+            unreported.add(future)
             while len(pending) >= 2 * workers:
                 completed, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in completed:
-                    on_done(future.result())
+                report(completed)
         while pending:
             completed, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in completed:
-                on_done(future.result())
+            report(completed)
+    except BaseException:
+        # Ctrl-C: the users not started are cancelled, the compiles in flight finish (and are recorded):
+        # each is reported too, so the journal lists every user the registry has a compile of
+        pool.shutdown(wait=True, cancel_futures=True)
+        report({f for f in unreported if f.done() and not f.cancelled()})
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
