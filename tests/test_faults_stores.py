@@ -292,3 +292,22 @@ def test_after_sigint_the_fleet_journal_lists_every_compile_the_registry_has_and
     by_user = {u.user_id: u for u in report.users}
     assert {u for u, r in by_user.items() if r.from_journal} == set(recorded)
     assert all(by_user[u].status == "promoted" for u in fleet_users())
+
+
+@pytest.mark.parametrize(
+    "damaged", ["edge_config.json", "wal/open-1", "segments/*/version.info"], ids=["config", "wal", "segment"]
+)
+def test_a_damaged_qdrant_edge_folder_is_store_unavailable_naming_the_file(damaged, tmp_path, embedder, capsys):
+    from persona_dspy.memory import EpisodicMemory
+
+    with EpisodicMemory(Settings(state_dir=tmp_path), embedder=embedder) as memory:
+        memory.add(history("edge"))
+    [target] = (tmp_path / "qdrant" / "persona_episodes").glob(damaged)
+    target.write_bytes(b"")
+    data = tmp_path / "more.jsonl"
+    data.write_text('{"user_id": "edge", "id": "new", "input": "x", "output": "1.0", "timestamp": 99}\n')
+    code = main(["ingest", str(data), "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == StoreUnavailableError.exit_code, err
+    assert str(target) in err or str(target.parent) in err
+    assert "restore it from a backup" in err and len(err.strip().splitlines()) == 1

@@ -122,7 +122,10 @@ def _open(folder: Path, collection: str) -> qe.EdgeShard:
     except Exception as exc:  # qdrant_edge raises plain Exception ("Service runtime error: ...")
         if "WouldBlock" in str(exc):
             raise StoreUnavailableError(f"the Qdrant Edge shard {path} is open in another process: close it.") from exc
-        raise StoreUnavailableError(f"cannot open the Qdrant Edge shard {path}: {exc}") from exc
+        raise StoreUnavailableError(
+            f"cannot open the Qdrant Edge shard {path}: {exc}. The folder is damaged (a truncated or emptied "
+            "file): restore it from a backup, or move it away and ingest the users' histories again."
+        ) from exc
     return shard
 
 
