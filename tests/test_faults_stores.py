@@ -310,4 +310,4 @@ def test_a_damaged_qdrant_edge_folder_is_store_unavailable_naming_the_file(damag
     err = capsys.readouterr().err
     assert code == StoreUnavailableError.exit_code, err
     assert str(target) in err or str(target.parent) in err
-    assert "restore it from a backup" in err and len(err.strip().splitlines()) == 1
+    assert "restore the folder from a backup" in err and len(err.strip().splitlines()) == 1

@@ -123,8 +123,8 @@ def _open(folder: Path, collection: str) -> qe.EdgeShard:
         if "WouldBlock" in str(exc):
             raise StoreUnavailableError(f"the Qdrant Edge shard {path} is open in another process: close it.") from exc
         raise StoreUnavailableError(
-            f"cannot open the Qdrant Edge shard {path}: {exc}. The folder is damaged (a truncated or emptied "
-            "file): restore it from a backup, or move it away and ingest the users' histories again."
+            f"cannot open the Qdrant Edge shard {path}: {exc}. If a file of it was truncated or emptied, "
+            "restore the folder from a backup, or move it away and ingest the users' histories again."
         ) from exc
     return shard
 
