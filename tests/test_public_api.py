@@ -15,7 +15,7 @@ from persona_dspy import errors
 PACKAGE = Path(pd.__file__).parent
 
 LAYERS = [
-    {"errors", "config", "results", "compat"},
+    {"errors", "config", "results", "compat", "redaction"},
     {"data", "lm"},
     {"signatures"},
     {"memory"},
@@ -25,7 +25,7 @@ LAYERS = [
     {"tracking"},
     {"pipeline"},
     {"fleet", "demo", "evaluation"},
-    {"serving"},
+    {"serving", "forget"},
     {"export"},
     {"cli"},
     {"__init__"},
