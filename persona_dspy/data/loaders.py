@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from persona_dspy.data.records import MAX_FIELD_CHARS, Interaction, UserHistory
-from persona_dspy.errors import MalformedInteractionError, UnknownTaskError
+from persona_dspy.errors import MalformedInteractionError
 
 MAX_LINE_BYTES = 4 * 1024 * 1024
 """Largest JSONL line accepted (a LaMP record with a 100-item profile is ~150 KB)."""
@@ -58,25 +58,18 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _interaction(fields: dict[str, Any], *, source: str, line: int) -> Interaction:
-    """The record, validated; its task must be registered (checked at ingest, not at the first compile)."""
-    from persona_dspy.signatures.tasks import get_task
-
-    record_id = str(fields.get("id")) if fields.get("id") is not None else None
     try:
-        it = Interaction(**fields)
+        return Interaction(**fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None
         raise MalformedInteractionError(
-            err["msg"], source=source, line=line, record_id=record_id, field=field
+            err["msg"],
+            source=source,
+            line=line,
+            record_id=str(fields.get("id")) if fields.get("id") is not None else None,
+            field=field,
         ) from None
-    try:
-        get_task(it.task)
-    except UnknownTaskError as exc:
-        raise MalformedInteractionError(
-            str(exc).strip("'\""), source=source, line=line, record_id=record_id, field="task"
-        ) from None
-    return it
 
 
 def load_interactions(path: str | Path, *, require_time_order: bool = True) -> list[Interaction]:

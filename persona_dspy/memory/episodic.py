@@ -27,13 +27,14 @@ from tqdm.auto import tqdm
 
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import MalformedInteractionError, UnknownUserError
+from persona_dspy.errors import MalformedInteractionError, UnknownTaskError, UnknownUserError
 from persona_dspy.memory.client_engine import ClientEngine
 from persona_dspy.memory.edge_engine import EdgeEngine
 from persona_dspy.memory.embedder import OnnxEmbedder
 from persona_dspy.memory.engine import Engine
 from persona_dspy.memory.protocol import Episode
 from persona_dspy.memory.snapshot import UserSnapshot
+from persona_dspy.signatures.tasks import get_task
 
 __all__ = ["NAMESPACE", "Episode", "EpisodicMemory", "point_id", "validate_batch"]
 
@@ -79,6 +80,12 @@ def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[I
             )
         seen[rec.key] = pos
         items.append(rec)
+    for task in sorted({it.task for it in items}):  # here, not at the first compile (a KeyError then)
+        try:
+            get_task(task)
+        except UnknownTaskError as exc:
+            first = next(it for it in items if it.task == task)
+            raise MalformedInteractionError(str(exc).strip("'\""), record_id=first.id, field="task") from None
     return items
 
 
