@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from persona_dspy import ConfigurationError, MalformedInteractionError
+from persona_dspy import (
+    ConfigurationError,
+    MalformedInteractionError,
+    StoreUnavailableError,
+    TrackingUnavailableError,
+)
 from persona_dspy.cli import main
 
 
@@ -53,3 +58,33 @@ def test_a_qdrant_address_without_scheme_is_a_configuration_error(how, tmp_path,
     assert code == ConfigurationError.exit_code, err
     assert "http://localhost:6333" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.jsonl"]  # no folder named localhost:6333
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["compile", "--qdrant", ":memory:"], ConfigurationError),
+        (["ingest", "{data}"], StoreUnavailableError),
+        (["personas", "history", "u"], TrackingUnavailableError),
+    ],
+    ids=["compile", "ingest", "history"],
+)
+def test_a_state_dir_that_cannot_be_written_is_one_line_naming_it(argv, error, tmp_path, capsys):
+    data = tmp_path / "ok.jsonl"
+    data.write_text(json.dumps({"user_id": "u", "id": "a", "input": "x", "output": "y", "timestamp": 1}) + "\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # a state dir below a file cannot be created, even by root
+    state = blocker / "state"
+    code, err = run([*(a.format(data=data) for a in argv), "--state-dir", str(state)], capsys)
+    assert code == error.exit_code, err
+    assert str(blocker) in err and len(err.strip().splitlines()) == 1 and "unexpected" not in err
+
+
+def test_log_records_are_redacted_once_the_cli_has_set_up_logging(caplog):
+    import logging
+
+    from persona_dspy.redaction import redact_logs
+
+    redact_logs()
+    logging.getLogger("mlflow.store").warning("request to %s failed", "http://alice:S3CRET@host:5000/api?token=abc")
+    assert "S3CRET" not in caplog.text and "token=abc" not in caplog.text and "http://***@host:5000" in caplog.text

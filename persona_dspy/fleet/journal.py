@@ -47,8 +47,14 @@ class FleetJournal:
     @contextmanager
     def open(self, resume: bool) -> Iterator[dict[str, UserReport]]:
         """Lock the fleet; yield the users already finished (resume only); close and unlock at exit."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path.with_suffix(".lock"), "w")  # noqa: SIM115 (closed below)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path.with_suffix(".lock"), "w")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot write the fleet journal in {self.path.parent}: {exc.strerror or exc}. The state dir must "
+                "be a writable folder: fix its permissions, or set PERSONA_DSPY_STATE_DIR (--state-dir)."
+            ) from exc
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
