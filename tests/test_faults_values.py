@@ -86,5 +86,5 @@ def test_log_records_are_redacted_once_the_cli_has_set_up_logging(caplog):
     from persona_dspy.redaction import redact_logs
 
     redact_logs()
-    logging.getLogger("mlflow.store").warning("request to %s failed", "http://alice:S3CRET@host:5000/api?token=abc")
+    logging.getLogger("httpx").warning("request to %s failed", "http://alice:S3CRET@host:5000/api?token=abc")
     assert "S3CRET" not in caplog.text and "token=abc" not in caplog.text and "http://***@host:5000" in caplog.text
