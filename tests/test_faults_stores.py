@@ -42,6 +42,13 @@ def history(user: str, n: int = 6) -> list[Interaction]:
     ]
 
 
+@pytest.fixture(autouse=True)
+def own_lm_caches(tmp_path, monkeypatch):
+    """``forget`` empties DSPy's disk cache and TextGrad's logs: never the machine's while testing."""
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "lm-cache"))
+    monkeypatch.setenv("TEXTGRAD_LOG_DIR", str(tmp_path / "textgrad-logs"))
+
+
 @pytest.fixture
 def dead_uri(monkeypatch) -> str:
     """A tracking URI nothing listens on (no retries: the refusal is immediate)."""
