@@ -114,7 +114,7 @@ _DOWN = re.compile(r"\b(lower|dislike|hate|avoid|0\.5|1(?:\.0)? stars?|1\.5)\b",
 
 def states(persona: str, genre: str, up: bool) -> bool:
     """The persona names ``genre`` in a sentence that says the right direction."""
-    for sentence in re.split(r"(?<=[.;!?:])\s+|\n", persona):
+    for sentence in re.split(r"(?<=[.;!?])\s+|\n", persona):
         if re.search(rf"\b{re.escape(genre)}\b", sentence, re.I) and (_UP if up else _DOWN).search(sentence):
             return True
     return False
@@ -132,7 +132,18 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--past", type=int, default=40)
     parser.add_argument("--test", type=int, default=6)
+    parser.add_argument(
+        "--report", action="store_true", help="rewrite the section from benchmarks/results/planted.json"
+    )
     args = parser.parse_args()
+    if args.report:
+        rows = json.loads((ROOT / "benchmarks" / "results" / "planted.json").read_text())
+        for r in rows:
+            r["rules_stated"] = int(states(r["candidate"], r["love"], True)) + int(
+                states(r["candidate"], r["hate"], False)
+            )
+        write_section(rows, args, float("nan"))
+        return
     rng = random.Random(0)
     pool = movies()
     lm = build_lm(Settings())
@@ -176,12 +187,17 @@ def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) ->
     def mae(arm: str) -> float:
         return (1 - mean_score(arm)) * 4.5
 
+    from stats import paired_bootstrap_diff
+
     stated = sum(r["rules_stated"] for r in rows)
+    flat = {arm: [x for r in rows for x in r[arm]] for arm in ("default", "hand", "aligned")}
+    diffs = {other: paired_bootstrap_diff(flat["aligned"], flat[other]) for other in ("default", "hand")}
     lines = [
         (
             f"{len(rows)} synthetic users x {args.test} held-out movies, {args.past} past ratings each (rules in "
             "`benchmarks/planted.py`); persona alone, no memory actions; embedded model. "
-            f"Rerun: `python benchmarks/planted.py --users {args.users} --test {args.test}` ({seconds / 60:.0f} min)."
+            f"Rerun: `python benchmarks/planted.py --users {args.users} --test {args.test}` (about 6 min here; "
+            "`--report` rewrites this section from `benchmarks/results/planted.json`)."
         ),
         "",
         "| arm | MAE | mean score | share of the hand-written persona's score |",
@@ -197,6 +213,16 @@ def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) ->
             f"LM calls per compile: {sum(r['lm_calls'] for r in rows) / len(rows):.1f}, tokens "
             f"{sum(r['tokens'] for r in rows) / len(rows):.0f}."
         ),
+    ]
+    lines += [
+        "",
+        "Mean score of `aligned` minus each arm over the held-out movies (paired bootstrap over movies; movies of "
+        "one user are not independent, so this interval is optimistic): "
+        + "; ".join(f"vs {o}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for o, d in diffs.items())
+        + ". The hand-written persona scores exactly what the default persona scores: the 1.5B model does not act "
+        "on rules it is told in words; what moves its answers is the measured shift the aligned guidance states "
+        '("answer about 1.5 lower"), so `aligned` clears the 90% target against this ceiling only because the '
+        "ceiling does not move the model.",
     ]
     replace_section(ROOT / "BENCHMARKS.md", "## Planted preferences (the right persona is known)", "\n".join(lines))
 
