@@ -229,9 +229,22 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
             result.reason = "no held-back interactions to gate on; the candidate is not promoted"
             return
         agent.persona = production_text
-        result.val_score_production, _ = self.replay(agent, val, budget, "gate (production)")
+        result.val_score_production, production = self.replay(agent, val, budget, "gate (production)")
         agent.persona = candidate_text
-        result.val_score_candidate, _ = self.replay(agent, val, budget, "gate (candidate)")
+        result.val_score_candidate, candidate = self.replay(agent, val, budget, "gate (candidate)")
+        self._decide(agent, val, production, candidate, result)
+
+    def _decide(
+        self,
+        agent: PersonaAgent,
+        val: list[Interaction],
+        production: list[str | None],
+        candidate: list[str | None],
+        result: CompileResult,
+    ) -> None:
+        """Promote from the gate's replays (answers per held-back interaction; mean scores in ``result``):
+        here, when the candidate is not worse than production by more than ``margin``."""
+        assert result.val_score_candidate is not None and result.val_score_production is not None
         result.promoted = result.val_score_candidate >= result.val_score_production - self.margin
         result.reason = (
             f"candidate {result.val_score_candidate:.3f} vs production "

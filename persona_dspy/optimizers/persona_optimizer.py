@@ -10,7 +10,7 @@
 4. **Step**: TextGrad's TGD rewrites the guidance into ``candidates`` rewrites; a rewrite that
    contradicts the facts is rejected; the others are replayed and the best is kept only if it
    replays strictly better.
-5. **Gate** (``_gate``): the candidate is promoted only with evidence: a higher mean score than
+5. **Gate** (``_decide``): the candidate is promoted only with evidence: a higher mean score than
    production on the ``n_val`` held-back interactions by more than ``min_gain``, and more wins than
    losses there.
 """
@@ -199,24 +199,19 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         return out
 
     # -- the gate ----------------------------------------------------------------------------------
-    def _gate(
-        self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget, result: CompileResult
+    def _decide(
+        self,
+        agent: PersonaAgent,
+        val: list[Interaction],
+        production: list[str | None],
+        candidate: list[str | None],
+        result: CompileResult,
     ) -> None:
         """Promote only with evidence: higher mean score by more than ``min_gain`` AND more wins than
         losses on the held-back interactions (a tie on every item is not evidence)."""
-        candidate_text = agent.persona
-        if candidate_text == production_text:
-            result.reason = "the persona did not change"
-            return
-        if not val:
-            result.reason = "no held-back interactions to gate on; the candidate is not promoted"
-            return
-        agent.persona = production_text
-        result.val_score_production, prod = self.replay(agent, val, budget, "gate (production)")
-        agent.persona = candidate_text
-        result.val_score_candidate, cand = self.replay(agent, val, budget, "gate (candidate)")
+        assert result.val_score_candidate is not None and result.val_score_production is not None
         score = agent.task.score
-        diffs = [score(c, it.output) - score(p, it.output) for c, p, it in zip(cand, prod, val)]
+        diffs = [score(c, it.output) - score(p, it.output) for c, p, it in zip(candidate, production, val)]
         wins, losses = sum(d > SCORE_TOLERANCE for d in diffs), sum(d < -SCORE_TOLERANCE for d in diffs)
         gain = result.val_score_candidate - result.val_score_production
         result.promoted = gain > self.min_gain + SCORE_TOLERANCE and wins > losses
