@@ -33,3 +33,20 @@ def rule_with_dspy_optimizers(messages: list[dict[str, str]]) -> str | dict[str,
         if f"`{field}`" in system:
             return {field: NEW_PERSONA}
     return rule(messages)
+
+
+def ratings(user_id: str, n: int = 6, *, genres: str = "Drama", start: float = 10.0, rating: str = "1.0") -> list:
+    """``n`` MovieLens-style interactions of one user, all rated ``rating``, one second apart."""
+    from persona_dspy.data import Interaction
+
+    return [
+        Interaction(
+            user_id=user_id,
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: {genres}",
+            output=rating,
+            timestamp=start + i,
+            task="movielens_rating",
+        )
+        for i in range(n)
+    ]

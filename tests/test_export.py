@@ -25,21 +25,12 @@ from persona_dspy.memory import episodic
 from persona_dspy.optimizers.prompts import FACTS_HEADER
 from persona_dspy.serving import RealignPolicy, compile_due, load_agent
 
+import scripted
 from scripted import rule
 
 
 def ratings(user_id: str, n: int = 6) -> list[Interaction]:
-    return [
-        Interaction(
-            user_id=user_id,
-            id=f"m{i}",
-            input=f"movie: Film {i} genres: Comedy",
-            output="1.0",
-            timestamp=1000.0 + i,
-            task="movielens_rating",
-        )
-        for i in range(n)
-    ]
+    return scripted.ratings(user_id, n, genres="Comedy", start=1000.0)
 
 
 @pytest.fixture

@@ -19,21 +19,11 @@ from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.pipeline import align_user
 from persona_dspy.tracking import Tracking
 
-from scripted import rule
+from scripted import ratings, rule
 
 
 def history(user: str, n: int = 6) -> list[Interaction]:
-    return [
-        Interaction(
-            user_id=user,
-            id=f"m{i}",
-            input=f"movie: Film {i} genres: Drama",
-            output="1.0",
-            timestamp=10.0 + i,
-            task="movielens_rating",
-        )
-        for i in range(n)
-    ]
+    return ratings(user, n)
 
 
 def line(i: int, ts: float, **kw) -> str:

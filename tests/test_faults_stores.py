@@ -25,21 +25,11 @@ from persona_dspy.pipeline import align_user
 from persona_dspy.tracking import Tracking
 from persona_dspy.tracking.server import free_port
 
-from scripted import CRITIQUE, NEW_PERSONA, rule
+from scripted import CRITIQUE, NEW_PERSONA, ratings, rule
 
 
 def history(user: str, n: int = 6) -> list[Interaction]:
-    return [
-        Interaction(
-            user_id=user,
-            id=f"m{i}",
-            input=f"movie: Film {i} genres: Drama",
-            output="1.0",
-            timestamp=10.0 + i,
-            task="movielens_rating",
-        )
-        for i in range(n)
-    ]
+    return ratings(user, n)
 
 
 @pytest.fixture(autouse=True)

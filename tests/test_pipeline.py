@@ -14,21 +14,11 @@ from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA
 
-from scripted import NEW_PERSONA, rule
+from scripted import NEW_PERSONA, ratings, rule
 
 
 def harsh_history(user_id: str, n: int = 8) -> UserHistory:
-    items = [
-        Interaction(
-            user_id=user_id,
-            id=f"m{i}",
-            input=f"movie: Film {i} genres: Comedy",
-            output="1.0",
-            timestamp=1000.0 + i,
-            task="movielens_rating",
-        )
-        for i in range(n)
-    ]
+    items = ratings(user_id, n, genres="Comedy", start=1000.0)
     return UserHistory(user_id=user_id, interactions=tuple(items))
 
 
