@@ -459,9 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = psub.add_parser("export", parents=[common], help="a user's persona as a self-contained chat prompt")
     export.add_argument("user")
     export.add_argument("--alias", default="production", help="alias or version number (default: production)")
-    export.add_argument("--format", choices=["text", "json", "messages"], default="text")
+    export.add_argument(
+        "--format",
+        choices=["text", "json", "messages"],
+        default="text",
+        help="text/json: a readable system prompt (json: its parts); messages: exactly the chat the agent sends "
+        "for --task-text (built by its DSPy adapter; the reply follows the [[ ## answer ## ]] marker)",
+    )
     export.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
-    export.add_argument("--task-text", help="the task to retrieve examples for (--format messages)")
+    export.add_argument("--task-text", help="the task the chat is for (--format messages; its episodes are retrieved)")
     export.set_defaults(func=cmd_export)
 
     rollback = sub.add_parser("rollback", parents=[common], help="move a user's production alias back")

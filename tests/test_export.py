@@ -10,8 +10,10 @@ from pathlib import Path
 
 import dspy
 import pytest
+from dspy.lm15 import request_from_openai_chat
 
 from persona_dspy import cli
+from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction
 from persona_dspy.errors import (
     ConfigurationError,
@@ -19,11 +21,12 @@ from persona_dspy.errors import (
     PersonaNotFoundError,
     UnknownUserError,
 )
-from persona_dspy.export import export_prompt
+from persona_dspy.export import agent_messages, export_prompt, parse_reply
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import episodic
 from persona_dspy.optimizers.prompts import FACTS_HEADER
 from persona_dspy.serving import RealignPolicy, compile_due, load_agent
+from persona_dspy.signatures.tasks import PersonalizedTask, get_task
 
 import scripted
 from scripted import rule
@@ -67,21 +70,82 @@ def test_the_json_export_names_each_part_and_the_version(compiled):
     assert exported["system"] == export_prompt("exported", **compiled)
 
 
-def test_the_messages_export_is_a_chat_with_the_episodes_the_agent_retrieves(compiled):
+def answering_prompts(lm: ScriptedLM) -> list[list[dict[str, str]]]:
+    """The chats the agent's answering predictor sent (not the profile distillations)."""
+    return [msgs for msgs in lm.prompts if "[[ ## task ## ]]" in msgs[-1]["content"]]
+
+
+@pytest.fixture
+def default_user(memory, tracking):
+    """A user with a history and no compiled persona (the default persona)."""
+    memory.add(ratings("uncompiled"))
+    return {"settings": tracking.settings, "memory": memory, "tracking": tracking}
+
+
+@pytest.mark.parametrize("before", [None, 1003.5])
+@pytest.mark.parametrize(("user", "stores"), [("uncompiled", "default_user"), ("exported", "compiled")])
+def test_the_messages_export_is_what_the_agents_lm_receives(user, stores, before, request):
+    stores = request.getfixturevalue(stores)
     task = "movie: Film 3 genres: Comedy"
-    system, user = export_prompt("exported", format="messages", task_text=task, **compiled)
-    agent = load_agent("exported", **compiled)
-    assert system["role"] == "system" and user["role"] == "user"
-    assert agent.context(task)["history"] in user["content"] and user["content"].endswith(task)
+    lm = ScriptedLM(rule)
+    with dspy.context(lm=lm):  # before=None: the agent first re-distills the stale profile, then answers
+        agent = load_agent(user, **stores)
+        assert agent(task=task, before=before).valid
+    (sent,) = answering_prompts(lm)  # a valid first answer: one call
+    exported = export_prompt(user, format="messages", task_text=task, before=before, **stores)
+    assert exported == sent  # message for message, byte for byte
+    system, message = exported
+    assert system["role"] == "system" and message["role"] == "user"
+    assert "[[ ## answer ## ]]" in system["content"]  # the field structure, then the persona as the objective
+    assert all(line.strip() in system["content"].split("your objective is:")[1] for line in agent.persona.splitlines())
+    assert agent.context(task, before)["history"] in message["content"] and task in message["content"]
+    assert message["content"].endswith("ending with the marker for `[[ ## completed ## ]]`.")
+    if agent.persona_version is not None:  # the aligned persona: its measured facts and its guidance
+        assert FACTS_HEADER in system["content"] and scripted.NEW_PERSONA in system["content"]
 
 
 def test_a_plain_chat_call_with_the_messages_export_answers_like_the_agent(compiled):
     task = "movie: Tonight genres: Comedy"
     messages = export_prompt("exported", format="messages", task_text=task, **compiled)
-    lm = ScriptedLM(lambda msgs: "1.0" if "harsh" in msgs[0]["content"] else "4.0")
-    with dspy.context(lm=ScriptedLM(rule)):
+    lm = ScriptedLM(rule)
+    with dspy.context(lm=lm):
         in_framework = load_agent("exported", **compiled)(task=task).answer
-    assert lm(messages=messages)[0] == in_framework == "1.0"
+    reply = lm(request_from_openai_chat({"model": lm.model, "messages": messages}), cache=False).text
+    assert reply.startswith("[[ ## answer ## ]]") and parse_reply(get_task("movielens_rating"), reply) == in_framework
+    assert in_framework == scripted.LOW  # the compiled persona (harsh) reached the plain call
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        (dspy.ChatAdapter().format_assistant_message_content(PersonalizedTask, {"answer": "4"}), "4.0"),
+        ("Here it is.\n[[ ## answer ## ]]\n3.5 stars\n\n[[ ## completed ## ]]", "3.5"),
+        ("[[ ## answer ## ]] 2 [[ ## answer ## ]] 5", "2.0"),  # the first answer section, as ChatAdapter reads it
+        ("4", "4.0"),  # a bare answer, no markers
+        ("4.5\n\n[[ ## completed ## ]]", "4.5"),
+    ],
+)
+def test_a_reply_is_read_after_its_answer_marker_by_the_tasks_contract(reply, answer):
+    assert parse_reply(get_task("movielens_rating"), reply) == answer
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "[[ ## answer ## ]]\nI would rather not say.\n\n[[ ## completed ## ]]",
+        "[[ ## profile ## ]]\nrates 5 stars often\n\n[[ ## completed ## ]]",  # markers, but no answer
+        "",
+        None,
+    ],
+)
+def test_a_reply_outside_the_contract_scores_as_invalid(reply):
+    task = get_task("movielens_rating")
+    assert parse_reply(task, reply) is None and task.score(parse_reply(task, reply), "4.0") == 0.0
+
+
+def test_the_messages_export_of_a_react_agent_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="pipeline"):
+        agent_messages(PersonaAgent("movielens_rating", user_id="u", mode="react"), "movie: X")
 
 
 def test_exporting_messages_without_a_task_or_in_an_unknown_format_is_a_configuration_error(compiled):
@@ -173,6 +237,9 @@ def test_the_export_benchmark_runs_on_the_scripted_lm(tmp_path):
 
     result = benchmark(["--scripted", "--users", "2", "--out", str(tmp_path / "export.json")])
     assert result["cases"] == 2 and result["within_2pct"] and result["summary"]["export"]["valid"] == 2
+    assert result["identical_prompt"] == 2 and all(
+        r["export_raw"].startswith("[[ ## answer ## ]]") for r in result["rows"]
+    )
 
 
 @pytest.mark.parametrize(
