@@ -299,7 +299,7 @@ def test_a_damaged_qdrant_edge_folder_is_store_unavailable_naming_the_file(damag
 
     with EpisodicMemory(Settings(state_dir=tmp_path), embedder=embedder) as memory:
         memory.add(history("edge"))
-    [target] = (tmp_path / "qdrant" / "persona_episodes").glob(damaged)
+    target = min((tmp_path / "qdrant" / "persona_episodes").glob(f"*/{damaged}"))  # a shard's file
     target.write_bytes(b"")
     data = tmp_path / "more.jsonl"
     data.write_text('{"user_id": "edge", "id": "new", "input": "x", "output": "1.0", "timestamp": 99}\n')

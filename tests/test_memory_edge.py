@@ -19,7 +19,7 @@ from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import StoreUnavailableError
 from persona_dspy.memory import EpisodicMemory
-from persona_dspy.memory.edge_engine import EdgeEngine
+from persona_dspy.memory.edge_engine import SHARDS, EdgeEngine, shard_of
 from persona_dspy.memory.embedder import DIM, OnnxEmbedder
 
 
@@ -66,13 +66,15 @@ def test_folder_and_edge_prefix_name_the_same_store(tmp_path: Path, embedder: On
 def test_default_store_is_an_edge_folder_in_the_state_dir(tmp_path: Path, embedder: OnnxEmbedder) -> None:
     with EpisodicMemory(Settings(state_dir=tmp_path), embedder=embedder) as m:
         m.add(items(2))
-    assert (tmp_path / "qdrant" / "persona_episodes" / "edge_config.json").is_file()
+    root = tmp_path / "qdrant" / "persona_episodes"
+    assert (root / "shards.json").is_file()
+    assert (root / f"{shard_of('u1', SHARDS):02d}" / "edge_config.json").is_file()
 
 
 def test_indexes_a_tenant_keyword_user_id_and_a_float_timestamp(tmp_path: Path) -> None:
     engine = EdgeEngine(tmp_path / "q", "episodes")
     try:
-        schema = engine.shard.info().payload_schema
+        schema = engine.shard("anyone").info().payload_schema
         assert schema["user_id"].data_type == qe.PayloadSchemaType.Keyword and schema["user_id"].params.is_tenant
         assert schema["timestamp"].data_type == qe.PayloadSchemaType.Float
     finally:
@@ -137,11 +139,13 @@ def test_second_process_on_the_folder_fails_clearly(tmp_path: Path, embedder: On
 
 
 def test_shard_held_by_a_bare_edge_process_fails_clearly(tmp_path: Path, embedder: OnnxEmbedder) -> None:
-    EdgeEngine(tmp_path / "q", "persona_episodes").close()
+    engine = EdgeEngine(tmp_path / "q", "persona_episodes")
+    engine.count(None)  # creates every shard
+    engine.close()
     holder = hold(f"""
         import time
         import qdrant_edge
-        shard = qdrant_edge.EdgeShard.load({str(tmp_path / "q" / "persona_episodes")!r})
+        shard = qdrant_edge.EdgeShard.load({str(tmp_path / "q" / "persona_episodes" / "03")!r})
         print("ready", flush=True)
         time.sleep(60)
     """)
@@ -182,19 +186,20 @@ def test_process_killed_while_adding_leaves_an_openable_store_that_a_readd_compl
 
 def test_forget_vacuums_on_close_once_edge_finds_it_worth_it(tmp_path: Path) -> None:
     settings = Settings(qdrant=str(tmp_path / "q"))
-    segments = lambda: sorted(p.name for p in (tmp_path / "q" / "persona_episodes" / "segments").iterdir())
-    with EpisodicMemory(settings, embedder=HashedVectors()) as m:
-        m.add(items(2_000, users=40))
+    root = tmp_path / "q" / "persona_episodes"
+    segments = lambda: sorted(p.relative_to(root).as_posix() for p in root.glob("*/segments/*"))
+    with EpisodicMemory(settings, embedder=HashedVectors()) as m:  # ~4,000 points in each of the 4 shards
+        m.add(items(16_000, users=160))
     written = segments()
     with EpisodicMemory(settings, embedder=HashedVectors()) as m:
-        assert m.forget("u0") == 50  # 2.5% deleted: below Edge's vacuum threshold (20%)
+        assert m.forget("u0") == 100  # ~5% of its shard deleted: below Edge's vacuum threshold (20%)
     assert segments() == written
     with EpisodicMemory(settings, embedder=HashedVectors()) as m:
-        assert sum(m.forget(f"u{u}") for u in range(1, 20)) == 950  # half deleted: vacuumed into a new segment
+        assert sum(m.forget(f"u{u}") for u in range(1, 80)) == 7_900  # half deleted: vacuumed into new segments
     assert segments() != written
     with EpisodicMemory(settings, embedder=HashedVectors()) as m:
-        assert m.count() == 1_000 and m.users() == [f"u{u}" for u in range(20, 40)]
-        assert m.history("u21") == items(2_000, users=40)[21::40]
+        assert m.count() == 8_000 and m.users() == sorted(f"u{u}" for u in range(80, 160))
+        assert m.history("u81") == items(16_000, users=160)[81::160]
 
 
 def test_legacy_local_folder_is_detected_and_migrated(

@@ -16,21 +16,31 @@ from pathlib import Path
 import qdrant_edge as qe
 
 from persona_dspy.errors import StoreUnavailableError
-from persona_dspy.memory.edge_engine import _OPEN, EDGE_CONFIG_FILE, SCROLL_PAGE, _lock, _open
+from persona_dspy.memory.edge_engine import _OPEN, EDGE_CONFIG_FILE, SCROLL_PAGE, _lock, _open, shard_names
 
 
 def rewrite_shard(folder: str | Path, collection: str) -> int:
-    """Rewrite ``<folder>/<collection>`` with its live points; returns how many were kept.
+    """Rewrite every shard of ``<folder>/<collection>`` with its live points; returns how many were kept.
 
-    The shard must not be open in this process (close every ``EpisodicMemory`` on it first).
+    The collection must not be open in this process (close every ``EpisodicMemory`` on it first).
     """
     folder = Path(folder).expanduser().resolve()
-    path, new, old = (folder / name for name in (collection, f"{collection}.rewrite", f"{collection}.replaced"))
-    if str(path) in _OPEN:
-        raise StoreUnavailableError(f"the Qdrant Edge shard {path} is open in this process: close it before a rewrite")
+    if str(folder / collection) in _OPEN:
+        raise StoreUnavailableError(
+            f"the Qdrant Edge shard {folder / collection} is open in this process: close it before a rewrite"
+        )
     if not folder.is_dir():
         return 0
     lock = _lock(folder, collection)
+    try:
+        return sum(_rewrite(folder, name) for name in shard_names(folder, collection))
+    finally:
+        lock.close()
+
+
+def _rewrite(folder: Path, name: str) -> int:
+    """Rewrite one shard ``folder/name`` (the collection's lock held)."""
+    path, new, old = (folder / n for n in (name, f"{name}.rewrite", f"{name}.replaced"))
     try:
         if old.exists() and not path.exists():  # killed between the two renames: the old shard is complete
             old.rename(path)
@@ -38,7 +48,7 @@ def rewrite_shard(folder: str | Path, collection: str) -> int:
         shutil.rmtree(new, ignore_errors=True)
         if not (path / EDGE_CONFIG_FILE).is_file():
             return 0
-        source, target = _open(folder, collection), _open(folder, new.name)
+        source, target = _open(folder, name), _open(folder, f"{name}.rewrite")
         kept, offset = 0, None
         try:
             while True:
@@ -63,5 +73,3 @@ def rewrite_shard(folder: str | Path, collection: str) -> int:
         return kept
     except OSError as exc:
         raise StoreUnavailableError(f"cannot rewrite the Qdrant Edge shard {path}: {exc}") from exc
-    finally:
-        lock.close()

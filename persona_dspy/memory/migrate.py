@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import qdrant_edge as qe
 from pydantic import BaseModel
 from qdrant_client import QdrantClient
 
@@ -122,13 +121,12 @@ def _verify(source: QdrantClient, name: str, staging: Path, copied: int, spot_ch
         if not sample:
             return 0
         old = {str(r.id): r for r in source.retrieve(name, sample, with_payload=True, with_vectors=True)}
-        edge_ids: list[qe.PointId] = [*sample]
-        new = {str(r.id): r for r in target.shard.retrieve(edge_ids, with_payload=True, with_vector=True)}
+        new = target.retrieve(sample)
         for pid in sample:
             same = (
                 pid in new
-                and new[pid].payload == old[pid].payload
-                and np.allclose(_unit(new[pid].vector), _unit(old[pid].vector), atol=1e-5)
+                and new[pid][0] == old[pid].payload
+                and np.allclose(_unit(new[pid][1]), _unit(old[pid].vector), atol=1e-5)
             )
             if not same:
                 raise StoreUnavailableError(f"migration of collection {name!r} failed its spot check on point {pid}.")
