@@ -39,10 +39,12 @@ import fcntl
 import json
 import os
 import threading
+import uuid
 import zlib
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 import qdrant_edge as qe
@@ -276,6 +278,21 @@ def _close_all() -> None:
         _OPEN.clear()
 
 
+def _point_id(pid: str) -> qe.PointId:
+    """A uuid string as a ``UUID`` (the binding reads it ~2x faster than the string); other ids as given."""
+    try:
+        return uuid.UUID(pid)
+    except ValueError:
+        return pid
+
+
+def _vector(row: np.ndarray) -> list[float]:
+    """A float32 vector for the binding: an ``array('f')`` is one copy, where ``tolist()`` builds 384
+    Python floats (~14 us a point here); Edge reads any float sequence to the same f32 values (its
+    stubs say ``list[float]``, hence the cast)."""
+    return cast("list[float]", array("f", np.ascontiguousarray(row, dtype=np.float32).tobytes()))
+
+
 PACKED = "episode"
 """Payload key of the JSON of every field but the three Edge reads itself (``FLAT``)."""
 FLAT = ("user_id", "timestamp", "content_hash")
@@ -353,7 +370,7 @@ class EdgeEngine:
     # -- Engine -----------------------------------------------------------------------------
 
     def content_hashes(self, ids: list[str]) -> dict[str, str | None]:
-        point_ids: list[qe.PointId] = list(ids)
+        point_ids = [_point_id(i) for i in ids]  # parsed once for every shard
         out: dict[str, str | None] = {}
         for shard in self._store.all():  # an id alone does not name its user, so not its shard
             for r in shard.retrieve(point_ids, with_payload=["content_hash"], with_vector=False):
@@ -362,10 +379,10 @@ class EdgeEngine:
 
     def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[Payload]) -> None:
         by_shard: dict[int, list[qe.Point]] = {}
-        rows = np.asarray(vectors, dtype=np.float32).tolist()
+        rows = np.ascontiguousarray(vectors, dtype=np.float32)
         for pid, row, payload in zip(ids, rows, payloads):
             by_shard.setdefault(shard_of(str(payload.get("user_id", "")), self.shards), []).append(
-                qe.Point(pid, row, pack(payload))
+                qe.Point(pid, _vector(row), pack(payload))
             )
         for index, points in by_shard.items():
             self._store.shard(index).update(qe.UpdateOperation.upsert_points(points))
@@ -374,7 +391,7 @@ class EdgeEngine:
         hits = self.shard(user_id).query(
             qe.QueryRequest(
                 limit=k,
-                query=qe.Query.Nearest(vector.tolist()),
+                query=qe.Query.Nearest(_vector(vector)),
                 filter=_user_filter(user_id, before),
                 with_payload=True,
             )
