@@ -1,7 +1,7 @@
 """Quality of personalization on the dev sets: every method on the same users, with intervals.
 
     python benchmarks/quality.py --datasets movielens --users 60          # run (resumable) + report
-    python benchmarks/quality.py --methods icl:k=8,persona+align:critique=1  # more arms, same users
+    python benchmarks/quality.py --methods icl:k=8,persona+align:anchor=0  # more arms (an ablation), same users
     python benchmarks/quality.py --report                                 # report from stored cases only
 
 Each case is one user's held-out last interaction: the user's past is ingested (time-bounded), the
@@ -15,7 +15,7 @@ and for ``persona+align`` the paired difference to every other method with its 9
 interval (the same users resampled together), on the users both methods ran.
 
 Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) for any method, optimizer options
-(``critique``, ``ground``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
+(``anchor``, ``critique``, ``ground``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ CASES = RESULTS / "quality_cases.jsonl"
 MAIN = "persona+align"
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
 INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val"}
-BOOL_OPTIONS = {"critique", "ground"}
+BOOL_OPTIONS = {"anchor", "critique", "ground"}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from persona_dspy.data import Interaction
-from persona_dspy.optimizers.grounding import contradictions, facets, measure
+from persona_dspy.optimizers.grounding import anchor_value, contradictions, facets, measure
 from persona_dspy.signatures import TASKS
 
 MOVIES = TASKS["movielens_rating"]
@@ -67,3 +67,23 @@ def test_one_fixed_answer_for_every_task_is_rejected_but_a_relative_shift_is_not
     assert contradictions("For this user, the assistant should answer with a rating of 3.5.", facts)
     assert contradictions("For this user, always rate 3.", facts)
     assert contradictions("For this user, answer about 0.7 lower than you would.", facts) == []
+
+
+def test_the_anchor_states_the_typical_answer_as_a_number_and_the_genres_that_move_it():
+    facts = measure(MOVIES, rated([("Comedy", "5.0")] * 4 + [("Horror", "1.0")] * 4 + [("Drama", "3.0")] * 4))
+    anchor = facts.anchor()
+    assert anchor == "For this user, answer 3.0 for a typical movie, higher for Comedy, lower for Horror."
+    assert anchor_value(anchor) == 3.0 and contradictions(anchor, facts) == []
+    assert anchor_value("For this user, answer about 0.5 lower.") is None
+
+
+def test_a_typical_answer_far_outside_the_users_range_is_a_contradiction():
+    facts = measure(MOVIES, rated([("Drama", "3.0")] * 4 + [("Drama", "3.5")] * 4))
+    assert contradictions("For this user, answer 3.5 for a typical movie.", facts) == []
+    assert contradictions("For this user, answer 5.0 for a typical movie.", facts)
+
+
+def test_label_tasks_have_no_anchor():
+    task = TASKS["LaMP-2N"]
+    items = [Interaction(user_id="u", id="a", input="article: x", output="travel", timestamp=1.0, task="LaMP-2N")]
+    assert measure(task, items).anchor() == ""

@@ -279,7 +279,9 @@ def test_a_critique_pointing_against_the_measured_error_is_dropped(memory):
             return "The assistant should rate higher for this user."
         return rule(messages)
 
-    result, _ = compile_with(memory, rating_history("contrary", ["1.0"] * 10), contrary, iterations=1, critique=True)
+    result, _ = compile_with(
+        memory, rating_history("contrary", ["1.0"] * 10), contrary, iterations=1, critique=True, anchor=False
+    )
     loss = result.steps[0].loss
     assert loss.startswith("Measured: 3 of 3 answers were higher") and "Critique" not in loss
     assert (
@@ -303,3 +305,33 @@ def test_the_base_instructions_survive_any_rewrite(memory):
 def test_the_default_compile_stays_within_fifteen_lm_calls(memory):
     result, lm = compile_with(memory, rating_history("cost", ["1.0", "2.0"] * 8), rule, n_val=4, iterations=1)
     assert result.lm_calls == len(lm.prompts) == 3 + 1 + 3 + 2 * 4 == 15
+
+
+# -- the anchor: the starting guidance states the user's typical answer as a number ---------------------
+
+
+def copier(messages):
+    """An agent that answers the typical number its guidance states (what the 1.5B model does)."""
+    answer = rule(messages)
+    found = re.search(r"answer (\d\.\d) for a typical movie", messages[0]["content"])
+    return {"answer": found.group(1)} if found and isinstance(answer, dict) and "answer" in answer else answer
+
+
+def test_the_anchor_is_the_starting_guidance_and_the_loss_states_the_step_as_a_new_number(memory):
+    result, _ = compile_with(memory, rating_history("anchor", ["1.0"] * 10), deaf, iterations=1)
+    step = result.steps[0]
+    assert "How to answer for this user: For this user, answer 1.0 for a typical movie." in step.persona
+    assert "answer 0.5 for a typical movie instead of 1.0" in step.loss  # 4.0 replayed vs 1.0: step down
+
+
+def test_a_persona_the_agent_follows_is_promoted_on_the_anchor_alone(memory):
+    result, lm = compile_with(memory, rating_history("follows", ["2.0"] * 10), copier, iterations=1)
+    assert result.steps[0].predictions == ["2.0"] * 3 and "matched" in result.stopped
+    assert result.promoted and result.val_score_candidate == 1.0 > result.val_score_production
+    assert result.lm_calls == len(lm.prompts) == 3 + 2 * 2  # replay, then the gate
+
+
+def test_without_the_anchor_the_guidance_starts_from_the_facts_alone(memory):
+    result, _ = compile_with(memory, rating_history("plain", ["1.0"] * 10), deaf, iterations=1, anchor=False)
+    assert "average rating is 1.0" in result.steps[0].persona and "typical" not in result.steps[0].persona
+    assert "answer about 3.0 lower than it otherwise would" in result.steps[0].loss  # a direction, no number

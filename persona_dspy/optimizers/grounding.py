@@ -29,6 +29,16 @@ MIN_FACET_SHIFT = 0.4
 MAX_FACETS = 3
 """At most this many facets per direction (higher / lower), the largest differences first."""
 
+ANCHOR_LEAD = "For this user, answer"
+_ANCHOR = re.compile(r"answer (?:about |around )?(\d(?:\.\d)?) for a typical \w+", re.I)
+
+
+def anchor_value(guidance: str) -> float | None:
+    """The typical answer a guidance states ("answer 3.5 for a typical movie"), if it states one."""
+    match = _ANCHOR.search(guidance)
+    return float(match.group(1)) if match else None
+
+
 _FACETS = re.compile(r"genres?:\s*(.+?)\s*$", re.I | re.M)
 
 
@@ -59,6 +69,10 @@ class UserFacts:
     lower: tuple[FacetStat, ...] = ()
     labels: tuple[tuple[str, int], ...] = ()
     all_facets: dict[str, FacetStat] = field(default_factory=dict)
+    typical: str | None = None
+    """Rating tasks: the mean as a valid answer (rounded to the task's step), the guidance's anchor."""
+    noun: str = "item"
+    """What the user answers about ("movie" for a task whose inputs read ``movie: ...``)."""
 
     def statements(self) -> list[str]:
         """The facts as short sentences a persona can carry as they are."""
@@ -96,6 +110,25 @@ class UserFacts:
     def text(self) -> str:
         return " ".join(self.statements())
 
+    def anchor(self) -> str:
+        """The measured starting guidance of a rating task: the user's typical answer as a number,
+        then which facets go higher or lower. A 1.5B model ignores "rate lower than usual" but copies
+        a number it is given, so the guidance states the number (empty when nothing was measured)."""
+        if self.kind != "rating" or not self.n or self.typical is None:
+            return ""
+        text = f"{ANCHOR_LEAD} {self.typical} for a typical {self.noun}"
+        if self.higher:
+            text += ", higher for " + ", ".join(f.name for f in self.higher)
+        if self.lower:
+            text += ", lower for " + ", ".join(f.name for f in self.lower)
+        return text + "."
+
+
+def noun_of(task: TaskSpec) -> str:
+    """The task's item noun, from its prompt marker (``movie:`` -> "movie"); "item" otherwise."""
+    marker = next((m.rstrip(": ").lower() for m in task.prompt_markers if m.rstrip(": ").isalpha()), "")
+    return marker or "item"
+
 
 def _quartiles(values: list[float]) -> tuple[float, float]:
     s = sorted(values)
@@ -122,6 +155,8 @@ def measure(task: TaskSpec, history: Sequence[Interaction]) -> UserFacts:
         return UserFacts(
             kind="rating",
             n=len(values),
+            typical=task.parse(f"{mean:.3f}"),
+            noun=noun_of(task),
             mean=mean,
             low=low,
             high=high,
@@ -157,8 +192,13 @@ def contradictions(text: str, facts: UserFacts, tolerance: float = 0.3) -> list[
         return []
     found = []
     for m in _FIXED_ANSWER.finditer(text):
-        if not re.search(r"\b(lower|higher|less|more|than)\b", text[m.end() : m.end() + 30], re.I):
+        after = text[m.end() : m.end() + 30]
+        if not re.search(r"\b(lower|higher|less|more|than|typical)\b", after, re.I):
             found.append(f"states one fixed answer ({m.group(0).strip()!r}), not a preference")
+    typical = anchor_value(text)
+    low, high = facts.low, facts.high
+    if typical is not None and low is not None and high is not None and not low - 1.0 <= typical <= high + 1.0:
+        found.append(f"states a typical answer of {typical:g}, outside the user's usual {low:g}-{high:g} by over 1")
     for m in _MEAN_CLAIM.finditer(text):
         claimed = float(m.group(1))
         if abs(claimed - facts.mean) > tolerance:

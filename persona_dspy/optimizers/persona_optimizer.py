@@ -2,7 +2,9 @@
 
 1. **Ground.** Measure the user's facts (how they answer overall, and per facet such as a movie
    genre) from the interactions *before* the replayed and gated ones, and write them into the
-   persona under the task's base instructions (``grounding``, ``prompts.compose``).
+   persona under the task's base instructions (``grounding``, ``prompts.compose``). For a rating
+   task the starting guidance is the *anchor*: the user's typical answer as a number, and the facets
+   that go higher or lower (``anchor=True``; a 1.5B model copies a number, it ignores "rate lower").
 2. **Replay** the user's latest ``n_recent`` interactions with that persona (memory bounded by each
    interaction's own time) and compare each simulated answer with what the user really did.
 3. **Textual loss and gradient**: the measured errors in words (plus an optional LM critique that
@@ -26,7 +28,7 @@ from persona_dspy.data.records import Interaction
 from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserError
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
-from persona_dspy.optimizers.grounding import UserFacts, contradictions, measure
+from persona_dspy.optimizers.grounding import UserFacts, anchor_value, contradictions, measure
 from persona_dspy.results import CompileResult, Step
 
 SCORE_TOLERANCE = 1e-9
@@ -47,7 +49,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
 
     The loop stops early when every replayed answer matches the user, when no rewrite replays
     better than the current persona, or when the rewrite is unchanged; ``result.stopped`` says which.
-    ``ground=False`` leaves the facts out (an ablation), ``critique=True`` adds an LM critique to the
+    ``ground=False`` leaves the facts out (an ablation), ``anchor=False`` starts from the facts
+    alone instead of the anchored guidance and states the step as a direction (another), ``critique=True`` adds an LM critique to the
     measured loss (another).
     """
 
@@ -61,6 +64,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         candidates: int = 1,
         ground: bool = True,
         critique: bool = False,
+        anchor: bool = True,
         min_gain: float = 0.0,
         n_val: int = 4,
         **kwargs: Any,
@@ -71,7 +75,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if candidates < 1:
             raise ConfigurationError(f"candidates must be >= 1 (got {candidates})")
         self.iterations, self.candidates, self.ground, self.critique = iterations, candidates, ground, critique
-        self.min_gain = min_gain
+        self.min_gain, self.anchor = min_gain, anchor
 
     @property
     def params(self) -> dict[str, Any]:
@@ -81,6 +85,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "candidates": self.candidates,
             "ground": self.ground,
             "critique": self.critique,
+            "anchor": self.anchor,
             "min_gain": self.min_gain,
         }
 
@@ -110,6 +115,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             return prompts.compose(base, facts_text, "" if guidance == prompts.NO_GUIDANCE else guidance)
 
         engine = DSPyEngine()
+        if self.anchor and facts.anchor() and guidance_text in ("", prompts.NO_GUIDANCE):
+            guidance_text = facts.anchor()  # the measured starting point: the user's typical answer as a number
         guidance = ops.GuidanceVariable(guidance_text or prompts.NO_GUIDANCE)
         constraints = [
             (
@@ -135,7 +142,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             budget.reserve(self.candidates + int(self.critique), f"iteration {i + 1} loss and rewrite")
             optimizer.zero_grad()
             cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
-            loss = loss_fn(ops.Replay()(guidance, cases, agent.task), cases)
+            loss = loss_fn(ops.Replay()(guidance, cases, agent.task), cases, anchor_value(guidance.value))
             step.loss = loss.value
             loss.backward(engine)
             best = None

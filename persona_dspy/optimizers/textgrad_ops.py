@@ -22,6 +22,7 @@ from textgrad.engine import EngineLM
 from persona_dspy.compat.textgrad import update_prompt
 from persona_dspy.data.records import Interaction
 from persona_dspy.optimizers import prompts
+from persona_dspy.optimizers.grounding import noun_of
 from persona_dspy.signatures.tasks import TaskSpec
 
 # TextGrad logs every prompt at INFO to stderr and a file; the compile's texts are in its MLflow run instead.
@@ -74,8 +75,11 @@ def replay_case(task: TaskSpec, interaction: Interaction, predicted: str | None)
     )
 
 
-def measured_feedback(cases: list[ReplayCase], task: TaskSpec) -> str:
-    """The task metric over the replay, in words: the direction and size of the errors, exactly."""
+def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | None = None) -> str:
+    """The task metric over the replay, in words: the direction and size of the errors, exactly.
+
+    With the ``anchor`` (the typical answer the guidance states), the step is stated as the new
+    number, not as a direction: a small model copies a number, and mis-sizes "a bit lower"."""
     if task.kind == "rating":
         errors = [c.signed_error for c in cases if c.signed_error is not None]
         invalid = len(cases) - len(errors)
@@ -88,7 +92,14 @@ def measured_feedback(cases: list[ReplayCase], task: TaskSpec) -> str:
             f"{high} of {len(errors)} answers were higher than the user's, {low} lower; "
             f"on average the assistant answered {abs(mean):.1f} {way} than the user."
         )
-        if abs(mean) >= MIN_SHIFT:  # the direction of the step, stated so a small model need not infer it
+        if abs(mean) >= MIN_SHIFT and anchor is not None:
+            moved = task.parse(f"{anchor - mean:.3f}")
+            if moved is not None and float(moved) != anchor:
+                text += (
+                    f" So the guidance should tell the assistant to answer {moved} for a typical {noun_of(task)} "
+                    f"instead of {task.parse(str(anchor))}, keeping the rest."
+                )
+        elif abs(mean) >= MIN_SHIFT:  # the direction of the step, stated so a small model need not infer it
             text += (
                 f" So the guidance should tell the assistant to answer about {abs(mean):.1f} "
                 f"{'lower' if mean > 0 else 'higher'} than it otherwise would for this user."
@@ -167,8 +178,8 @@ class PreferenceLoss(Function):
         super().__init__()
         self.engine, self.task, self.facts, self.critique = engine, task, facts, critique
 
-    def forward(self, replay: tg.Variable, cases: list[ReplayCase]) -> tg.Variable:
-        measured = measured_feedback(cases, self.task)
+    def forward(self, replay: tg.Variable, cases: list[ReplayCase], anchor: float | None = None) -> tg.Variable:
+        measured = measured_feedback(cases, self.task, anchor)
         text = f"Measured: {measured}"
         if self.critique:
             prompt = prompts.LOSS_PROMPT.format(
