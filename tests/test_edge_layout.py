@@ -64,6 +64,19 @@ def test_a_reopened_store_loads_a_shard_when_first_read(tmp_path: Path) -> None:
         assert m.forget("u3") == 20 and m.count() == 780
 
 
+def test_a_write_after_reopening_loads_only_the_shards_of_the_users_it_writes(tmp_path: Path) -> None:
+    folder, records = tmp_path / "q", items(400, users=20)
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        m.add(records)
+    mine = [it for it in records if it.user_id == "u4"]
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        assert m.add(mine) == 0 and loaded(folder) == 1  # the re-add is known, asked in u4's shard only
+        new = mine[-1].model_copy(update={"id": "fresh", "timestamp": 10_000.0})
+        assert m.add([new]) == 1 and loaded(folder) == 1
+        assert m.recent("u4", 1)[0] == new and m.count("u4") == len(mine) + 1
+        assert m.count() == len(records) + 1 and loaded(folder) == SHARDS
+
+
 def test_payloads_are_stored_packed_and_read_back_whole(tmp_path: Path) -> None:
     folder = tmp_path / "q"
     odd = Interaction(

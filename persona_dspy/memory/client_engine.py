@@ -180,7 +180,7 @@ class ClientEngine:
 
     # -- Engine -----------------------------------------------------------------------------
 
-    def content_hashes(self, ids: list[str]) -> dict[str, str | None]:
+    def content_hashes(self, ids: list[str], users: list[str] | None = None) -> dict[str, str | None]:
         with self._call():
             found = self.client.retrieve(self.collection, ids, with_payload=["content_hash"])
         return {str(p.id): (p.payload or {}).get("content_hash") for p in found}

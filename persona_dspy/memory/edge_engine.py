@@ -11,8 +11,7 @@ holds ``edge_config.json``) is read and written as it is, as one shard.
 Shards are loaded when first read, not at open: loading is Edge reading every point of a shard
 into RAM (~2.3 us per point here, holding the GIL, so threads cannot overlap it). A reopened 1M
 store answers its first user after loading that user's shard (1/4 of the points); reads of all
-users (``count()``, ``users()``) and writes (an id does not name its user: ``content_hashes`` asks
-every shard) load the rest. Metadata files of every shard are checked at open, so an emptied file
+users (``count()``, ``users()``) load the rest; a write loads the shards of the users it writes. Metadata files of every shard are checked at open, so an emptied file
 is reported then rather than at the first read of its shard.
 
 Payloads are stored packed (``pack``): ``user_id``, ``timestamp`` and ``content_hash`` as keys (the
@@ -369,11 +368,20 @@ class EdgeEngine:
 
     # -- Engine -----------------------------------------------------------------------------
 
-    def content_hashes(self, ids: list[str]) -> dict[str, str | None]:
-        point_ids = [_point_id(i) for i in ids]  # parsed once for every shard
+    def content_hashes(self, ids: list[str], users: list[str] | None = None) -> dict[str, str | None]:
+        """With ``users`` (the user of each id), only those users' shards are asked (and loaded): a
+        point is always written to its user's shard. Without, every shard (an id alone does not
+        name its user)."""
         out: dict[str, str | None] = {}
-        for shard in self._store.all():  # an id alone does not name its user, so not its shard
-            for r in shard.retrieve(point_ids, with_payload=["content_hash"], with_vector=False):
+        if users is None:
+            groups = {index: ids for index in range(self.shards)}
+        else:
+            groups = {}
+            for pid, user in zip(ids, users, strict=True):
+                groups.setdefault(shard_of(user, self.shards), []).append(pid)
+        for index, group in groups.items():
+            point_ids = [_point_id(i) for i in group]
+            for r in self._store.shard(index).retrieve(point_ids, with_payload=["content_hash"], with_vector=False):
                 out[str(r.id)] = (r.payload or {}).get("content_hash")
         return out
 

@@ -18,8 +18,9 @@ Payload = dict[str, Any]
 class Engine(Protocol):
     location: str
 
-    def content_hashes(self, ids: list[str]) -> dict[str, str | None]:
-        """``content_hash`` of the stored points among ``ids`` (missing ids are absent)."""
+    def content_hashes(self, ids: list[str], users: list[str] | None = None) -> dict[str, str | None]:
+        """``content_hash`` of the stored points among ``ids`` (missing ids are absent); ``users``, the
+        user of each id, lets an engine partitioned by user ask only those users' partitions."""
         ...
 
     def upsert(self, ids: list[str], vectors: np.ndarray, payloads: list[Payload]) -> None:

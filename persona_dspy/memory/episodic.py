@@ -174,7 +174,7 @@ class EpisodicMemory:
             for start in range(0, len(items), batch_size):
                 batch = items[start : start + batch_size]
                 ids = [point_id(it) for it in batch]
-                known = engine.content_hashes(ids)
+                known = engine.content_hashes(ids, [it.user_id for it in batch])
                 todo = [
                     (pid, it, digest) for pid, it in zip(ids, batch) if known.get(pid) != (digest := it.content_hash)
                 ]
