@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> None:
                         max_lm_calls=args.max_lm_calls,
                         optimizer_options=options,
                         progress=False,
+                        keep_memory=True,  # the next method on this case embeds nothing
                     )
                     row = report.cases[0].model_dump()
                     row.update(

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import UserHistory
-from persona_dspy.errors import ConfigurationError, LeakageError, MalformedInteractionError
+from persona_dspy.errors import ConfigurationError, LeakageError, MalformedInteractionError, UnknownUserError
 from persona_dspy.signatures.tasks import TaskSpec, get_task
 
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
@@ -111,6 +111,18 @@ def metrics(task: TaskSpec, truths: Sequence[str], predictions: Sequence[str | N
     return out
 
 
+def load_past(memory: Any, case: UserHistory) -> None:
+    """Make the memory hold exactly ``case``'s past for its user. Re-ingested (forget, then add) only
+    when what is stored differs, so methods evaluated one after another on a case embed it once."""
+    try:
+        stored = {(it.id, it.content_hash) for it in memory.history(case.user_id)}
+    except UnknownUserError:
+        stored = set()
+    if stored != {(it.id, it.content_hash) for it in case.interactions}:
+        memory.forget(case.user_id)
+        memory.add(case.interactions)
+
+
 def trivial_answer(task: TaskSpec, case: UserHistory) -> str | None:
     answers = [a for a in (task.parse(it.output) for it in case.interactions) if a is not None]
     if not answers:
@@ -163,11 +175,13 @@ def evaluate(
     max_lm_calls: int = 20,
     progress: bool = True,
     optimizer_options: dict[str, Any] | None = None,
+    keep_memory: bool = False,
 ) -> EvaluationReport:
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
 
     ``optimizer_options`` go to the aligning method's optimizer (e.g. ``{"critique": True}`` for an
-    ablation of ``PersonaOptimizer``)."""
+    ablation of ``PersonaOptimizer``). ``keep_memory=True`` leaves each case's past in memory: the
+    next evaluation of the same case (another method) then finds it there and embeds nothing."""
     from persona_dspy.optimizers import PersonaOptimizer, usage_totals
     from persona_dspy.optimizers.baselines import GEPABaseline
     from persona_dspy.pipeline import align_user
@@ -183,8 +197,7 @@ def evaluate(
         if q is None:
             raise ConfigurationError(f"user {case.user_id!r} has no held-out query to evaluate on")
         started = time.perf_counter()
-        memory.forget(case.user_id)
-        memory.add(case.interactions)
+        load_past(memory, case)
         history_mark = len(lm.history) if lm is not None else 0
         result = CaseResult(
             case_id=q.id, user_id=case.user_id, method=method, truth=q.output, prediction=None, score=0.0
@@ -229,7 +242,8 @@ def evaluate(
         result.score = task.score(result.prediction, q.output)
         result.seconds = time.perf_counter() - started
         check_no_leak(case, memory, _prompt_texts(lm.history[history_mark:]) if lm is not None else [], persona)
-        memory.forget(case.user_id)
+        if not keep_memory:
+            memory.forget(case.user_id)
         results.append(result)
     return EvaluationReport(
         task=task.name,

@@ -107,3 +107,18 @@ def test_evaluate_command_rejects_a_malformed_file_with_its_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == MalformedInteractionError.exit_code
     assert "line 2" in err and "Traceback" not in err
+
+
+def test_kept_memory_is_reused_by_the_next_method_and_replaced_when_the_case_differs(memory):
+    cases = free_text_cases(1)
+    lm = ScriptedLM(rule)
+    calls = []
+    embed = memory.embedder.embed
+    memory.embedder.embed = lambda texts: calls.append(len(texts)) or embed(texts)
+    evaluate(cases, "rag", memory=memory, lm=lm, keep_memory=True, progress=False)
+    assert calls == [6] and memory.count("u0") == 6  # the past was embedded once and kept
+    evaluate(cases, "icl", memory=memory, lm=lm, keep_memory=True, progress=False)
+    assert calls == [6]  # the same past is found: nothing embedded again
+    shorter = UserHistory(user_id="u0", interactions=cases[0].interactions[:4], query=cases[0].query)
+    evaluate([shorter], "rag", memory=memory, lm=lm, progress=False)
+    assert memory.count() == 0  # a different past replaced the kept one, then was forgotten
