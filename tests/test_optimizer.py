@@ -335,3 +335,17 @@ def test_without_the_anchor_the_guidance_starts_from_the_facts_alone(memory):
     result, _ = compile_with(memory, rating_history("plain", ["1.0"] * 10), deaf, iterations=1, anchor=False)
     assert "average rating is 1.0" in result.steps[0].persona and "typical" not in result.steps[0].persona
     assert "answer about 3.0 lower than it otherwise would" in result.steps[0].loss  # a direction, no number
+
+
+def test_a_replay_whose_errors_cancel_out_takes_no_step_and_spends_no_rewrite_call(memory):
+    def split(messages):  # the agent answers 2.0 or 4.0 by movie: errors -1, +1, 0 against the user's 3.0
+        answer = rule(messages)
+        if not (isinstance(answer, dict) and "answer" in answer):
+            return answer
+        film = re.search(r"Film (\d+)", messages[-1]["content"].split("[[ ## task ## ]]")[-1])
+        return {"answer": {"7": "2.0", "8": "4.0"}.get(film.group(1) if film else "", "3.0")}
+
+    result, lm = compile_with(memory, rating_history("cancel", ["3.0"] * 10), split, iterations=1)
+    assert result.steps[0].predictions == ["2.0", "4.0", "3.0"] and "cancel out" in result.stopped
+    assert not [m for m in lm.prompts if prompts.prompt_kind(m) == "update"]
+    assert result.lm_calls == 3 + 2 * 2  # the replay, then the gate (the anchor changed the persona)

@@ -195,10 +195,6 @@ def contradictions(text: str, facts: UserFacts, tolerance: float = 0.3) -> list[
         after = text[m.end() : m.end() + 30]
         if not re.search(r"\b(lower|higher|less|more|than|typical)\b", after, re.I):
             found.append(f"states one fixed answer ({m.group(0).strip()!r}), not a preference")
-    typical = anchor_value(text)
-    low, high = facts.low, facts.high
-    if typical is not None and low is not None and high is not None and not low - 1.0 <= typical <= high + 1.0:
-        found.append(f"states a typical answer of {typical:g}, outside the user's usual {low:g}-{high:g} by over 1")
     for m in _MEAN_CLAIM.finditer(text):
         claimed = float(m.group(1))
         if abs(claimed - facts.mean) > tolerance:

@@ -47,7 +47,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     ``critique=True``) and ``n_recent`` replays per usable rewrite, and ``2 * n_val`` gate replays
     when the persona changed. Defaults (3 + 1 + 3 + 2 * 4): 15 LM calls at most.
 
-    The loop stops early when every replayed answer matches the user, when no rewrite replays
+    The loop stops early when every replayed answer matches the user, when a rating replay's errors
+    cancel out (mean signed error below ``MIN_SHIFT``: no step, no LM call), when no rewrite replays
     better than the current persona, or when the rewrite is unchanged; ``result.stopped`` says which.
     ``ground=False`` leaves the facts out (an ablation), ``anchor=False`` starts from the facts
     alone instead of the anchored guidance and states the step as a direction (another), ``critique=True`` adds an LM critique to the
@@ -139,9 +140,12 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             if score >= 1.0 - SCORE_TOLERANCE:
                 result.stopped = f"every replayed answer matched the user (iteration {i + 1})"
                 break
+            cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
+            if not self.critique and ops.no_step(cases, agent.task):
+                result.stopped = f"the replay's errors cancel out: no step to take (iteration {i + 1})"
+                break
             budget.reserve(self.candidates + int(self.critique), f"iteration {i + 1} loss and rewrite")
             optimizer.zero_grad()
-            cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
             loss = loss_fn(ops.Replay()(guidance, cases, agent.task), cases, anchor_value(guidance.value))
             step.loss = loss.value
             loss.backward(engine)

@@ -126,6 +126,16 @@ def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | N
     return text
 
 
+def no_step(cases: list[ReplayCase], task: TaskSpec) -> bool:
+    """A rating replay whose valid answers are all there and whose mean signed error is below
+    ``MIN_SHIFT``: the measured loss states no step, and a small model asked to rewrite anyway
+    returns the guidance unchanged (or a guess), so no LM call is spent on it."""
+    if task.kind != "rating":
+        return False
+    errors = [c.signed_error for c in cases if c.signed_error is not None]
+    return len(errors) == len(cases) and abs(sum(errors) / len(errors)) < MIN_SHIFT
+
+
 def transcript(cases: list[ReplayCase], task: TaskSpec) -> str:
     return "\n".join(case.line(task) for case in cases)
 
