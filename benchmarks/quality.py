@@ -15,7 +15,7 @@ and for ``persona+align`` the paired difference to every other method with its 9
 interval (the same users resampled together), on the users both methods ran.
 
 Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) for any method, optimizer options
-(``anchor``, ``critique``, ``ground``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
+(``anchor``, ``critique``, ``ground``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 CASES = RESULTS / "quality_cases.jsonl"
 MAIN = "persona+align"
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
-INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val"}
+INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val", "recent"}
 BOOL_OPTIONS = {"anchor", "critique", "ground"}
 
 

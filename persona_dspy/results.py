@@ -28,6 +28,11 @@ class CompileResult(BaseModel):
     params: dict[str, Any]
     initial_persona: str
     candidate_persona: str
+    gated_persona: str | None = Field(
+        None,
+        description="the text the gate scored, when the promoted candidate re-grounds it on the interactions "
+        "the gate and the replay held back (PersonaOptimizer); None when the gated text is the candidate",
+    )
     production_persona: str
     steps: list[Step] = Field(default_factory=list)
     val_ids: list[str] = Field(default_factory=list)

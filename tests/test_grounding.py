@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from persona_dspy.data import Interaction
-from persona_dspy.optimizers.grounding import anchor_value, contradictions, facets, measure
+from persona_dspy.optimizers.grounding import RECENT_N, anchor_value, contradictions, facets, measure, with_anchor
+from persona_dspy.optimizers.textgrad_ops import MIN_SHIFT, step_size
 from persona_dspy.signatures import TASKS
 
 MOVIES = TASKS["movielens_rating"]
@@ -89,3 +90,43 @@ def test_label_tasks_have_no_anchor():
     task = TASKS["LaMP-2N"]
     items = [Interaction(user_id="u", id="a", input="article: x", output="travel", timestamp=1.0, task="LaMP-2N")]
     assert measure(task, items).anchor() == ""
+
+
+def test_the_typical_answer_is_the_mean_of_the_latest_ratings_not_of_all():
+    # 10 old ratings of 1.0, then RECENT_N of 4.0: the user's answers today are 4.0, not 2.6
+    facts = measure(MOVIES, rated([("Drama", "1.0")] * 10 + [("Drama", "4.0")] * RECENT_N))
+    assert facts.typical == "4.0" and facts.recent == 4.0 and facts.recent_n == RECENT_N
+    assert round(facts.mean, 1) == 3.0
+    assert f"Their {RECENT_N} latest ratings average 4.0." in facts.text()
+    assert contradictions("Their latest ratings average 4.0.", facts) == []  # a true recent mean is no lie
+
+
+def test_the_recent_mean_follows_time_not_the_order_given():
+    items = rated([("Drama", "1.0")] * 10 + [("Drama", "4.0")] * RECENT_N)
+    assert measure(MOVIES, list(reversed(items))).typical == "4.0"
+
+
+def test_a_short_history_states_no_separate_recent_mean():
+    facts = measure(MOVIES, rated([("Drama", "2.0")] * 5))
+    assert facts.typical == "2.0" and facts.recent_n == 5 and "latest ratings" not in facts.text()
+
+
+def test_replayed_errors_are_weighed_against_the_ratings_behind_the_anchor():
+    assert step_size([1.0, 1.0, 1.0]) == 1.0  # no prior: the whole error
+    assert step_size([1.0, 1.0, 1.0], prior=RECENT_N) == 3 / (3 + RECENT_N)
+    assert abs(step_size([1.0, 1.0, 1.0], prior=RECENT_N)) < MIN_SHIFT  # three answers do not outweigh twenty
+    assert step_size([], prior=RECENT_N) == 0.0
+
+
+def test_with_anchor_replaces_only_the_typical_answer():
+    text = "For this user, answer 3.5 for a typical movie, higher for Comedy. Never answer 5.0."
+    assert (
+        with_anchor(text, "2.5")
+        == "For this user, answer 2.5 for a typical movie, higher for Comedy. Never answer 5.0."
+    )
+    assert with_anchor("Be kind.", "2.5") == "Be kind."
+
+
+def test_recent_zero_anchors_on_the_mean_of_all_ratings():
+    facts = measure(MOVIES, rated([("Drama", "1.0")] * 10 + [("Drama", "4.0")] * RECENT_N), recent=0)
+    assert facts.typical == "3.0" and facts.recent_n == facts.n and "latest ratings" not in facts.text()

@@ -349,3 +349,44 @@ def test_a_replay_whose_errors_cancel_out_takes_no_step_and_spends_no_rewrite_ca
     assert result.steps[0].predictions == ["2.0", "4.0", "3.0"] and "cancel out" in result.stopped
     assert not [m for m in lm.prompts if prompts.prompt_kind(m) == "update"]
     assert result.lm_calls == 3 + 2 * 2  # the replay, then the gate (the anchor changed the persona)
+
+
+# -- the promoted persona is re-grounded on the interactions the gate held back --------------------------
+
+
+def stepper(messages):
+    """``copier`` whose rewrite takes the step the measured loss states (what TGD should do)."""
+    if prompts.prompt_kind(messages) == "update":
+        found = re.search(r"answer (\d\.\d) for a typical movie instead of", messages[-1]["content"])
+        assert found, "the update prompt states the step as a new number"
+        return f"<IMPROVED_VARIABLE>For this user, answer {found.group(1)} for a typical movie.</IMPROVED_VARIABLE>"
+    return copier(messages)
+
+
+def test_a_promoted_persona_is_re_grounded_on_the_replayed_and_gated_interactions(memory):
+    # 20 ratings of 4.0, then the user turns harsh: 7 ratings of 1.0 (5 of them replayed or gated)
+    history = rating_history("drift", ["4.0"] * 20 + ["1.0"] * 7)
+    result, lm = compile_with(memory, history, stepper, iterations=1)
+    step = result.steps[0]
+    # the facts stop before the 5 held-back ratings: recent mean 3.7 -> typical 3.5
+    assert "answer 3.5 for a typical movie" in step.persona and "1.0" not in step.predictions
+    # 3 replayed 1.0s weighed against 20 ratings move the anchor by 2.5 * 3/23 -> 3.0
+    assert "Weighed against the 20 earlier ratings behind 3.5" in step.loss
+    assert result.promoted and "answer 3.0 for a typical movie" in result.gated_persona
+    # promoted: measured again over all 27 (recent mean 2.95 -> 3.0), keeping the step of -0.5
+    assert "answer 2.5 for a typical movie" in result.candidate_persona
+    assert "Their 20 latest ratings average 3.0." in result.candidate_persona and "re-grounded on 27" in result.reason
+    assert "Their 20 latest ratings average 3.7." in result.gated_persona
+    assert result.candidate_persona.startswith(DEFAULT_PERSONA)
+    assert len(lm.prompts) == result.lm_calls  # re-grounding spends no LM call
+
+
+def test_a_persona_that_loses_the_gate_is_not_re_grounded(memory):
+    result, _ = compile_with(memory, rating_history("flat2", ["1.0"] * 10), deaf, iterations=1)
+    assert not result.promoted and result.gated_persona is None and "re-grounded" not in result.reason
+
+
+def test_a_recompile_restates_the_typical_answer_from_todays_facts(memory):
+    persona = prompts.compose(DEFAULT_PERSONA, "", "For this user, answer 5.0 for a typical movie, higher for Drama.")
+    result, _ = compile_with(memory, rating_history("again", ["2.0"] * 10), copier, persona=persona, iterations=1)
+    assert "answer 2.0 for a typical movie, higher for Drama." in result.steps[0].persona

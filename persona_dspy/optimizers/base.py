@@ -154,6 +154,9 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
                 agent.persona = self._align(agent, train, budget, result)
                 result.candidate_persona = agent.persona
                 self._gate(agent, production_text, val, budget, result)
+                if result.promoted:
+                    result.gated_persona = agent.persona
+                    agent.persona = result.candidate_persona = self._finalize(agent, train, result)
             finally:
                 agent.memory = live_memory
                 result.lm_calls, result.tokens = budget.calls, budget.tokens
@@ -163,6 +166,10 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         agent.compile_result = result
         agent._compiled = True
         return agent
+
+    def _finalize(self, agent: PersonaAgent, train: list[Interaction], result: CompileResult) -> str:
+        """The persona to promote once the gate said yes (default: the gated one, as it is)."""
+        return agent.persona
 
     def split(
         self, user_id: str, trainset: Sequence[Interaction] | UserHistory, valset: Sequence[Interaction] | None = None

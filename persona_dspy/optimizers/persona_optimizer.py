@@ -28,7 +28,7 @@ from persona_dspy.data.records import Interaction
 from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserError
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
-from persona_dspy.optimizers.grounding import UserFacts, anchor_value, contradictions, measure
+from persona_dspy.optimizers.grounding import RECENT_N, UserFacts, anchor_value, contradictions, measure, with_anchor
 from persona_dspy.results import CompileResult, Step
 
 SCORE_TOLERANCE = 1e-9
@@ -47,12 +47,16 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     ``critique=True``) and ``n_recent`` replays per usable rewrite, and ``2 * n_val`` gate replays
     when the persona changed. Defaults (3 + 1 + 3 + 2 * 4): 15 LM calls at most.
 
-    The loop stops early when every replayed answer matches the user, when a rating replay's errors
-    cancel out (mean signed error below ``MIN_SHIFT``: no step, no LM call), when no rewrite replays
-    better than the current persona, or when the rewrite is unchanged; ``result.stopped`` says which.
-    ``ground=False`` leaves the facts out (an ablation), ``anchor=False`` starts from the facts
-    alone instead of the anchored guidance and states the step as a direction (another), ``critique=True`` adds an LM critique to the
-    measured loss (another).
+    The loop stops early when every replayed answer matches the user, when a rating replay's step is
+    below ``MIN_SHIFT`` (its mean signed error weighed against the ``recent`` ratings behind the
+    anchor: no step, no LM call), when no rewrite replays better than the current persona, or when the
+    rewrite is unchanged; ``result.stopped`` says which. A promoted persona is re-grounded on all the
+    user's past up to the compile (``_finalize``; ``result.gated_persona`` keeps the gated text).
+
+    Ablations: ``ground=False`` leaves the facts out; ``anchor=False`` starts from the facts alone
+    and states the step as a direction; ``recent=0`` anchors on the mean of all past ratings, steps by
+    the whole replayed error and promotes the gated text as it is (the method before ``recent``);
+    ``critique=True`` adds an LM critique to the measured loss.
     """
 
     name = "PersonaOptimizer"
@@ -66,6 +70,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         ground: bool = True,
         critique: bool = False,
         anchor: bool = True,
+        recent: int = RECENT_N,
         min_gain: float = 0.0,
         n_val: int = 4,
         **kwargs: Any,
@@ -76,7 +81,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if candidates < 1:
             raise ConfigurationError(f"candidates must be >= 1 (got {candidates})")
         self.iterations, self.candidates, self.ground, self.critique = iterations, candidates, ground, critique
-        self.min_gain, self.anchor = min_gain, anchor
+        if recent < 0:
+            raise ConfigurationError(f"recent must be >= 0 (got {recent})")
+        self.min_gain, self.anchor, self.recent = min_gain, anchor, recent
 
     @property
     def params(self) -> dict[str, Any]:
@@ -87,6 +94,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "ground": self.ground,
             "critique": self.critique,
             "anchor": self.anchor,
+            "recent": self.recent,
             "min_gain": self.min_gain,
         }
 
@@ -101,7 +109,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             return UserFacts(kind=agent.task.kind, n=0)
         window = {it.id for it in train} | set(val_ids)
         cut = min([it.timestamp for it in history if it.id in window] + [it.timestamp for it in train])
-        return measure(agent.task, [it for it in history if it.timestamp < cut])
+        return measure(agent.task, [it for it in history if it.timestamp < cut], self.recent)
 
     # -- the loop ----------------------------------------------------------------------------------
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
@@ -116,8 +124,12 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             return prompts.compose(base, facts_text, "" if guidance == prompts.NO_GUIDANCE else guidance)
 
         engine = DSPyEngine()
+        # the ratings behind the anchor, against which a replay's errors are weighed
+        prior = facts.recent_n if self.anchor and self.recent and facts.kind == "rating" else 0
         if self.anchor and facts.anchor() and guidance_text in ("", prompts.NO_GUIDANCE):
             guidance_text = facts.anchor()  # the measured starting point: the user's typical answer as a number
+        elif self.anchor and facts.typical is not None and anchor_value(guidance_text) is not None:
+            guidance_text = with_anchor(guidance_text, facts.typical)  # a recompile starts from today's measure
         guidance = ops.GuidanceVariable(guidance_text or prompts.NO_GUIDANCE)
         constraints = [
             (
@@ -141,12 +153,12 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 result.stopped = f"every replayed answer matched the user (iteration {i + 1})"
                 break
             cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
-            if not self.critique and ops.no_step(cases, agent.task):
+            if not self.critique and ops.no_step(cases, agent.task, prior):
                 result.stopped = f"the replay's errors cancel out: no step to take (iteration {i + 1})"
                 break
             budget.reserve(self.candidates + int(self.critique), f"iteration {i + 1} loss and rewrite")
             optimizer.zero_grad()
-            loss = loss_fn(ops.Replay()(guidance, cases, agent.task), cases, anchor_value(guidance.value))
+            loss = loss_fn(ops.Replay()(guidance, cases, agent.task), cases, anchor_value(guidance.value), prior)
             step.loss = loss.value
             loss.backward(engine)
             best = None
@@ -208,6 +220,36 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 "Try a stronger LM for alignment (PERSONA_DSPY_LM)."
             )
         return out
+
+    def _finalize(self, agent: PersonaAgent, train: list[Interaction], result: CompileResult) -> str:
+        """Re-ground the promoted persona on everything the user did up to the compile.
+
+        The gated persona's facts stop before the replayed and gated interactions, so that the gate
+        scores it on answers it has not seen. Once promoted, those interactions are simply the user's
+        latest past, and the most telling one for a drifting user, so the facts are measured again
+        over the whole history and the guidance's typical answer follows the recent mean, keeping the
+        step the alignment took from the first measurement (``typical_new + (stated - typical_old)``).
+        """
+        if not self.ground or not self.recent or agent.memory is None:
+            return agent.persona
+        base, _, guidance = prompts.decompose(agent.persona)
+        old = self.facts(agent, train, result.val_ids)
+        try:
+            history = agent.memory.history(agent.user_id)
+        except UnknownUserError:
+            return agent.persona
+        end = max(it.timestamp for it in train)
+        new = measure(agent.task, [it for it in history if it.timestamp <= end], self.recent)
+        if not new.n or new.n == old.n:
+            return agent.persona
+        stated = anchor_value(guidance)
+        if stated is not None and old.typical is not None and new.typical is not None:
+            moved = agent.task.parse(f"{float(new.typical) + stated - float(old.typical):.3f}")
+            if moved is not None:
+                guidance = with_anchor(guidance, moved)
+        text = prompts.compose(base, new.text(), guidance)
+        result.reason += f"; promoted re-grounded on {new.n} past interactions (facts had {old.n})"
+        return text
 
     # -- the gate ----------------------------------------------------------------------------------
     def _decide(

@@ -75,11 +75,20 @@ def replay_case(task: TaskSpec, interaction: Interaction, predicted: str | None)
     )
 
 
-def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | None = None) -> str:
+def step_size(errors: list[float], prior: int = 0) -> float:
+    """The mean signed error (predicted - true) of a replay, weighed against the ``prior`` ratings
+    behind the current typical answer: ``n`` new answers move a mean of ``prior`` by ``n / (n + prior)``
+    of their error (``prior=0``: the whole error)."""
+    return sum(errors) / len(errors) * len(errors) / (len(errors) + prior) if errors else 0.0
+
+
+def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | None = None, prior: int = 0) -> str:
     """The task metric over the replay, in words: the direction and size of the errors, exactly.
 
     With the ``anchor`` (the typical answer the guidance states), the step is stated as the new
-    number, not as a direction: a small model copies a number, and mis-sizes "a bit lower"."""
+    number, not as a direction: a small model copies a number, and mis-sizes "a bit lower". The
+    step weighs the replayed answers against the ``prior`` ratings the anchor was measured on
+    (``step_size``), so three replayed answers do not outweigh twenty earlier ones."""
     if task.kind == "rating":
         errors = [c.signed_error for c in cases if c.signed_error is not None]
         invalid = len(cases) - len(errors)
@@ -92,14 +101,20 @@ def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | N
             f"{high} of {len(errors)} answers were higher than the user's, {low} lower; "
             f"on average the assistant answered {abs(mean):.1f} {way} than the user."
         )
-        if abs(mean) >= MIN_SHIFT and anchor is not None:
-            moved = task.parse(f"{anchor - mean:.3f}")
+        shift = step_size(errors, prior if anchor is not None else 0)
+        if abs(shift) >= MIN_SHIFT and anchor is not None:
+            moved = task.parse(f"{anchor - shift:.3f}")
             if moved is not None and float(moved) != anchor:
-                text += (
-                    f" So the guidance should tell the assistant to answer {moved} for a typical {noun_of(task)} "
-                    f"instead of {task.parse(str(anchor))}, keeping the rest."
+                weighed = (
+                    f" Weighed against the {prior} earlier ratings behind {task.parse(str(anchor))}:" if prior else ""
                 )
-        elif abs(mean) >= MIN_SHIFT:  # the direction of the step, stated so a small model need not infer it
+                text += (
+                    f"{weighed} So the guidance should tell the assistant to answer {moved} for a typical "
+                    f"{noun_of(task)} instead of {task.parse(str(anchor))}, keeping the rest."
+                )
+        elif (
+            abs(mean) >= MIN_SHIFT and anchor is None
+        ):  # the direction of the step, stated so a small model need not infer it
             text += (
                 f" So the guidance should tell the assistant to answer about {abs(mean):.1f} "
                 f"{'lower' if mean > 0 else 'higher'} than it otherwise would for this user."
@@ -126,14 +141,15 @@ def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | N
     return text
 
 
-def no_step(cases: list[ReplayCase], task: TaskSpec) -> bool:
-    """A rating replay whose valid answers are all there and whose mean signed error is below
-    ``MIN_SHIFT``: the measured loss states no step, and a small model asked to rewrite anyway
-    returns the guidance unchanged (or a guess), so no LM call is spent on it."""
+def no_step(cases: list[ReplayCase], task: TaskSpec, prior: int = 0) -> bool:
+    """A rating replay whose valid answers are all there and whose step (``step_size``: the mean signed
+    error, weighed against the ``prior`` ratings behind the anchor) is below ``MIN_SHIFT``: the measured
+    loss states no step, and a small model asked to rewrite anyway returns the guidance unchanged (or a
+    guess), so no LM call is spent on it."""
     if task.kind != "rating":
         return False
     errors = [c.signed_error for c in cases if c.signed_error is not None]
-    return len(errors) == len(cases) and abs(sum(errors) / len(errors)) < MIN_SHIFT
+    return len(errors) == len(cases) and abs(step_size(errors, prior)) < MIN_SHIFT
 
 
 def transcript(cases: list[ReplayCase], task: TaskSpec) -> str:
@@ -188,8 +204,10 @@ class PreferenceLoss(Function):
         super().__init__()
         self.engine, self.task, self.facts, self.critique = engine, task, facts, critique
 
-    def forward(self, replay: tg.Variable, cases: list[ReplayCase], anchor: float | None = None) -> tg.Variable:
-        measured = measured_feedback(cases, self.task, anchor)
+    def forward(
+        self, replay: tg.Variable, cases: list[ReplayCase], anchor: float | None = None, prior: int = 0
+    ) -> tg.Variable:
+        measured = measured_feedback(cases, self.task, anchor, prior)
         text = f"Measured: {measured}"
         if self.critique:
             prompt = prompts.LOSS_PROMPT.format(
