@@ -92,13 +92,13 @@ def test_label_tasks_have_no_anchor():
     assert measure(task, items).anchor() == ""
 
 
-def test_the_typical_answer_is_the_mean_of_the_latest_ratings_not_of_all():
+def test_the_typical_answer_is_the_median_of_the_latest_ratings_not_the_mean_of_all():
     # 10 old ratings of 1.0, then RECENT_N of 4.0: the user's answers today are 4.0, not 2.6
     facts = measure(MOVIES, rated([("Drama", "1.0")] * 10 + [("Drama", "4.0")] * RECENT_N))
     assert facts.typical == "4.0" and facts.recent == 4.0 and facts.recent_n == RECENT_N
     assert round(facts.mean, 1) == 3.0
-    assert f"Their {RECENT_N} latest ratings average 4.0." in facts.text()
-    assert contradictions("Their latest ratings average 4.0.", facts) == []  # a true recent mean is no lie
+    assert f"The median of their {RECENT_N} latest ratings is 4." in facts.text()
+    assert contradictions("Their latest ratings average 4.0.", facts) == []  # true of the latest: no lie
 
 
 def test_the_recent_mean_follows_time_not_the_order_given():
@@ -130,3 +130,8 @@ def test_with_anchor_replaces_only_the_typical_answer():
 def test_recent_zero_anchors_on_the_mean_of_all_ratings():
     facts = measure(MOVIES, rated([("Drama", "1.0")] * 10 + [("Drama", "4.0")] * RECENT_N), recent=0)
     assert facts.typical == "3.0" and facts.recent_n == facts.n and "latest ratings" not in facts.text()
+
+
+def test_the_typical_answer_is_the_median_the_constant_with_the_lowest_absolute_error():
+    facts = measure(MOVIES, rated([("Drama", "4.0")] * 15 + [("Drama", "0.5")] * 5))
+    assert facts.typical == "4.0" and facts.recent == 4.0  # the mean (3.1) would miss 15 of 20 by 0.9

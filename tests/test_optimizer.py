@@ -364,19 +364,19 @@ def stepper(messages):
 
 
 def test_a_promoted_persona_is_re_grounded_on_the_replayed_and_gated_interactions(memory):
-    # 20 ratings of 4.0, then the user turns harsh: 7 ratings of 1.0 (5 of them replayed or gated)
-    history = rating_history("drift", ["4.0"] * 20 + ["1.0"] * 7)
+    # 20 ratings of 4.0, then the user turns harsh: 11 ratings of 1.0 (the last 5 replayed or gated)
+    history = rating_history("drift", ["4.0"] * 20 + ["1.0"] * 11)
     result, lm = compile_with(memory, history, stepper, iterations=1)
     step = result.steps[0]
-    # the facts stop before the 5 held-back ratings: recent mean 3.7 -> typical 3.5
-    assert "answer 3.5 for a typical movie" in step.persona and "1.0" not in step.predictions
-    # 3 replayed 1.0s weighed against 20 ratings move the anchor by 2.5 * 3/23 -> 3.0
-    assert "Weighed against the 20 earlier ratings behind 3.5" in step.loss
-    assert result.promoted and "answer 3.0 for a typical movie" in result.gated_persona
-    # promoted: measured again over all 27 (recent mean 2.95 -> 3.0), keeping the step of -0.5
-    assert "answer 2.5 for a typical movie" in result.candidate_persona
-    assert "Their 20 latest ratings average 3.0." in result.candidate_persona and "re-grounded on 27" in result.reason
-    assert "Their 20 latest ratings average 3.7." in result.gated_persona
+    # the facts stop before the 5 held-back ratings: of the 20 latest then, 14 are 4.0 -> median 4.0
+    assert "answer 4.0 for a typical movie" in step.persona and "1.0" not in step.predictions
+    assert "The median of their 20 latest ratings is 4." in step.persona
+    # 3 replayed 1.0s weighed against 20 ratings move the anchor by 3.0 * 3/23 = 0.39 -> 3.5
+    assert "Weighed against the 20 earlier ratings behind 4.0" in step.loss
+    assert result.promoted and "answer 3.5 for a typical movie" in result.gated_persona
+    # promoted: measured again over all 31 (11 of the 20 latest are 1.0: median 1.0), keeping the step
+    assert "answer 0.5 for a typical movie" in result.candidate_persona and "re-grounded on 31" in result.reason
+    assert "The median of their 20 latest ratings is 1." in result.candidate_persona
     assert result.candidate_persona.startswith(DEFAULT_PERSONA)
     assert len(lm.prompts) == result.lm_calls  # re-grounding spends no LM call
 

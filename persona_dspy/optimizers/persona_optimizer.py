@@ -227,7 +227,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         The gated persona's facts stop before the replayed and gated interactions, so that the gate
         scores it on answers it has not seen. Once promoted, those interactions are simply the user's
         latest past, and the most telling one for a drifting user, so the facts are measured again
-        over the whole history and the guidance's typical answer follows the recent mean, keeping the
+        over the whole history and the guidance's typical answer follows the recent median, keeping the
         step the alignment took from the first measurement (``typical_new + (stated - typical_old)``).
         """
         if not self.ground or not self.recent or agent.memory is None:

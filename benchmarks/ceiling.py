@@ -1,0 +1,147 @@
+"""What a statistic of the user's past ratings reaches without any LM: the bar a persona must clear.
+
+    python benchmarks/ceiling.py            # MovieLens dev (bundled), Amazon when ../shared/data has it
+
+The 1.5B model answers one number per persona (benchmarks/BENCHMARKS.md, Quality), so on a rating
+task an aligned persona is at best a well-placed constant per user. This measures the constants a
+persona can state (the mean of all past ratings, of the latest N, the median) and two that depend on
+the item (the mean over past items sharing a genre, and that genre shift added to the recent mean),
+with the same held-out case per user as the quality benchmark. Every predictor is rounded to the
+task's scale. The median of the latest ``RECENT_N`` ratings is what ``PersonaOptimizer`` anchors on; the
+halves of the MovieLens set (the 60 shared users, the 180 built ones) are reported apart, to show the
+choice is not one half's luck.
+
+Writes BENCHMARKS.md "## Rating predictors without an LM" and ``benchmarks/results/ceiling.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics as st
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _report import replace_section
+from stats import bootstrap_ci, paired_bootstrap_diff
+
+from persona_dspy.optimizers.grounding import RECENT_N
+
+DATA = {
+    "movielens": (ROOT / "benchmarks" / "data" / "movielens_dev.jsonl", 0.5, 5.0, 0.5),
+    "amazon": (ROOT.parent / "shared" / "data" / "amazon_musical_instruments" / "rating.jsonl", 1.0, 5.0, 1.0),
+}
+HEADING = "## Rating predictors without an LM"
+Row = dict
+Predictor = Callable[[list[float], list[set[str]], set[str]], float]
+
+
+def genres(text: str) -> set[str]:
+    return {g.strip() for g in text.split("genres:")[-1].split(",")} if "genres:" in text else set()
+
+
+def recent_mean(n: int) -> Predictor:
+    return lambda y, g, q: st.mean(y[-n:])
+
+
+def genre_mean(y: list[float], g: list[set[str]], q: set[str]) -> float:
+    shared = [r for r, gs in zip(y, g) if gs & q]
+    return st.mean(shared) if shared else st.mean(y)
+
+
+def recent_plus_genre_shift(y: list[float], g: list[set[str]], q: set[str]) -> float:
+    """The recent mean plus the query's genre shift, shrunk toward 0 by 5 pseudo-ratings."""
+    shared = [r for r, gs in zip(y, g) if gs & q]
+    shift = len(shared) * (st.mean(shared) - st.mean(y)) / (len(shared) + 5) if shared else 0.0
+    return st.mean(y[-RECENT_N:]) + shift
+
+
+PREDICTORS: dict[str, Predictor] = {
+    "mean of all past ratings (`trivial`)": lambda y, g, q: st.mean(y),
+    "median of all": lambda y, g, q: st.median(y),
+    **{f"mean of the latest {n}": recent_mean(n) for n in (5, 10, 15, RECENT_N, 30, 50)},
+    "median of the latest 20": lambda y, g, q: st.median(y[-20:]),
+    "genre mean (past items sharing a genre)": genre_mean,
+    "latest-20 mean + genre shift": recent_plus_genre_shift,
+}
+
+
+def load(path: Path) -> list[Row]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def errors(rows: list[Row], predict: Predictor, lo: float, hi: float, step: float) -> np.ndarray:
+    out = []
+    for r in rows:
+        past = sorted(r["profile"], key=lambda p: p.get("timestamp", p.get("time", 0)))
+        y = [float(p["rating"]) for p in past]
+        g = [genres(f"genres: {p['genres']}") if "genres" in p else set() for p in past]
+        value = min(hi, max(lo, round(predict(y, g, genres(r["input"])) / step) * step))
+        out.append(abs(value - float(r["output"])))
+    return np.array(out)
+
+
+def main() -> None:
+    results: dict[str, dict[str, dict]] = {}
+    intro = (
+        "No LM: each predictor is a statistic of the user's past ratings before the held-out case (the same "
+        "case per user as *Quality*), rounded to the task's scale. Rerun: `python benchmarks/ceiling.py` "
+        "(seconds). MAE with its 95% bootstrap interval; the difference to `trivial` (the mean of all past "
+        "ratings) is paired over users."
+    )
+    lines = [
+        intro,
+        "",
+    ]
+    for name, (path, lo, hi, step) in DATA.items():
+        if not path.exists():
+            lines.append(f"- {name}: {path} is absent (read from ../shared/data only): skipped.")
+            continue
+        rows = load(path)
+        if name == "amazon":  # reviews carry no genres: the genre predictors equal the mean
+            preds = {k: v for k, v in PREDICTORS.items() if "genre" not in k}
+        else:
+            preds = PREDICTORS
+        base = errors(rows, next(iter(preds.values())), lo, hi, step)
+        halves = name == "movielens" and len(rows) == 240
+        lines += [
+            f"### {name} ({len(rows)} users)",
+            "",
+            "| predictor | MAE [95% CI] | vs `trivial` [95% CI] | relative |"
+            + (" first 60 (shared) | last 180 (built) |" if halves else ""),
+            "|---|---|---|---|" + ("---|---|" if halves else ""),
+        ]
+        results[name] = {}
+        for label, predict in preds.items():
+            e = errors(rows, predict, lo, hi, step)
+            mae, mlo, mhi = bootstrap_ci(e)
+            diff, dlo, dhi = paired_bootstrap_diff(e, base)
+            results[name][label] = {"mae": mae, "ci": [mlo, mhi], "diff": diff, "diff_ci": [dlo, dhi]}
+            row = (
+                f"| {label} | {mae:.3f} [{mlo:.3f}, {mhi:.3f}] | {diff:+.3f} [{dlo:+.3f}, {dhi:+.3f}] "
+                f"| {-100 * diff / base.mean():+.1f}% |"
+            )
+            if halves:
+                row += f" {e[:60].mean():.3f} | {e[60:].mean():.3f} |"
+            lines.append(row)
+        lines.append("")
+    lines.append(
+        f"What this says: users drift, and the latest ~{RECENT_N} ratings predict the next one better than all of "
+        f"them; their median (the constant with the lowest absolute error) is the typical answer `PersonaOptimizer` "
+        f"anchors on (`recent={RECENT_N}`), chosen from this table on both halves of the set. On MovieLens the best "
+        "constant per user is about 11% better than `trivial`, and an item's genre shift could add a little more, "
+        "which the 1.5B model does not act on (it answers the anchor for every movie). So a 10% gain over the best "
+        "non-aligned method is about all the data allows a constant per user on this set. On Amazon the recent "
+        "ratings add nothing (short histories), and the review text carries the answer."
+    )
+    (ROOT / "benchmarks" / "results" / "ceiling.json").write_text(json.dumps(results, indent=1) + "\n")
+    replace_section(ROOT / "BENCHMARKS.md", HEADING, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
