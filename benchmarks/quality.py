@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -365,18 +364,24 @@ def main() -> None:
     parser.add_argument("--max-lm-calls", type=int, default=20)
     parser.add_argument("--report", action="store_true", help="only write the report from stored cases")
     args = parser.parse_args()
-    started = time.perf_counter()
     if not args.report:
         run(args)
-    summaries = summarize(stored())
+    rows = stored()
+    summaries = summarize(rows)
     if not summaries:
         raise SystemExit("no stored cases: run without --report first")
     plot(summaries, RESULTS / "quality.png")
+    users: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        users[r["dataset"]].add(r["user_id"])
+    hours = sum(r.get("seconds") or 0.0 for r in rows) / 3600
     note = (
         f"Embedded Qwen2.5-Coder-1.5B (Q4_K_M) on 2 cores. One case per user (its held-out last interaction; "
-        f"LaMP-2N: one case per query). Rerun: `python benchmarks/quality.py --datasets {args.datasets} "
-        f"--users {args.users} --methods {args.methods}` (resumable; `--report` rewrites this section from "
-        f"`benchmarks/results/quality_cases.jsonl`). This invocation: {(time.perf_counter() - started) / 60:.0f} min."
+        f"LaMP-2N: one case per query). Rerun (resumable, user-major; a larger `--users` runs only the new users): "
+        f"`python benchmarks/quality.py --datasets {','.join(sorted(users))} --users "
+        f"{max(len(u) for u in users.values())}`, and an extra arm of the table with `--methods <its spec>`; "
+        f"`--report` rewrites this section from `benchmarks/results/quality_cases.jsonl`. "
+        f"The stored cases took {hours:.1f} h of compute in all."
     )
     report(summaries, note)
 

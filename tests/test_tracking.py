@@ -277,3 +277,13 @@ def test_traced_compile_run_holds_the_lm_calls_as_traces(mlflow_uri, tmp_path):
     traces = tracking.client.search_traces(locations=[tracking.experiment_id()], run_id=run_id)
     assert len(traces) >= 1
     assert tracking.forget("reg-u14")["traces"] == len(traces)
+
+
+def test_a_re_grounded_promotion_keeps_the_gated_text_next_to_the_served_one(tracking):
+    compiled = result("reg-gated", "served text", promoted=True).model_copy(update={"gated_persona": "gated text"})
+    version = tracking.record(compiled)
+    (run,) = user_runs(tracking, "reg-gated")
+    gated = tracking.client.download_artifacts(run.info.run_id, "personas/gated.txt")
+    assert Path(gated).read_text() == "gated text"
+    assert tracking.load_persona("reg-gated").version == version
+    assert tracking.load_persona("reg-gated").text == "served text"

@@ -224,6 +224,8 @@ def _write_artifacts(result: CompileResult, folder: Path) -> None:
         "production.txt": result.production_persona,
         "candidate.txt": result.candidate_persona,
     }
+    if result.gated_persona is not None:  # promoted and re-grounded: the text the gate scored
+        texts["gated.txt"] = result.gated_persona
     for step in result.steps:
         texts[f"step_{step.iteration}.txt"] = step.persona
         if step.loss:
