@@ -346,7 +346,7 @@ def test_a_replay_whose_errors_cancel_out_takes_no_step_and_spends_no_rewrite_ca
         return {"answer": {"7": "2.0", "8": "4.0"}.get(film.group(1) if film else "", "3.0")}
 
     result, lm = compile_with(memory, rating_history("cancel", ["3.0"] * 10), split, iterations=1)
-    assert result.steps[0].predictions == ["2.0", "4.0", "3.0"] and "cancel out" in result.stopped
+    assert result.steps[0].predictions == ["2.0", "4.0", "3.0"] and "no step to take" in result.stopped
     assert not [m for m in lm.prompts if prompts.prompt_kind(m) == "update"]
     assert result.lm_calls == 3 + 2 * 2  # the replay, then the gate (the anchor changed the persona)
 
@@ -390,3 +390,22 @@ def test_a_recompile_restates_the_typical_answer_from_todays_facts(memory):
     persona = prompts.compose(DEFAULT_PERSONA, "", "For this user, answer 5.0 for a typical movie, higher for Drama.")
     result, _ = compile_with(memory, rating_history("again", ["2.0"] * 10), copier, persona=persona, iterations=1)
     assert "answer 2.0 for a typical movie, higher for Drama." in result.steps[0].persona
+
+
+def test_three_replayed_errors_do_not_outweigh_the_twenty_ratings_behind_the_anchor(memory):
+    # the median of the 20 ratings before the window is 3.0; the agent answers it, the user 4.0 on
+    # the 3 replayed movies: an error of 1.0 weighed 3/23 is a step of 0.13, under MIN_SHIFT
+    history = rating_history("outweighed", ["3.0"] * 20 + ["4.0"] * 7)
+    result, lm = compile_with(memory, history, copier, iterations=1)
+    assert result.steps[0].predictions == ["3.0"] * 3
+    assert "weighed against the 20 ratings behind the anchor" in result.stopped
+    assert not [m for m in lm.prompts if prompts.prompt_kind(m) == "update"]
+
+
+def test_without_a_prior_the_same_errors_take_a_step(memory):
+    history = rating_history("unweighed", ["3.0"] * 20 + ["4.0"] * 7)
+    result, _ = compile_with(memory, history, copier, iterations=1, recent=0)
+    step = result.steps[0]  # recent=0: the mean of all 22 ratings (3.09 -> 3.0), and the whole error
+    assert "answer 3.0 for a typical movie" in step.persona and "median" not in step.persona
+    assert "answer 4.0 for a typical movie instead of 3.0" in step.loss
+    assert result.gated_persona is None  # recent=0 promotes the gated text as it is

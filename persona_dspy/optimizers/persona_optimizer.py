@@ -154,7 +154,12 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 break
             cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
             if not self.critique and ops.no_step(cases, agent.task, prior):
-                result.stopped = f"the replay's errors cancel out: no step to take (iteration {i + 1})"
+                result.stopped = (
+                    f"the replay's errors, weighed against the {prior} ratings behind the anchor, move it by less "
+                    f"than {ops.MIN_SHIFT}: no step to take (iteration {i + 1})"
+                    if prior
+                    else f"the replay's errors cancel out: no step to take (iteration {i + 1})"
+                )
                 break
             budget.reserve(self.candidates + int(self.critique), f"iteration {i + 1} loss and rewrite")
             optimizer.zero_grad()

@@ -79,7 +79,7 @@ def step_size(errors: list[float], prior: int = 0) -> float:
     """The mean signed error (predicted - true) of a replay, weighed against the ``prior`` ratings
     behind the current typical answer: ``n`` new answers move a mean of ``prior`` by ``n / (n + prior)``
     of their error (``prior=0``: the whole error)."""
-    return sum(errors) / len(errors) * len(errors) / (len(errors) + prior) if errors else 0.0
+    return sum(errors) / (len(errors) + prior) if errors else 0.0
 
 
 def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | None = None, prior: int = 0) -> str:
