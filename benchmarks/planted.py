@@ -219,11 +219,18 @@ def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) ->
         "Mean score of `aligned` minus each arm over the held-out movies (paired bootstrap over movies; movies of "
         "one user are not independent, so this interval is optimistic): "
         + "; ".join(f"vs {o}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for o, d in diffs.items())
-        + ". The hand-written persona scores exactly what the default persona scores: the 1.5B model does not act "
-        "on rules it is told in words; what moves its answers is the measured shift the aligned guidance states "
-        '("answer about 1.5 lower"), so `aligned` clears the 90% target against this ceiling only because the '
-        "ceiling does not move the model.",
+        + ".",
     ]
+    hand_vs_default = mean_score("hand") - mean_score("default")
+    if abs(hand_vs_default) < 0.01:
+        lines.append(
+            f"The hand-written persona scores what the default persona scores ({mean_score('hand'):.3f}): the 1.5B "
+            "model does not act on rules it is told in words. What moves its answers is the number the aligned "
+            'guidance states ("answer 4.5 for a typical movie"), so `aligned` clears the 90% target against this '
+            "ceiling only because the ceiling does not move the model."
+        )
+    else:
+        lines.append(f"The hand-written persona scores {hand_vs_default:+.3f} against the default persona.")
     replace_section(ROOT / "BENCHMARKS.md", "## Planted preferences (the right persona is known)", "\n".join(lines))
 
 

@@ -304,6 +304,14 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def stop_reason(stopped: str) -> str:
+    """Why a compile's loop ended, without its numbers. Both no-step stops are one reason: the rows of
+    the first recent=20 run were written before its message said "weighed", not "cancel out"."""
+    if stopped.startswith("the replay's errors"):
+        return "no step (the replay's mean error, weighed against the ratings behind the anchor with recent > 0, under 0.25)"
+    return stopped.split(" (")[0].split(" in iteration")[0]
+
+
 def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
     out = []
     for s in summaries:
@@ -315,7 +323,7 @@ def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
         contra = sum(bool(r["checks"].get("contradictions")) for r in promoted)
         stops = defaultdict(int)
         for r in rows:
-            stops[(r.get("compile") or {}).get("stopped", "").split(" (")[0].split(" in iteration")[0]] += 1
+            stops[stop_reason((r.get("compile") or {}).get("stopped", ""))] += 1
         out.append(
             f"- {s['dataset']} `{s['spec']}`: {len(promoted)} of {len(rows)} compiles promoted; promoted "
             f"personas that drop the base instructions: {dropped}; that contradict the user's statistics: "
