@@ -308,7 +308,7 @@ def stop_reason(stopped: str) -> str:
     """Why a compile's loop ended, without its numbers. Both no-step stops are one reason: the rows of
     the first recent=20 run were written before its message said "weighed", not "cancel out"."""
     if stopped.startswith("the replay's errors"):
-        return "no step (the replay's mean error, weighed against the ratings behind the anchor with recent > 0, under 0.25)"
+        return "no step (the replay's mean error under 0.25; with recent > 0, weighed against the ratings behind the anchor)"
     return stopped.split(" (")[0].split(" in iteration")[0]
 
 
