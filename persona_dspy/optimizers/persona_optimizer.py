@@ -99,13 +99,25 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         }
 
     # -- grounding ---------------------------------------------------------------------------------
-    def facts(self, agent: PersonaAgent, train: list[Interaction], val_ids: list[str]) -> UserFacts:
-        """The user's facts from interactions strictly before every replayed and gated one."""
+    def _history(self, agent: PersonaAgent) -> list[Interaction]:
+        """The user's stored interactions when the facts are used (``ground``); empty otherwise."""
         if not self.ground or agent.memory is None:
-            return UserFacts(kind=agent.task.kind, n=0)
+            return []
         try:
-            history = agent.memory.history(agent.user_id)
+            return list(agent.memory.history(agent.user_id))
         except UnknownUserError:
+            return []
+
+    def facts(
+        self,
+        agent: PersonaAgent,
+        train: list[Interaction],
+        val_ids: list[str],
+        history: list[Interaction] | None = None,
+    ) -> UserFacts:
+        """The user's facts from interactions strictly before every replayed and gated one."""
+        history = self._history(agent) if history is None else history
+        if not history:
             return UserFacts(kind=agent.task.kind, n=0)
         window = {it.id for it in train} | set(val_ids)
         cut = min([it.timestamp for it in history if it.id in window] + [it.timestamp for it in train])
@@ -235,14 +247,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         over the whole history and the guidance's typical answer follows the recent median, keeping the
         step the alignment took from the first measurement (``typical_new + (stated - typical_old)``).
         """
-        if not self.ground or not self.recent or agent.memory is None:
+        history = self._history(agent) if self.recent else []
+        if not history:
             return agent.persona
         base, _, guidance = prompts.decompose(agent.persona)
-        old = self.facts(agent, train, result.val_ids)
-        try:
-            history = agent.memory.history(agent.user_id)
-        except UnknownUserError:
-            return agent.persona
+        old = self.facts(agent, train, result.val_ids, history)  # what the gated persona was measured on
         end = max(it.timestamp for it in train)
         new = measure(agent.task, [it for it in history if it.timestamp <= end], self.recent)
         if not new.n or new.n == old.n:
