@@ -228,11 +228,13 @@ from persona_dspy.optimizers import PersonaOptimizer
 from test_faults_stores import fleet_users, fleet_optimizer
 from scripted import rule
 
+import time
 started = threading.Event()
 def rule_saying_started(messages):
     if not started.is_set():
         started.set()
         print("compiling", flush=True)
+    time.sleep(0.4)  # with the latency, >= 0.5 s a call: the SIGINT lands mid-fleet even on a loaded machine
     return rule(messages)
 
 settings = Settings(state_dir=sys.argv[1], qdrant=":memory:", mlflow_tracking_uri=sys.argv[2])
