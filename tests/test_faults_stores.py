@@ -219,7 +219,9 @@ def test_a_failure_between_register_and_promote_leaves_no_running_run_and_sync_r
 
 
 FLEET = """
-import sys, threading
+import signal, sys, threading
+# a suite started in the background (`cmd &`) ignores SIGINT, and this child inherits that: Ctrl-C back on
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from persona_dspy import Settings
 from persona_dspy.fleet import compile_users
 from persona_dspy.lm.scripted import ScriptedLM
@@ -228,13 +230,11 @@ from persona_dspy.optimizers import PersonaOptimizer
 from test_faults_stores import fleet_users, fleet_optimizer
 from scripted import rule
 
-import time
 started = threading.Event()
 def rule_saying_started(messages):
     if not started.is_set():
         started.set()
         print("compiling", flush=True)
-    time.sleep(0.4)  # with the latency, >= 0.5 s a call: the SIGINT lands mid-fleet even on a loaded machine
     return rule(messages)
 
 settings = Settings(state_dir=sys.argv[1], qdrant=":memory:", mlflow_tracking_uri=sys.argv[2])
