@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import UserHistory
-from persona_dspy.errors import ConfigurationError, LeakageError, MalformedInteractionError, UnknownUserError
+from persona_dspy.errors import (
+    ConfigurationError,
+    EmptyHistoryError,
+    LeakageError,
+    MalformedInteractionError,
+    UnknownUserError,
+)
 from persona_dspy.signatures.tasks import TaskSpec, get_task
 
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
@@ -182,9 +188,7 @@ def evaluate(
     ``optimizer_options`` go to the aligning method's optimizer (e.g. ``{"critique": True}`` for an
     ablation of ``PersonaOptimizer``). ``keep_memory=True`` leaves each case's past in memory: the
     next evaluation of the same case (another method) then finds it there and embeds nothing."""
-    from persona_dspy.optimizers import PersonaOptimizer, usage_totals
-    from persona_dspy.optimizers.baselines import GEPABaseline
-    from persona_dspy.pipeline import align_user
+    from persona_dspy.optimizers import usage_totals
 
     if method not in METHODS:
         raise ConfigurationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -214,27 +218,15 @@ def evaluate(
                     task, user_id=case.user_id, memory=memory, semantic=semantic, k=k, actions=_ACTIONS[method]
                 )
                 if method in ("persona+align", "gepa"):
-                    cls = PersonaOptimizer if method == "persona+align" else GEPABaseline
-                    kwargs = (
-                        {"iterations": iterations, **(optimizer_options or {})} if method == "persona+align" else {}
-                    )
-                    optimizer = cls(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **kwargs)
-                    aligned = align_user(case.user_id, optimizer, memory=memory, student=agent)  # no tracking
-                    assert aligned.agent is not None and aligned.result is not None  # untracked: never skipped
-                    agent = aligned.agent
-                    result.iteration_scores = [s.train_score for s in aligned.result.steps]
-                    result.promoted = aligned.result.promoted
-                    result.compile = aligned.result.model_dump(
-                        include={
-                            "stopped",
-                            "reason",
-                            "val_score_production",
-                            "val_score_candidate",
-                            "candidate_persona",
-                            "lm_calls",
-                            "tokens",
-                            "steps",
-                        }
+                    agent = _compiled(
+                        agent,
+                        method,
+                        result,
+                        memory=memory,
+                        n_recent=n_recent,
+                        n_val=n_val,
+                        max_lm_calls=max_lm_calls,
+                        options={"iterations": iterations, **(optimizer_options or {})},
                     )
                 persona = result.persona = agent.persona
                 result.prediction = agent(task=q.input, before=q.timestamp).answer
@@ -251,6 +243,51 @@ def evaluate(
         cases=results,
         metrics=metrics(task, [c.truth for c in results], [c.prediction for c in results]),
     )
+
+
+def _compiled(
+    agent: PersonaAgent,
+    method: str,
+    result: CaseResult,
+    *,
+    memory: Any,
+    n_recent: int,
+    n_val: int,
+    max_lm_calls: int,
+    options: dict[str, Any],
+) -> PersonaAgent:
+    """The agent ``method``'s optimizer compiles (untracked), its compile recorded in ``result``. A past
+    too short to replay and gate compiles nothing: production (the student) answers, as in serving."""
+    from persona_dspy.optimizers import PersonaOptimizer
+    from persona_dspy.optimizers.baselines import GEPABaseline
+    from persona_dspy.pipeline import align_user
+
+    if method == "persona+align":
+        optimizer: Any = PersonaOptimizer(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **options)
+    else:
+        optimizer = GEPABaseline(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls)
+    result.promoted = False
+    try:
+        aligned = align_user(agent.user_id, optimizer, memory=memory, student=agent)
+    except EmptyHistoryError as exc:
+        result.compile = {"stopped": f"not compiled: {exc}", "lm_calls": 0, "tokens": 0}
+        return agent
+    assert aligned.agent is not None and aligned.result is not None  # untracked: never skipped
+    result.iteration_scores = [s.train_score for s in aligned.result.steps]
+    result.promoted = aligned.result.promoted
+    result.compile = aligned.result.model_dump(
+        include={
+            "stopped",
+            "reason",
+            "val_score_production",
+            "val_score_candidate",
+            "candidate_persona",
+            "lm_calls",
+            "tokens",
+            "steps",
+        }
+    )
+    return aligned.agent
 
 
 def per_user_spread(report: EvaluationReport) -> float:

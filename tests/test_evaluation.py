@@ -122,3 +122,17 @@ def test_kept_memory_is_reused_by_the_next_method_and_replaced_when_the_case_dif
     shorter = UserHistory(user_id="u0", interactions=cases[0].interactions[:4], query=cases[0].query)
     evaluate([shorter], "rag", memory=memory, lm=lm, progress=False)
     assert memory.count() == 0  # a different past replaced the kept one, then was forgotten
+
+
+def test_a_past_too_short_to_gate_compiles_nothing_and_production_answers(memory):
+    """6 past interactions, n_recent=3 + n_val=4 needs 7: the user is evaluated, not dropped, with the
+    production persona answering (what serving would do) and the compile's reason recorded."""
+    cases = free_text_cases(1)
+    lm = ScriptedLM(rule)
+    aligned = evaluate(cases, "persona+align", memory=memory, lm=lm, n_recent=3, n_val=4, progress=False).cases[0]
+    plain = evaluate(cases, "persona", memory=memory, lm=ScriptedLM(rule), progress=False).cases[0]
+    assert aligned.promoted is False and aligned.compile is not None
+    assert aligned.compile["stopped"].startswith("not compiled") and "needs 7" in aligned.compile["stopped"]
+    assert aligned.lm_calls == 1 and aligned.persona == plain.persona and aligned.prediction == plain.prediction
+    compiled = evaluate(cases, "persona+align", memory=memory, lm=ScriptedLM(rule), n_recent=3, n_val=2, progress=False)
+    assert compiled.cases[0].lm_calls > 1 and not compiled.cases[0].compile["stopped"].startswith("not compiled")
