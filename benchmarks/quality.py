@@ -14,7 +14,8 @@ method: the metric with its 95% bootstrap interval over users, LM calls / tokens
 and for ``persona+align`` the paired difference to every other method with its 95% paired-bootstrap
 interval (the same users resampled together), on the users both methods ran.
 
-Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) for any method, optimizer options
+Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) and ``mode=react`` (the agent chooses its
+actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options
 (``anchor``, ``critique``, ``ground``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
 """
 
@@ -52,7 +53,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 CASES = RESULTS / "quality_cases.jsonl"
 MAIN = "persona+align"
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
-INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val", "recent"}
+INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls"}
+MODES = ("pipeline", "react")
 BOOL_OPTIONS = {"anchor", "critique", "ground"}
 MIN_PAST = 1
 """Every case with a past is kept (all 43 Amazon users, all 62 LaMP-2N queries). A past too short to
@@ -69,6 +71,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key, _, value = part.partition("=")
         if key in INT_OPTIONS:
             options[key] = int(value)
+        elif key == "mode":
+            if value not in MODES:
+                raise SystemExit(f"mode must be one of {', '.join(MODES)} (got {value!r} in {spec!r})")
+            options[key] = value
         elif key in BOOL_OPTIONS:
             options[key] = value.lower() in ("1", "true", "yes")
         else:
@@ -130,6 +136,8 @@ def run(args: argparse.Namespace) -> None:
                         lm = build_lm(Settings())
                     options = dict(spec_options)
                     k = options.pop("k", args.k)
+                    mode = options.pop("mode", "pipeline")
+                    max_lm_calls = options.pop("max_lm_calls", args.max_lm_calls)
                     opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
                     report = evaluate(
                         [case],
@@ -140,8 +148,9 @@ def run(args: argparse.Namespace) -> None:
                         n_recent=opt.get("n_recent", args.n_recent),
                         iterations=opt.get("iterations", args.iterations),
                         n_val=opt.get("n_val", args.n_val),
-                        max_lm_calls=args.max_lm_calls,
+                        max_lm_calls=max_lm_calls,
                         optimizer_options=options,
+                        mode=mode,
                         progress=False,
                         keep_memory=True,  # the next method on this case embeds nothing
                     )

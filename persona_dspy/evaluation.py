@@ -18,7 +18,7 @@ import dspy
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from persona_dspy.agent import PersonaAgent
+from persona_dspy.agent import Mode, PersonaAgent
 from persona_dspy.data.records import UserHistory
 from persona_dspy.errors import (
     ConfigurationError,
@@ -182,12 +182,15 @@ def evaluate(
     progress: bool = True,
     optimizer_options: dict[str, Any] | None = None,
     keep_memory: bool = False,
+    mode: Mode = "pipeline",
 ) -> EvaluationReport:
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
 
     ``optimizer_options`` go to the aligning method's optimizer (e.g. ``{"critique": True}`` for an
     ablation of ``PersonaOptimizer``). ``keep_memory=True`` leaves each case's past in memory: the
-    next evaluation of the same case (another method) then finds it there and embeds nothing."""
+    next evaluation of the same case (another method) then finds it there and embeds nothing.
+    ``mode="react"``: the agent chooses its personalized actions (``dspy.ReAct``) instead of running the
+    method's fixed ones; several LM calls per answer, so an aligning method needs a larger ``max_lm_calls``."""
     from persona_dspy.optimizers import usage_totals
 
     if method not in METHODS:
@@ -215,7 +218,13 @@ def evaluate(
                 if semantic is not None:
                     semantic.update(case.user_id, before=q.timestamp)
                 agent = PersonaAgent(
-                    task, user_id=case.user_id, memory=memory, semantic=semantic, k=k, actions=_ACTIONS[method]
+                    task,
+                    user_id=case.user_id,
+                    memory=memory,
+                    semantic=semantic,
+                    k=k,
+                    actions=_ACTIONS[method],
+                    mode=mode,
                 )
                 if method in ("persona+align", "gepa"):
                     agent = _compiled(

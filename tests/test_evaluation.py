@@ -136,3 +136,35 @@ def test_a_past_too_short_to_gate_compiles_nothing_and_production_answers(memory
     assert aligned.lm_calls == 1 and aligned.persona == plain.persona and aligned.prediction == plain.prediction
     compiled = evaluate(cases, "persona+align", memory=memory, lm=ScriptedLM(rule), n_recent=3, n_val=2, progress=False)
     assert compiled.cases[0].lm_calls > 1 and not compiled.cases[0].compile["stopped"].startswith("not compiled")
+
+
+def react_rule(messages):
+    """A ReAct agent that reads the user's recent interactions, then answers by the persona's rule."""
+    system, user = messages[0]["content"], messages[-1]["content"]
+    if "next_tool_name" in system:
+        if "observation_0" not in user:
+            return {
+                "next_thought": "see what they did",
+                "next_tool_name": "recent_interactions",
+                "next_tool_args": "{}",
+            }
+        return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": "{}"}
+    if "reasoning" in system:
+        return {"reasoning": "as before", "answer": "harsh" if "harsh" in system else "kind"}
+    return rule(messages)
+
+
+@pytest.mark.parametrize("method", ["persona", "persona+align"])
+def test_react_mode_is_a_method_option_and_its_tools_stay_before_the_query(memory, method):
+    cases = free_text_cases(1)
+    lm = ScriptedLM(react_rule)
+    report = evaluate(
+        cases, method, memory=memory, lm=lm, mode="react", n_recent=2, n_val=1, max_lm_calls=40, progress=False
+    )
+    case = report.cases[0]
+    prompts = lm.all_prompt_text()
+    assert "next_tool_name" in prompts and "past-answer-0-5" in prompts  # the agent chose an action and read the past
+    assert "HELD-OUT-ANSWER" not in prompts
+    assert case.prediction in ("harsh", "kind") and case.lm_calls >= 3  # tool step, finish, extract
+    if method == "persona+align":
+        assert case.compile is not None and case.compile["lm_calls"] > 0
