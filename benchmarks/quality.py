@@ -16,7 +16,7 @@ interval (the same users resampled together), on the users both methods ran.
 
 Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) and ``mode=react`` (the agent chooses its
 actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options
-(``anchor``, ``critique``, ``ground``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
+(``anchor``, ``critique``, ``ground``, ``trust_measured``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ MAIN = "persona+align"
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
 INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls"}
 MODES = ("pipeline", "react")
-BOOL_OPTIONS = {"anchor", "critique", "ground"}
+BOOL_OPTIONS = {"anchor", "critique", "ground", "trust_measured"}
 MIN_PAST = 1
 """Every case with a past is kept (all 43 Amazon users, all 62 LaMP-2N queries). A past too short to
 replay and gate (``n_recent + n_val``) compiles nothing: ``persona+align`` then answers with the

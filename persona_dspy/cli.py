@@ -177,6 +177,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         n_val=args.n_val,
         candidates=args.candidates,
         critique=args.critique,
+        trust_measured=args.trust_measured,
         max_lm_calls=args.max_lm_calls,
     )
     report = compile_users(
@@ -424,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--n-val", type=non_negative, default=4, help="held-back interactions the gate replays")
     fleet.add_argument("--candidates", type=positive, default=1, help="guidance rewrites replayed per iteration")
     fleet.add_argument("--critique", action="store_true", help="add an LM critique to the measured loss")
+    fleet.add_argument(
+        "--trust-measured",
+        action="store_true",
+        help="promote a persona of measured facts alone unless the gate shows it worse (a rewrite must still win)",
+    )
     fleet.add_argument("--max-lm-calls", type=positive, default=40, help="per-user budget")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")
     fleet.add_argument("--due", action="store_true", help="only the users the re-alignment policy says are due")

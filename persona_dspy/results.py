@@ -38,6 +38,11 @@ class CompileResult(BaseModel):
     val_ids: list[str] = Field(default_factory=list)
     val_score_production: float | None = None
     val_score_candidate: float | None = None
+    rewritten: bool | None = Field(
+        None,
+        description="whether the candidate's guidance is an LM rewrite kept in this compile (a TextGrad step) "
+        "rather than the user's measured facts alone (PersonaOptimizer); None for other optimizers",
+    )
     promoted: bool = False
     reason: str = ""
     stopped: str = Field("", description="why the alignment loop ended (early stop or iterations done)")

@@ -137,3 +137,19 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "persona-dspy: ConfigurationError: persona-dspy compile: argument --n-recent: must be >= 1, got 0 (see --help)"
     ]
+
+
+@pytest.mark.parametrize("flag, trusted", [([], False), (["--trust-measured"], True)])
+def test_compile_passes_trust_measured_to_the_optimizer(tmp_path, monkeypatch, flag, trusted):
+    import persona_dspy.fleet
+
+    seen = []
+
+    def capture(users, optimizer, **kwargs):
+        seen.append(optimizer)
+        raise ConfigurationError("stop here: only the optimizer is checked")
+
+    monkeypatch.setattr(persona_dspy.fleet, "compile_users", capture)
+    code = main(["compile", "--users", "u1", "--state-dir", str(tmp_path), *flag])
+    assert code == ConfigurationError.exit_code and len(seen) == 1
+    assert seen[0].trust_measured is trusted and seen[0].params["trust_measured"] is trusted

@@ -409,3 +409,30 @@ def test_without_a_prior_the_same_errors_take_a_step(memory):
     assert "answer 3.0 for a typical movie" in step.persona and "median" not in step.persona
     assert "answer 4.0 for a typical movie instead of 3.0" in step.loss
     assert result.gated_persona is None  # recent=0 promotes the gated text as it is
+
+
+# -- trust_measured: a candidate of measured facts alone is promoted unless the gate shows it worse ------
+
+
+def test_a_measured_candidate_that_ties_the_gate_is_promoted_only_with_trust_measured(memory):
+    # the anchor is 4.0 and the default persona answers 4.0 too: a tie on every held-back rating
+    strict, _ = compile_with(memory, rating_history("tie", ["4.0"] * 10), copier, iterations=1)
+    trusted, lm = compile_with(memory, rating_history("tie2", ["4.0"] * 10), copier, iterations=1, trust_measured=True)
+    for result in (strict, trusted):
+        assert result.rewritten is False and result.val_score_candidate == result.val_score_production
+    assert not strict.promoted and "0 better, 0 worse" in strict.reason
+    assert trusted.promoted and "measured facts alone" in trusted.reason
+    assert trusted.lm_calls == len(lm.prompts) == 3 + 2 * 2  # the same replays: only the decision differs
+
+
+def test_a_measured_candidate_the_gate_shows_worse_is_not_promoted_even_trusted(memory):
+    # anchored on 20 ratings of 1.0, the user now rates 4.0: production (4.0) wins every held-back item
+    history = rating_history("worse", ["1.0"] * 20 + ["4.0"] * 5)
+    result, _ = compile_with(memory, history, copier, iterations=1, trust_measured=True)
+    assert result.rewritten is False and "0 better, 2 worse" in result.reason and not result.promoted
+
+
+def test_a_kept_rewrite_still_has_to_win_the_gate_when_measured_candidates_are_trusted(memory):
+    history = rating_history("drift2", ["4.0"] * 20 + ["1.0"] * 11)
+    result, _ = compile_with(memory, history, stepper, iterations=1, trust_measured=True)
+    assert result.rewritten is True and "more better than worse" in result.reason and result.promoted

@@ -14,7 +14,9 @@
    replays strictly better.
 5. **Gate** (``_decide``): the candidate is promoted only with evidence: a higher mean score than
    production on the ``n_val`` held-back interactions by more than ``min_gain``, and more wins than
-   losses there.
+   losses there. With ``trust_measured=True``, a candidate that states only the measured facts (no
+   LM rewrite kept) already has its evidence, the ratings it was measured on: it is promoted unless
+   the held-back interactions show it worse (a lower mean score, or more losses than wins).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     Ablations: ``ground=False`` leaves the facts out; ``anchor=False`` starts from the facts alone
     and states the step as a direction; ``recent=0`` anchors on the mean of all past ratings, steps by
     the whole replayed error and promotes the gated text as it is (the method before ``recent``);
-    ``critique=True`` adds an LM critique to the measured loss.
+    ``critique=True`` adds an LM critique to the measured loss; ``trust_measured=True`` promotes a
+    candidate of measured facts alone when the gate shows it no worse (a tie is promoted), while an
+    LM-written guidance still has to win.
     """
 
     name = "PersonaOptimizer"
@@ -72,6 +76,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         anchor: bool = True,
         recent: int = RECENT_N,
         min_gain: float = 0.0,
+        trust_measured: bool = False,
         n_val: int = 4,
         **kwargs: Any,
     ) -> None:
@@ -83,7 +88,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         self.iterations, self.candidates, self.ground, self.critique = iterations, candidates, ground, critique
         if recent < 0:
             raise ConfigurationError(f"recent must be >= 0 (got {recent})")
-        self.min_gain, self.anchor, self.recent = min_gain, anchor, recent
+        self.min_gain, self.anchor, self.recent, self.trust_measured = min_gain, anchor, recent, trust_measured
 
     @property
     def params(self) -> dict[str, Any]:
@@ -96,6 +101,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "anchor": self.anchor,
             "recent": self.recent,
             "min_gain": self.min_gain,
+            "trust_measured": self.trust_measured,
         }
 
     # -- grounding ---------------------------------------------------------------------------------
@@ -135,6 +141,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         def persona_of(guidance: str) -> str:
             return prompts.compose(base, facts_text, "" if guidance == prompts.NO_GUIDANCE else guidance)
 
+        result.rewritten = False if facts.n else None  # measured facts alone, until a rewrite is kept
         engine = DSPyEngine()
         # the ratings behind the anchor, against which a replay's errors are weighed
         prior = facts.recent_n if self.anchor and self.recent and facts.kind == "rating" else 0
@@ -197,6 +204,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 break
             score, preds = best[0], best[2]
             guidance.set_value(best[1])
+            result.rewritten = True
         else:
             result.stopped = f"{self.iterations} iteration(s) done"
         return persona_of(guidance.value)
@@ -275,17 +283,23 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         result: CompileResult,
     ) -> None:
         """Promote only with evidence: higher mean score by more than ``min_gain`` AND more wins than
-        losses on the held-back interactions (a tie on every item is not evidence)."""
+        losses on the held-back interactions (a tie on every item is not evidence). With
+        ``trust_measured``, a candidate of measured facts alone brings its evidence (the ratings behind
+        it) and is promoted unless it scores lower or loses more than it wins."""
         assert result.val_score_candidate is not None and result.val_score_production is not None
         score = agent.task.score
         diffs = [score(c, it.output) - score(p, it.output) for c, p, it in zip(candidate, production, val)]
         wins, losses = sum(d > SCORE_TOLERANCE for d in diffs), sum(d < -SCORE_TOLERANCE for d in diffs)
         gain = result.val_score_candidate - result.val_score_production
-        result.promoted = gain > self.min_gain + SCORE_TOLERANCE and wins > losses
+        if self.trust_measured and result.rewritten is False:
+            result.promoted = gain >= -SCORE_TOLERANCE and wins >= losses
+            rule = "a candidate of measured facts alone: promotion needs no lower score and no more worse than better"
+        else:
+            result.promoted = gain > self.min_gain + SCORE_TOLERANCE and wins > losses
+            rule = f"promotion needs a gain > {self.min_gain:g} and more better than worse"
         result.reason = (
             f"candidate {result.val_score_candidate:.3f} vs production {result.val_score_production:.3f} "
-            f"on {len(val)} held-back interactions ({wins} better, {losses} worse; "
-            f"promotion needs a gain > {self.min_gain:g} and more better than worse)"
+            f"on {len(val)} held-back interactions ({wins} better, {losses} worse; {rule})"
         )
 
     @staticmethod
