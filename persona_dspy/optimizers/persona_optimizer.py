@@ -291,16 +291,20 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         diffs = [score(c, it.output) - score(p, it.output) for c, p, it in zip(candidate, production, val)]
         wins, losses = sum(d > SCORE_TOLERANCE for d in diffs), sum(d < -SCORE_TOLERANCE for d in diffs)
         gain = result.val_score_candidate - result.val_score_production
-        if self.trust_measured and result.rewritten is False:
-            result.promoted = gain >= -SCORE_TOLERANCE and wins >= losses
-            rule = "a candidate of measured facts alone: promotion needs no lower score and no more worse than better"
-        else:
-            result.promoted = gain > self.min_gain + SCORE_TOLERANCE and wins > losses
-            rule = f"promotion needs a gain > {self.min_gain:g} and more better than worse"
+        result.promoted, rule = self.promotes(gain, wins, losses, measured=result.rewritten is False)
         result.reason = (
             f"candidate {result.val_score_candidate:.3f} vs production {result.val_score_production:.3f} "
             f"on {len(val)} held-back interactions ({wins} better, {losses} worse; {rule})"
         )
+
+    def promotes(self, gain: float, wins: int, losses: int, *, measured: bool) -> tuple[bool, str]:
+        """The gate's rule on the held-back interactions (mean score gain, items better and worse):
+        whether it promotes, and the rule in words. ``measured``: the candidate states only facts."""
+        if self.trust_measured and measured:
+            rule = "a candidate of measured facts alone: promotion needs no lower score and no more worse than better"
+            return gain >= -SCORE_TOLERANCE and wins >= losses, rule
+        rule = f"promotion needs a gain > {self.min_gain:g} and more better than worse"
+        return gain > self.min_gain + SCORE_TOLERANCE and wins > losses, rule
 
     @staticmethod
     def _redact(text: str, train: list[Interaction]) -> str:
