@@ -3,6 +3,7 @@
     python benchmarks/quality.py --datasets movielens --users 60          # run (resumable) + report
     python benchmarks/quality.py --methods icl:k=8,persona+align:anchor=0  # more arms (an ablation), same users
     python benchmarks/quality.py --report                                 # report from stored cases only
+    python benchmarks/quality.py --users 130 --start 76 --methods trivial,persona  # users 77-130 only
 
 Each case is one user's held-out last interaction: the user's past is ingested (time-bounded), the
 method answers the query. Every finished case is appended to ``benchmarks/results/quality_cases.jsonl``
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
     lm = None
     with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_quality")) as memory:
         for name in args.datasets.split(","):
-            cases = load_cases(name, args.users)
+            cases = load_cases(name, args.users)[args.start :]
             print(f"[{name}] {len(cases)} cases", flush=True)
             for case in cases:
                 for spec, method, spec_options in specs:
@@ -205,12 +206,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             summary[m] = metric_ci(m, gold_v, pred_v, **kw)
         out.append(summary)
     for s in out:
-        if s["spec"] != MAIN:
+        if not aligned(s["spec"]):
             continue
         s["paired"] = {}
         for other in out:
             if other["dataset"] != s["dataset"] or other is s:
                 continue
+            if s["spec"] != MAIN and aligned(other["spec"]):
+                continue  # an arm against the baselines; MAIN against the arms is in MAIN's rows
             common = sorted(set(s["gold"]) & set(other["gold"]))
             if len(common) < 5:
                 continue
@@ -226,6 +229,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
             )
     return out
+
+
+def aligned(spec: str) -> bool:
+    """``persona+align`` or one of its arms (``persona+align:<options>``)."""
+    return spec == MAIN or spec.startswith(MAIN + ":")
 
 
 def metric_on(s: dict[str, Any], ids: list[str], key: str) -> float:
@@ -258,14 +266,15 @@ def report(summaries: list[dict[str, Any]], note: str) -> None:
     lines += [
         "",
         (
-            f"Paired differences, `{MAIN}` minus each method on the users both ran (MAE: negative = "
-            f"`{MAIN}` better; accuracy: positive = better), 95% paired-bootstrap interval, 10,000 resamples:"
+            f"Paired differences, each aligned arm minus each method on the users both ran (MAE: negative = "
+            f"the aligned arm better; accuracy: positive = better), 95% paired-bootstrap interval, 10,000 resamples; "
+            f"`{MAIN}` against every method, its arms against the non-aligned ones:"
         ),
         "",
-        "| data set | vs method | users | difference [95% CI] | relative | interval excludes 0 |",
-        "|---|---|---|---|---|---|",
+        "| data set | aligned arm | vs method | users | difference [95% CI] | relative | interval excludes 0 |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for s in summaries:
+    for s in sorted(summaries, key=lambda s: (s["dataset"], s["spec"] != MAIN, s["spec"])):
         for other, (n, diff) in sorted(s.get("paired", {}).items()):
             base = next(o for o in summaries if o["dataset"] == s["dataset"] and o["spec"] == other)
             common = sorted(set(s["gold"]) & set(base["gold"]))
@@ -273,7 +282,8 @@ def report(summaries: list[dict[str, Any]], note: str) -> None:
             rel = (-diff[0] if s["kind"] == "rating" else diff[0]) / ref if ref else float("nan")
             excludes = diff[1] > 0 or diff[2] < 0
             lines.append(
-                f"| {s['dataset']} | {other} | {n} | {_ci(diff)} | {100 * rel:+.1f}% | {'yes' if excludes else 'no'} |"
+                f"| {s['dataset']} | {s['spec']} | {other} | {n} | {_ci(diff)} | {100 * rel:+.1f}% | "
+                f"{'yes' if excludes else 'no'} |"
             )
     lines += ["", *verdict(summaries), "", *compile_checks(summaries), "", "![quality](benchmarks/results/quality.png)"]
     replace_section(ROOT / "BENCHMARKS.md", "## Quality (personalization methods on the dev sets)", "\n".join(lines))
@@ -283,8 +293,8 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
     """The issue's targets on this run: beat the best non-aligned method by >= 10% relative with the
     paired interval excluding zero; <= 15 LM calls and <= 5k tokens per compile."""
     out = ["Targets (issue 19), on the users of this run:"]
-    for s in summaries:
-        if s["spec"] != MAIN:
+    for s in sorted(summaries, key=lambda s: (s["dataset"], s["spec"] != MAIN, s["spec"])):
+        if not aligned(s["spec"]):
             continue
         lower = s["kind"] == "rating"
         key = "mae" if lower else "accuracy"
@@ -292,7 +302,7 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
             o
             for o in summaries
             if o["dataset"] == s["dataset"]
-            and not o["spec"].startswith(MAIN)
+            and not aligned(o["spec"])
             and o["spec"] != "gepa"
             and o["spec"] in s.get("paired", {})
         ]
@@ -309,7 +319,7 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
         compile_calls = _mean(c.get("lm_calls", 0) for c in compiled)
         compile_tokens = _mean(c.get("tokens", 0) for c in compiled)
         out.append(
-            f"- {s['dataset']}: `{MAIN}` {key} {s[key][0]:.3f} ({s['n']} users) vs the best non-aligned method "
+            f"- {s['dataset']}: `{s['spec']}` {key} {s[key][0]:.3f} ({s['n']} users) vs the best non-aligned method "
             f"(`{best['spec']}`) {best_value:.3f} on the same {n} users: {100 * rel:+.1f}% relative, paired 95% interval "
             f"of the difference [{diff[1]:.3f}, {diff[2]:.3f}] -> target {'met' if met else 'NOT met'}. "
             f"Compile cost: {compile_calls:.1f} LM calls (target <= 15), {compile_tokens:.0f} tokens "
@@ -336,7 +346,7 @@ def stop_reason(stopped: str) -> str:
 def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
     out = []
     for s in summaries:
-        if not s["spec"].startswith(MAIN):
+        if not aligned(s["spec"]):
             continue
         rows = list(s["cases"].values())
         promoted = [r for r in rows if r.get("promoted")]
@@ -370,7 +380,7 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
             [v[0] for v in values],
             yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],
             capsize=3,
-            color=["#C44E52" if r["spec"] == MAIN else "#4C72B0" for r in rows],
+            color=["#C44E52" if r["spec"] == MAIN else "#DD8452" if aligned(r["spec"]) else "#4C72B0" for r in rows],
         )
         ax.set_title(
             f"{name}: {key} with 95% CI ({'lower' if key == 'mae' else 'higher'} is better), n={rows[0]['n']}",
@@ -386,6 +396,12 @@ def main() -> None:
     parser.add_argument("--datasets", default="movielens,amazon,lamp2n")
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--users", type=int, default=60, help="cases per data set (the first N in file order)")
+    parser.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        help="skip the first START of those cases (an arm on users a choice was not made on)",
+    )
     parser.add_argument("--k", type=int, default=8, help="episodes shown (icl, rag, persona)")
     parser.add_argument("--n-recent", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=1)
