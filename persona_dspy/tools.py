@@ -112,14 +112,34 @@ def _current() -> UserTools:
     return tools
 
 
+NOTHING_YET = "(nothing recorded for this user yet)"
+"""What a ReAct action observes instead of an empty string (a small model repeats an action whose
+observation is blank)."""
+
+
+def _unwrap(value: object) -> object:
+    """``{"type": "string", "value": "x"}`` -> ``"x"``: a small model often echoes the argument schema."""
+    if isinstance(value, dict) and "value" in value and set(value) <= {"type", "value", "description"}:
+        return value["value"]
+    return value
+
+
+class _LateBoundTool(dspy.Tool):
+    """A ``dspy.Tool`` that accepts schema-shaped arguments (``_unwrap``) before DSPy validates them."""
+
+    def __call__(self, **kwargs: object) -> object:
+        return super().__call__(**{k: _unwrap(v) for k, v in kwargs.items()})
+
+
 def late_bound_tools() -> list[dspy.Tool]:
     """The personalized actions as ``dspy.Tool``s for a long-lived ``dspy.ReAct``: each call
-    dispatches to the ``UserTools`` bound for the current call (see ``bound``)."""
-    out = []
+    dispatches to the ``UserTools`` bound for the current call (see ``bound``); an empty result is
+    observed as ``NOTHING_YET``."""
+    out: list[dspy.Tool] = []
     for name in ACTIONS:
-        tool = dspy.Tool(getattr(UserTools, name))
+        tool = _LateBoundTool(getattr(UserTools, name))
         tool.args.pop("self", None)
         tool.arg_types.pop("self", None)
-        tool.func = lambda *, _name=name, **kwargs: getattr(_current(), _name)(**kwargs)
+        tool.func = lambda *, _name=name, **kwargs: getattr(_current(), _name)(**kwargs) or NOTHING_YET
         out.append(tool)
     return out
