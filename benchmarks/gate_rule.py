@@ -48,16 +48,22 @@ HEADING = "## Gate rule: trusting a measured candidate (ablation on the stored c
 COUNTS = re.compile(r"\((\d+) better, (\d+) worse")
 
 
-def flips(row: dict[str, Any], optimizer: PersonaOptimizer) -> bool:
-    """Whether ``optimizer``'s gate promotes the stored compile that the stored run did not."""
+def decides(row: dict[str, Any], optimizer: PersonaOptimizer) -> bool | None:
+    """What ``optimizer``'s gate decides on a stored compile (None: no gate ran, e.g. the persona did
+    not change or the user was not compiled)."""
     compile_ = row.get("compile") or {}
     counts = COUNTS.search(compile_.get("reason") or "")
-    if row.get("promoted") or counts is None or compile_.get("val_score_candidate") is None:
-        return False  # promoted already, or no gate ran (the persona did not change, or not compiled)
+    if counts is None or compile_.get("val_score_candidate") is None:
+        return None
     gain = compile_["val_score_candidate"] - compile_["val_score_production"]
     kept_rewrite = compile_.get("stopped", "").endswith("iteration(s) done")  # the loop's normal end: a step kept
     promoted, _ = optimizer.promotes(gain, int(counts.group(1)), int(counts.group(2)), measured=not kept_rewrite)
     return promoted
+
+
+def flips(row: dict[str, Any], optimizer: PersonaOptimizer) -> bool:
+    """Whether ``optimizer``'s gate promotes a stored compile that the stored run did not."""
+    return not row.get("promoted") and decides(row, optimizer) is True
 
 
 def answer_flipped(dataset: str, rows: list[dict[str, Any]], optimizer: PersonaOptimizer) -> None:
@@ -185,12 +191,95 @@ def report(dataset: str, rows: list[dict[str, Any]], optimizer: PersonaOptimizer
     return lines
 
 
+ARM = f"{MAIN}:trust_measured=1"
+
+
+def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
+    """The ``trust_measured`` arm run in full (users the rule was not chosen on), with the default gate
+    derived from it: where the default would not have promoted, production (the default persona, the
+    ``persona`` method's agent) answers, so its stored answer is the default gate's. No LM call."""
+    by_spec: dict[str, dict[str, dict]] = {}
+    for r in stored():
+        if r["dataset"] == dataset:
+            by_spec.setdefault(r["spec"], {})[r["case_id"]] = r
+    arm, plain = by_spec.get(ARM, {}), by_spec.get("persona", {})
+    ids = sorted(i for i in arm if i in plain)
+    if len(ids) < 5:
+        return []
+    task = get_task(arm[ids[0]]["task"])
+    demoted = [i for i in ids if arm[i].get("promoted") and decides(arm[i], strict) is False]
+    derived = {i: plain[i]["prediction"] if i in demoted else arm[i]["prediction"] for i in ids}
+    trusted = {i: arm[i]["prediction"] for i in ids}
+    promoted = sum(bool(arm[i].get("promoted")) for i in ids)
+    lines = [
+        f"### {dataset}: the `{ARM}` arm run in full ({len(ids)} users)",
+        "",
+        (
+            f"- Promoted: {promoted} of {len(ids)} with `trust_measured`; {promoted - len(demoted)} with the default "
+            f"gate (derived: where it would not promote, the `persona` method's stored answer is production's)."
+        ),
+        (
+            f"- Promoted personas that drop the base instructions: "
+            f"{sum(not arm[i]['checks'].get('base_kept', True) for i in ids if arm[i].get('promoted'))}; that "
+            f"contradict the user's statistics: "
+            f"{sum(bool(arm[i]['checks'].get('contradictions')) for i in ids if arm[i].get('promoted'))}."
+        ),
+        "",
+        *paired(task, trusted, ids, {f"{MAIN} (default gate, derived)": derived, **_preds(by_spec, ARM)}),
+    ]
+    return lines
+
+
+def _preds(by_spec: dict[str, dict[str, dict]], skip: str) -> dict[str, dict[str, Any]]:
+    return {spec: {i: r["prediction"] for i, r in rows.items()} for spec, rows in by_spec.items() if spec != skip}
+
+
+def paired(task: Any, preds: dict[str, Any], ids: list[str], others: dict[str, dict[str, Any]]) -> list[str]:
+    """``preds`` (`trust_measured`) minus each of ``others`` on the users both have, MAE with intervals."""
+    scale = task.scale
+    gold_of = {i: float(task.parse(t)) for i, t in _truths(task, ids).items()}
+
+    def values(p: dict[str, Any], ids: list[str]) -> list[float | None]:
+        return [float(task.parse(p[i])) if task.parse(p[i]) is not None else None for i in ids]
+
+    mae = metric_ci("mae", [gold_of[i] for i in ids], values(preds, ids), scale=scale)
+    lines = [
+        f"`trust_measured` MAE {mae[0]:.3f} [{mae[1]:.3f}, {mae[2]:.3f}] on {len(ids)} users.",
+        "",
+        "| `trust_measured` vs | users | MAE difference [95% CI] | relative | interval excludes 0 |",
+        "|---|---|---|---|---|",
+    ]
+    for label, other in sorted(others.items()):
+        common = [i for i in ids if i in other]
+        if len(common) < 5:
+            continue
+        gold = [gold_of[i] for i in common]
+        ref = values(other, common)
+        diff = paired_metric_diff("mae", gold, values(preds, common), ref, scale=scale)
+        base = metric_ci("mae", gold, ref, scale=scale, n=10)[0]
+        lines.append(
+            f"| {label} | {len(common)} | {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}] | "
+            f"{-100 * diff[0] / base:+.1f}% | {'yes' if diff[1] > 0 or diff[2] < 0 else 'no'} |"
+        )
+    return lines
+
+
+_TRUTH: dict[str, str] = {}
+
+
+def _truths(task: Any, ids: list[str]) -> dict[str, str]:
+    if not _TRUTH:
+        _TRUTH.update({r["case_id"]: r["truth"] for r in stored()})
+    return {i: _TRUTH[i] for i in ids}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="movielens")
     parser.add_argument("--report", action="store_true", help="only write the report from stored answers")
     args = parser.parse_args()
     optimizer = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=True)  # the stored run's n_recent / n_val
+    strict = PersonaOptimizer(n_recent=3, n_val=4)
     body = [
         (
             "`PersonaOptimizer(trust_measured=True)` changes only the gate's decision, so each stored compile of "
@@ -209,7 +298,7 @@ def main() -> None:
             continue
         if not args.report:
             answer_flipped(dataset, rows, optimizer)
-        body += [*report(dataset, rows, optimizer), ""]
+        body += [*report(dataset, rows, optimizer), "", *report_arm(dataset, strict), ""]
     replace_section(ROOT / "BENCHMARKS.md", HEADING, "\n".join(body))
     print("\n".join(body))
 
