@@ -56,8 +56,11 @@ def decides(row: dict[str, Any], optimizer: PersonaOptimizer) -> bool | None:
     if counts is None or compile_.get("val_score_candidate") is None:
         return None
     gain = compile_["val_score_candidate"] - compile_["val_score_production"]
-    kept_rewrite = compile_.get("stopped", "").endswith("iteration(s) done")  # the loop's normal end: a step kept
-    promoted, _ = optimizer.promotes(gain, int(counts.group(1)), int(counts.group(2)), measured=not kept_rewrite)
+    rewritten = compile_.get("rewritten")
+    if rewritten is None:  # rows written before CompileResult.rewritten: a step was kept if the loop ran to
+        # its end ("... iteration(s) done") or reached a second iteration (each starts from a kept step)
+        rewritten = compile_.get("stopped", "").endswith("iteration(s) done") or len(compile_.get("steps") or []) > 1
+    promoted, _ = optimizer.promotes(gain, int(counts.group(1)), int(counts.group(2)), measured=not rewritten)
     return promoted
 
 
@@ -209,6 +212,10 @@ def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
     task = get_task(arm[ids[0]]["task"])
     demoted = [i for i in ids if arm[i].get("promoted") and decides(arm[i], strict) is False]
     derived = {i: plain[i]["prediction"] if i in demoted else arm[i]["prediction"] for i in ids}
+    # where production served in the arm too, how often it answered as the `persona` method did
+    # (the same prompt; llama.cpp's prompt-cache state changes some answers at temperature 0)
+    served = [i for i in ids if not arm[i].get("promoted")]
+    agree = sum(arm[i]["prediction"] == plain[i]["prediction"] for i in served)
     trusted = {i: arm[i]["prediction"] for i in ids}
     promoted = sum(bool(arm[i].get("promoted")) for i in ids)
     lines = [
@@ -216,7 +223,8 @@ def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
         "",
         (
             f"- Promoted: {promoted} of {len(ids)} with `trust_measured`; {promoted - len(demoted)} with the default "
-            f"gate (derived: where it would not promote, the `persona` method's stored answer is production's)."
+            f"gate (derived: where it would not promote, the `persona` method's stored answer stands for production's; "
+            f"where production served in this arm, it answered as `persona` did for {agree} of {len(served)} users)."
         ),
         (
             f"- Promoted personas that drop the base instructions: "

@@ -13,7 +13,8 @@ stopped and resumed, and a larger ``--users`` only runs the new users.
 The report (BENCHMARKS.md "## Quality" and ``benchmarks/results/quality.png``) gives, per data set and
 method: the metric with its 95% bootstrap interval over users, LM calls / tokens / seconds per user,
 and for ``persona+align`` the paired difference to every other method with its 95% paired-bootstrap
-interval (the same users resampled together), on the users both methods ran.
+interval (the same users resampled together), on the users both methods ran; each other aligned arm
+(``persona+align:<options>``) gets the same against the non-aligned methods.
 
 Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) and ``mode=react`` (the agent chooses its
 actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options

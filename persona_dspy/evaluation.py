@@ -291,6 +291,7 @@ def _compiled(
             "val_score_production",
             "val_score_candidate",
             "candidate_persona",
+            "rewritten",
             "lm_calls",
             "tokens",
             "steps",

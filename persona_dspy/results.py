@@ -40,8 +40,9 @@ class CompileResult(BaseModel):
     val_score_candidate: float | None = None
     rewritten: bool | None = Field(
         None,
-        description="whether the candidate's guidance is an LM rewrite kept in this compile (a TextGrad step) "
-        "rather than the user's measured facts alone (PersonaOptimizer); None for other optimizers",
+        description="whether the candidate's guidance holds LM-written text (a TextGrad step kept in this "
+        "compile, or a guidance carried from an earlier one) rather than the user's measured facts alone "
+        "(PersonaOptimizer); None when nothing was measured, and for other optimizers",
     )
     promoted: bool = False
     reason: str = ""

@@ -130,6 +130,13 @@ class _LateBoundTool(dspy.Tool):
     def __call__(self, **kwargs: object) -> object:
         return super().__call__(**{k: _unwrap(v) for k, v in kwargs.items()})
 
+    async def acall(self, **kwargs: object) -> object:
+        return await super().acall(**{k: _unwrap(v) for k, v in kwargs.items()})
+
+
+def _observed(text: str) -> str:
+    return text if text.strip() else NOTHING_YET
+
 
 def late_bound_tools() -> list[dspy.Tool]:
     """The personalized actions as ``dspy.Tool``s for a long-lived ``dspy.ReAct``: each call
@@ -140,6 +147,6 @@ def late_bound_tools() -> list[dspy.Tool]:
         tool = _LateBoundTool(getattr(UserTools, name))
         tool.args.pop("self", None)
         tool.arg_types.pop("self", None)
-        tool.func = lambda *, _name=name, **kwargs: getattr(_current(), _name)(**kwargs) or NOTHING_YET
+        tool.func = lambda *, _name=name, **kwargs: _observed(getattr(_current(), _name)(**kwargs))
         out.append(tool)
     return out

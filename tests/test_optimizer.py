@@ -436,3 +436,22 @@ def test_a_kept_rewrite_still_has_to_win_the_gate_when_measured_candidates_are_t
     history = rating_history("drift2", ["4.0"] * 20 + ["1.0"] * 11)
     result, _ = compile_with(memory, history, stepper, iterations=1, trust_measured=True)
     assert result.rewritten is True and "more better than worse" in result.reason and result.promoted
+
+
+def test_a_kept_rewrite_that_ties_the_gate_is_not_promoted_even_trusted(memory):
+    # anchor 4.0 (20 ratings), replay 1.0 x 3: the step to 3.5 is kept (it replays better); on the gate
+    # the default answers 4.0 and the candidate 3.5 against 4.5 and 3.0: one better, one worse, a tie
+    history = rating_history("tie-rewrite", ["4.0"] * 20 + ["4.5", "3.0"] + ["1.0"] * 3)
+    result, _ = compile_with(memory, history, stepper, iterations=1, trust_measured=True)
+    assert result.rewritten is True and "answer 3.5 for a typical movie" in result.candidate_persona
+    assert "1 better, 1 worse" in result.reason and not result.promoted
+
+
+def test_a_recompile_carrying_lm_written_guidance_is_not_trusted_as_measured(memory):
+    carried = "For this user, answer 4.0 for a typical movie. They love long dramas and hate sequels."
+    persona = prompts.compose(DEFAULT_PERSONA, "", carried)
+    result, _ = compile_with(
+        memory, rating_history("carried", ["4.0"] * 10), copier, persona=persona, iterations=1, trust_measured=True
+    )
+    assert "matched" in result.stopped and result.val_score_candidate == result.val_score_production
+    assert result.rewritten is True and not result.promoted  # a tie: the carried LM text must win

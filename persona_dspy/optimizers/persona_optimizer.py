@@ -141,14 +141,17 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         def persona_of(guidance: str) -> str:
             return prompts.compose(base, facts_text, "" if guidance == prompts.NO_GUIDANCE else guidance)
 
-        result.rewritten = False if facts.n else None  # measured facts alone, until a rewrite is kept
         engine = DSPyEngine()
         # the ratings behind the anchor, against which a replay's errors are weighed
         prior = facts.recent_n if self.anchor and self.recent and facts.kind == "rating" else 0
-        if self.anchor and facts.anchor() and guidance_text in ("", prompts.NO_GUIDANCE):
+        measured = guidance_text in ("", prompts.NO_GUIDANCE)  # no guidance yet: only facts will be stated
+        if self.anchor and facts.anchor() and measured:
             guidance_text = facts.anchor()  # the measured starting point: the user's typical answer as a number
         elif self.anchor and facts.typical is not None and anchor_value(guidance_text) is not None:
             guidance_text = with_anchor(guidance_text, facts.typical)  # a recompile starts from today's measure
+        # an earlier compile's guidance is LM text, unless it is exactly what today's facts state
+        measured = measured or (self.anchor and guidance_text == facts.anchor())
+        result.rewritten = (False if facts.n else None) if measured else True
         guidance = ops.GuidanceVariable(guidance_text or prompts.NO_GUIDANCE)
         constraints = [
             (
