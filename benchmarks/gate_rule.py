@@ -137,25 +137,14 @@ def report(dataset: str, rows: list[dict[str, Any]], optimizer: PersonaOptimizer
     missing = [c for c in flipped if c not in answered]
     if missing:
         return [f"- {dataset}: {len(missing)} flipped cases not answered yet: run without --report."]
-    task = get_task(rows[0]["task"])
-    scale = task.scale
-    by_spec: dict[str, dict[str, dict]] = {}
-    for r in stored():
-        if r["dataset"] == dataset:
-            by_spec.setdefault(r["spec"], {})[r["case_id"]] = r
+    by_spec = stored_by_spec(dataset)
     main = by_spec[MAIN]
     trusted = {cid: (answered[cid]["prediction"] if cid in answered else r["prediction"]) for cid, r in main.items()}
     ids = sorted(main)
-    gold = [float(task.parse(main[i]["truth"])) for i in ids]
-
-    def values(preds: dict[str, Any], ids: list[str]) -> list[float | None]:
-        return [float(task.parse(preds[i])) if task.parse(preds[i]) is not None else None for i in ids]
-
     promoted = sum(bool(r.get("promoted")) for r in main.values())
     new = [answered[c] for c in flipped]
-    mae = metric_ci("mae", gold, values(trusted, ids), scale=scale)
-    strict = metric_ci("mae", gold, values({i: main[i]["prediction"] for i in ids}, ids), scale=scale)
-    lines = [
+    others = {f"{MAIN} (default gate)" if spec == MAIN else spec: preds for spec, preds in _preds(by_spec).items()}
+    return [
         f"### {dataset} ({len(ids)} users: the stored `{MAIN}` compiles)",
         "",
         (
@@ -164,34 +153,22 @@ def report(dataset: str, rows: list[dict[str, Any]], optimizer: PersonaOptimizer
             f"the served answer changed for {sum(n['prediction'] != n['stored_prediction'] for n in new)} of them)."
         ),
         (
-            f"- MAE: default gate {strict[0]:.3f} [{strict[1]:.3f}, {strict[2]:.3f}], `trust_measured` "
-            f"{mae[0]:.3f} [{mae[1]:.3f}, {mae[2]:.3f}]."
-        ),
-        (
             f"- Newly promoted personas that drop the base instructions: "
             f"{sum(not n['checks'].get('base_kept', True) for n in new)}; that contradict the user's statistics: "
             f"{sum(bool(n['checks'].get('contradictions')) for n in new)}."
         ),
         "",
-        "| `trust_measured` vs | users | MAE difference [95% CI] | relative | interval excludes 0 |",
-        "|---|---|---|---|---|",
+        *paired(get_task(rows[0]["task"]), trusted, ids, others),
     ]
-    for spec in sorted(by_spec):
-        other = by_spec[spec]
-        common = sorted(set(ids) & set(other))
-        if len(common) < 5:
-            continue
-        label = f"{MAIN} (default gate)" if spec == MAIN else spec
-        g = [float(task.parse(main[i]["truth"])) for i in common]
-        ref = values({i: other[i]["prediction"] for i in common}, common)
-        diff = paired_metric_diff("mae", g, values(trusted, common), ref, scale=scale)
-        base = metric_ci("mae", g, ref, scale=scale, n=10)[0]
-        excludes = diff[1] > 0 or diff[2] < 0
-        lines.append(
-            f"| {label} | {len(common)} | {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}] | "
-            f"{-100 * diff[0] / base:+.1f}% | {'yes' if excludes else 'no'} |"
-        )
-    return lines
+
+
+def stored_by_spec(dataset: str) -> dict[str, dict[str, dict]]:
+    """The stored quality rows of ``dataset``: spec -> case id -> row."""
+    by_spec: dict[str, dict[str, dict]] = {}
+    for r in stored():
+        if r["dataset"] == dataset:
+            by_spec.setdefault(r["spec"], {})[r["case_id"]] = r
+    return by_spec
 
 
 ARM = f"{MAIN}:trust_measured=1"
@@ -201,10 +178,7 @@ def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
     """The ``trust_measured`` arm run in full (users the rule was not chosen on), with the default gate
     derived from it: where the default would not have promoted, production (the default persona, the
     ``persona`` method's agent) answers, so its stored answer is the default gate's. No LM call."""
-    by_spec: dict[str, dict[str, dict]] = {}
-    for r in stored():
-        if r["dataset"] == dataset:
-            by_spec.setdefault(r["spec"], {})[r["case_id"]] = r
+    by_spec = stored_by_spec(dataset)
     arm, plain = by_spec.get(ARM, {}), by_spec.get("persona", {})
     ids = sorted(i for i in arm if i in plain)
     if len(ids) < 5:
@@ -233,19 +207,20 @@ def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
             f"{sum(bool(arm[i]['checks'].get('contradictions')) for i in ids if arm[i].get('promoted'))}."
         ),
         "",
-        *paired(task, trusted, ids, {f"{MAIN} (default gate, derived)": derived, **_preds(by_spec, ARM)}),
+        *paired(task, trusted, ids, {f"{MAIN} (default gate, derived)": derived, **_preds(by_spec, skip=ARM)}),
     ]
     return lines
 
 
-def _preds(by_spec: dict[str, dict[str, dict]], skip: str) -> dict[str, dict[str, Any]]:
+def _preds(by_spec: dict[str, dict[str, dict]], skip: str = "") -> dict[str, dict[str, Any]]:
     return {spec: {i: r["prediction"] for i, r in rows.items()} for spec, rows in by_spec.items() if spec != skip}
 
 
 def paired(task: Any, preds: dict[str, Any], ids: list[str], others: dict[str, dict[str, Any]]) -> list[str]:
     """``preds`` (`trust_measured`) minus each of ``others`` on the users both have, MAE with intervals."""
     scale = task.scale
-    gold_of = {i: float(task.parse(t)) for i, t in _truths(task, ids).items()}
+    truths = {r["case_id"]: r["truth"] for r in stored()}
+    gold_of = {i: float(task.parse(truths[i])) for i in ids}
 
     def values(p: dict[str, Any], ids: list[str]) -> list[float | None]:
         return [float(task.parse(p[i])) if task.parse(p[i]) is not None else None for i in ids]
@@ -270,15 +245,6 @@ def paired(task: Any, preds: dict[str, Any], ids: list[str], others: dict[str, d
             f"{-100 * diff[0] / base:+.1f}% | {'yes' if diff[1] > 0 or diff[2] < 0 else 'no'} |"
         )
     return lines
-
-
-_TRUTH: dict[str, str] = {}
-
-
-def _truths(task: Any, ids: list[str]) -> dict[str, str]:
-    if not _TRUTH:
-        _TRUTH.update({r["case_id"]: r["truth"] for r in stored()})
-    return {i: _TRUTH[i] for i in ids}
 
 
 def main() -> None:
