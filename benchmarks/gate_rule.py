@@ -40,7 +40,7 @@ from persona_dspy.signatures import get_task
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import replace_section
-from quality import CASES, MAIN, checks, load_cases, stored
+from quality import CASES, MAIN, aligned, checks, load_cases, stored
 from stats import metric_ci, paired_metric_diff
 
 OUT = ROOT / "benchmarks" / "results" / "gate_rule_cases.jsonl"
@@ -212,12 +212,52 @@ def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
     return lines
 
 
+def report_combined(dataset: str, strict: PersonaOptimizer, trust: PersonaOptimizer) -> list[str]:
+    """Both gate rules on every user either run covers: the stored default-gate compiles (re-decided for
+    ``trust_measured``, the flipped users answered in ``OUT``) and the ``trust_measured`` arm (the default
+    derived as in ``report_arm``), each paired against the non-aligned methods."""
+    by_spec = stored_by_spec(dataset)
+    main, arm, plain = by_spec.get(MAIN, {}), by_spec.get(ARM, {}), by_spec.get("persona", {})
+    answered = {r["case_id"]: r for r in map(json.loads, OUT.read_text().splitlines())} if OUT.exists() else {}
+    default: dict[str, Any] = {}
+    trusted: dict[str, Any] = {}
+    for i, r in main.items():
+        if flips(r, trust) and i not in answered:
+            return []
+        default[i] = r["prediction"]
+        trusted[i] = answered[i]["prediction"] if flips(r, trust) else r["prediction"]
+    for i, r in arm.items():
+        if i in plain and i not in main:
+            trusted[i] = r["prediction"]
+            demoted = r.get("promoted") and decides(r, strict) is False
+            default[i] = plain[i]["prediction"] if demoted else r["prediction"]
+    ids = sorted(default)
+    if not main or not arm or len(ids) < 5:
+        return []
+    task = get_task(next(iter(main.values()))["task"])
+    baselines = {spec: preds for spec, preds in _preds(by_spec).items() if not aligned(spec)}
+    return [
+        (
+            f"### {dataset}: both gate rules on all {len(ids)} users ({len(main)} default-gate compiles, "
+            f"{len(ids) - len(main)} `trust_measured` compiles, each with the other rule derived)"
+        ),
+        "",
+        *paired(task, trusted, ids, {f"{MAIN} (default gate)": default, **baselines}),
+        "",
+        "The default gate on the same users:",
+        "",
+        *paired(task, default, ids, baselines, name=f"`{MAIN}` (default gate)"),
+    ]
+
+
 def _preds(by_spec: dict[str, dict[str, dict]], skip: str = "") -> dict[str, dict[str, Any]]:
     return {spec: {i: r["prediction"] for i, r in rows.items()} for spec, rows in by_spec.items() if spec != skip}
 
 
-def paired(task: Any, preds: dict[str, Any], ids: list[str], others: dict[str, dict[str, Any]]) -> list[str]:
-    """``preds`` (`trust_measured`) minus each of ``others`` on the users both have, MAE with intervals."""
+def paired(
+    task: Any, preds: dict[str, Any], ids: list[str], others: dict[str, dict[str, Any]], name: str = "`trust_measured`"
+) -> list[str]:
+    """``preds`` (``name``) minus each of ``others`` on the users both have, MAE with intervals."""
     scale = task.scale
     truths = {r["case_id"]: r["truth"] for r in stored()}
     gold_of = {i: float(task.parse(truths[i])) for i in ids}
@@ -227,9 +267,9 @@ def paired(task: Any, preds: dict[str, Any], ids: list[str], others: dict[str, d
 
     mae = metric_ci("mae", [gold_of[i] for i in ids], values(preds, ids), scale=scale)
     lines = [
-        f"`trust_measured` MAE {mae[0]:.3f} [{mae[1]:.3f}, {mae[2]:.3f}] on {len(ids)} users.",
+        f"{name} MAE {mae[0]:.3f} [{mae[1]:.3f}, {mae[2]:.3f}] on {len(ids)} users.",
         "",
-        "| `trust_measured` vs | users | MAE difference [95% CI] | relative | interval excludes 0 |",
+        f"| {name} vs | users | MAE difference [95% CI] | relative | interval excludes 0 |",
         "|---|---|---|---|---|",
     ]
     for label, other in sorted(others.items()):
@@ -272,7 +312,14 @@ def main() -> None:
             continue
         if not args.report:
             answer_flipped(dataset, rows, optimizer)
-        body += [*report(dataset, rows, optimizer), "", *report_arm(dataset, strict), ""]
+        body += [
+            *report(dataset, rows, optimizer),
+            "",
+            *report_arm(dataset, strict),
+            "",
+            *report_combined(dataset, strict, optimizer),
+            "",
+        ]
     replace_section(ROOT / "BENCHMARKS.md", HEADING, "\n".join(body))
     print("\n".join(body))
 
