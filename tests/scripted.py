@@ -6,6 +6,9 @@ propagate to answers: a persona mentioning "harsh" answers ``LOW``; otherwise ``
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 from persona_dspy.optimizers import prompts
 
 LOW, HIGH = "1.0", "4.0"
@@ -50,3 +53,19 @@ def ratings(user_id: str, n: int = 6, *, genres: str = "Drama", start: float = 1
         )
         for i in range(n)
     ]
+
+
+def react_rule(tool: str, args: dict, answer: Callable[[str], str]) -> Callable[[list[dict[str, str]]], object]:
+    """A ReAct agent that calls ``tool`` with ``args`` once, finishes, then answers ``answer(system)``."""
+
+    def respond(messages: list[dict[str, str]]) -> str | dict[str, str]:
+        system, user = messages[0]["content"], messages[-1]["content"]
+        if "next_tool_name" in system:
+            if "observation_0" not in user:
+                return {"next_thought": f"call {tool}", "next_tool_name": tool, "next_tool_args": json.dumps(args)}
+            return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": "{}"}
+        if "reasoning" in system:
+            return {"reasoning": "from what the tool showed", "answer": answer(system)}
+        return rule(messages)
+
+    return respond

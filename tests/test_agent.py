@@ -16,7 +16,7 @@ from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
 
-from scripted import HIGH, LOW, rule
+from scripted import HIGH, LOW, react_rule, rule
 
 
 def items(user: str, label: str, n: int = 4, start: float = 0.0) -> list[Interaction]:
@@ -76,23 +76,8 @@ def test_pipeline_context_is_bound_to_user_and_time(memory):
     assert "2 past answers" in ctx["profile"]
 
 
-def react_rule(messages):
-    system, user = messages[0]["content"], messages[-1]["content"]
-    if "next_tool_name" in system:
-        if "observation_0" not in user:
-            return {
-                "next_thought": "look at similar stories",
-                "next_tool_name": "recall_episodes",
-                "next_tool_args": json.dumps({"query": "story", "k": 10}),
-            }
-        return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": "{}"}
-    if "reasoning" in system:
-        return {"reasoning": "the user reads sports", "answer": "sports"}
-    return rule(messages)
-
-
 def test_react_tools_cannot_cross_users_or_time(memory):
-    lm = ScriptedLM(react_rule)
+    lm = ScriptedLM(react_rule("recall_episodes", {"query": "story", "k": 10}, lambda system: "sports"))
     agent = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, mode="react")
     with dspy.context(lm=lm):
         pred = agent(task="article: story about a match", before=2.0)

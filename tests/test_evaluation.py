@@ -14,7 +14,7 @@ from persona_dspy.evaluation import LeakageError, check_no_leak, evaluate, metri
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.signatures import TASKS
 
-from scripted import rule
+from scripted import react_rule, rule
 
 
 def test_label_metrics_on_known_inputs():
@@ -138,26 +138,10 @@ def test_a_past_too_short_to_gate_compiles_nothing_and_production_answers(memory
     assert compiled.cases[0].lm_calls > 1 and not compiled.cases[0].compile["stopped"].startswith("not compiled")
 
 
-def react_rule(messages):
-    """A ReAct agent that reads the user's recent interactions, then answers by the persona's rule."""
-    system, user = messages[0]["content"], messages[-1]["content"]
-    if "next_tool_name" in system:
-        if "observation_0" not in user:
-            return {
-                "next_thought": "see what they did",
-                "next_tool_name": "recent_interactions",
-                "next_tool_args": "{}",
-            }
-        return {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": "{}"}
-    if "reasoning" in system:
-        return {"reasoning": "as before", "answer": "harsh" if "harsh" in system else "kind"}
-    return rule(messages)
-
-
 @pytest.mark.parametrize("method", ["persona", "persona+align"])
 def test_react_mode_is_a_method_option_and_its_tools_stay_before_the_query(memory, method):
     cases = free_text_cases(1)
-    lm = ScriptedLM(react_rule)
+    lm = ScriptedLM(react_rule("recent_interactions", {}, lambda system: "harsh" if "harsh" in system else "kind"))
     report = evaluate(
         cases, method, memory=memory, lm=lm, mode="react", n_recent=2, n_val=1, max_lm_calls=40, progress=False
     )
