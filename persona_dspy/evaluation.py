@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from persona_dspy.agent import Mode, PersonaAgent
 from persona_dspy.data.records import UserHistory
 from persona_dspy.errors import (
+    BudgetExceededError,
     ConfigurationError,
     EmptyHistoryError,
     LeakageError,
@@ -266,7 +267,8 @@ def _compiled(
     options: dict[str, Any],
 ) -> PersonaAgent:
     """The agent ``method``'s optimizer compiles (untracked), its compile recorded in ``result``. A past
-    too short to replay and gate compiles nothing: production (the student) answers, as in serving."""
+    too short to replay and gate, or a compile over its LM-call budget, moves nothing: production (the
+    student) answers, as in serving."""
     from persona_dspy.optimizers import PersonaOptimizer
     from persona_dspy.optimizers.baselines import GEPABaseline
     from persona_dspy.pipeline import align_user
@@ -280,6 +282,9 @@ def _compiled(
         aligned = align_user(agent.user_id, optimizer, memory=memory, student=agent)
     except EmptyHistoryError as exc:
         result.compile = {"stopped": f"not compiled: {exc}", "lm_calls": 0, "tokens": 0}
+        return agent
+    except BudgetExceededError as exc:  # production was not moved: it answers, as in serving
+        result.compile = {"stopped": f"over budget: {exc}"}
         return agent
     assert aligned.agent is not None and aligned.result is not None  # untracked: never skipped
     result.iteration_scores = [s.train_score for s in aligned.result.steps]

@@ -8,6 +8,7 @@ import pytest
 from persona_dspy import Settings
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction
+from persona_dspy.errors import BudgetExceededError
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers.baselines import GEPABaseline, MIPROv2Baseline
@@ -50,3 +51,24 @@ def test_dspy_optimizer_rewrites_only_the_persona(harsh_user, optimizer_cls):
     # the task contract (fields) is untouched: only the instructions changed
     assert compiled.respond.signature.fields.keys() == student.respond.signature.fields.keys()
     assert result.lm_calls == len(lm.prompts) <= 60
+
+
+@pytest.mark.parametrize("max_lm_calls", [17, 20, 30, 60])
+def test_gepa_is_planned_to_fit_its_budget_with_the_gate(harsh_user, max_lm_calls):
+    """dspy.GEPA stops on metric calls checked before each iteration; the plan leaves room for the
+    gate, so a compile never crosses max_lm_calls (it would raise BudgetExceededError)."""
+    memory, items = harsh_user
+    lm = ScriptedLM(rule_with_dspy_optimizers)
+    student = PersonaAgent("movielens_rating", user_id="h", memory=memory)
+    with dspy.context(lm=lm):
+        result = GEPABaseline(n_recent=3, n_val=2, max_lm_calls=max_lm_calls).compile(student, trainset=items)
+    assert result.compile_result.promoted and result.compile_result.lm_calls <= max_lm_calls
+
+
+def test_gepa_refuses_a_budget_without_room_for_one_proposal_before_any_lm_call(harsh_user):
+    memory, items = harsh_user
+    lm = ScriptedLM(rule_with_dspy_optimizers)
+    student = PersonaAgent("movielens_rating", user_id="h", memory=memory)
+    with dspy.context(lm=lm), pytest.raises(BudgetExceededError, match="needs 13 LM calls"):
+        GEPABaseline(n_recent=3, n_val=2, max_lm_calls=12).compile(student, trainset=items)
+    assert lm.prompts == []

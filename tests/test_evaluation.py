@@ -152,3 +152,20 @@ def test_react_mode_is_a_method_option_and_its_tools_stay_before_the_query(memor
     assert case.prediction in ("harsh", "kind") and case.lm_calls >= 3  # tool step, finish, extract
     if method == "persona+align":
         assert case.compile is not None and case.compile["lm_calls"] > 0
+
+
+def test_gepa_is_a_method_compiled_under_the_same_split_and_budget(memory):
+    """``gepa`` (dspy.GEPA on the persona) runs through ``evaluate`` with the aligned method's budget."""
+    from scripted import rule_with_dspy_optimizers
+
+    lm = ScriptedLM(rule_with_dspy_optimizers)
+    case = evaluate(
+        free_text_cases(1), "gepa", memory=memory, lm=lm, n_recent=2, n_val=1, max_lm_calls=12, progress=False
+    ).cases[0]
+    assert "HELD-OUT-ANSWER" not in lm.all_prompt_text()
+    assert case.compile is not None and 0 < case.compile["lm_calls"] <= 12
+    assert case.lm_calls == case.compile["lm_calls"] + 1  # the compile, then the held-out answer
+    short = evaluate(
+        free_text_cases(1), "gepa", memory=memory, lm=lm, n_recent=2, n_val=1, max_lm_calls=8, progress=False
+    )
+    assert short.cases[0].compile["stopped"].startswith("over budget") and short.cases[0].lm_calls == 1

@@ -13,6 +13,7 @@ import dspy
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import Interaction
+from persona_dspy.errors import BudgetExceededError
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
 from persona_dspy.results import CompileResult
 
@@ -53,22 +54,40 @@ def feedback_metric(agent: PersonaAgent):
 
 
 class GEPABaseline(GatedPersonaOptimizer):
-    """``dspy.GEPA`` on the user's latest ``n_recent`` interactions, with the LM-call budget as metric calls."""
+    """``dspy.GEPA`` on the user's latest ``n_recent`` interactions, planned to fit ``max_lm_calls`` with the gate.
+
+    GEPA stops on metric calls, checked before each iteration, so its budget is set to the number of
+    proposals that fit (``plan``): an iteration costs the minibatch twice (current and proposed
+    persona), one reflection call and, when the proposal wins its minibatch, the whole trainset. A
+    budget too small for one proposal raises ``BudgetExceededError`` before any LM call.
+    """
 
     name = "GEPA"
 
+    def plan(self, n_train: int, remaining: int | None) -> tuple[int, int]:
+        """``(minibatch size, max_metric_calls)`` for ``remaining`` LM calls (gate included)."""
+        minibatch = min(3, n_train)
+        if remaining is None:
+            return minibatch, 6 * n_train
+        spare = remaining - 2 * self.n_val - n_train  # after the gate and GEPA's first evaluation
+        while minibatch > 1 and spare < 2 * minibatch + 1 + n_train:
+            minibatch -= 1
+        proposals = spare // (2 * minibatch + 1 + n_train)
+        if proposals < 1:
+            raise BudgetExceededError(
+                f"GEPA needs {2 * self.n_val + 2 * n_train + 3} LM calls for one proposal and the gate, "
+                f"max_lm_calls leaves {remaining}; production was not moved. Raise max_lm_calls."
+            )
+        return minibatch, n_train + (proposals - 1) * (2 * minibatch + n_train) + 1
+
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
-        gate_cost = 2 * self.n_val
-        remaining = budget.remaining_calls
-        metric_calls = (
-            max(2 * len(train), (remaining - gate_cost) * 2 // 3) if remaining is not None else 6 * len(train)
-        )
+        minibatch, metric_calls = self.plan(len(train), budget.remaining_calls)
         lm = dspy.settings.lm
         gepa = dspy.GEPA(
             feedback_metric(agent),
             max_metric_calls=metric_calls,
             reflection_lm=lm,
-            reflection_minibatch_size=min(3, len(train)),
+            reflection_minibatch_size=minibatch,
             num_threads=1,
             use_merge=False,
             track_stats=False,
