@@ -304,7 +304,7 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
             for o in summaries
             if o["dataset"] == s["dataset"]
             and not aligned(o["spec"])
-            and o["spec"] != "gepa"
+            and o["spec"].split(":")[0] != "gepa"
             and o["spec"] in s.get("paired", {})
         ]
         if not others:
@@ -327,6 +327,13 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
             f"(target <= 5,000) per compile, gate included"
             + (f" ({len(compiled)} users compiled)." if len(compiled) < s["n"] else ".")
         )
+        for spec, (n, diff) in sorted(s.get("paired", {}).items()):
+            if spec.split(":")[0] == "gepa":  # the target's other half: beat GEPA at an equal LM-call budget
+                better = diff[2] < 0 if lower else diff[1] > 0
+                out.append(
+                    f"  - vs `{spec}` on {n} users: difference {diff[0]:+.3f} [{diff[1]:.3f}, {diff[2]:.3f}] -> "
+                    f"{'beats it' if better else 'not shown better'}."
+                )
     return out
 
 
