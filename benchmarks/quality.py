@@ -18,7 +18,9 @@ interval (the same users resampled together), on the users both methods ran; eac
 
 Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) and ``mode=react`` (the agent chooses its
 actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options
-(``anchor``, ``critique``, ``ground``, ``trust_measured``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``.
+(``anchor``, ``critique``, ``ground``, ``trust_measured``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``;
+``trivial:recent=20`` is the median rating (majority label) of the 20 latest answers, no LM: the statistic the
+aligned persona anchors on, as a method of its own.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace) -> None:
                     mode = options.pop("mode", "pipeline")
                     max_lm_calls = options.pop("max_lm_calls", args.max_lm_calls)
                     opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
+                    recent = options.pop("recent", 0) if method == "trivial" else 0
                     report = evaluate(
                         [case],
                         method,
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> None:
                         max_lm_calls=max_lm_calls,
                         optimizer_options=options,
                         mode=mode,
+                        recent=recent,
                         progress=False,
                         keep_memory=True,  # the next method on this case embeds nothing
                     )
@@ -291,8 +295,10 @@ def report(summaries: list[dict[str, Any]], note: str) -> None:
 
 
 def verdict(summaries: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets on this run: beat the best non-aligned method by >= 10% relative with the
-    paired interval excluding zero; <= 15 LM calls and <= 5k tokens per compile."""
+    """The issue's targets on this run: beat the best non-aligned method (of the issue's list: none,
+    icl, rag, profile, persona, trivial, at any k) by >= 10% relative with the paired interval
+    excluding zero; <= 15 LM calls and <= 5k tokens per compile. Then each GEPA arm and each
+    ``trivial:<options>`` reference statistic (not in the issue's list), paired, on their own lines."""
     out = ["Targets (issue 19), on the users of this run:"]
     for s in sorted(summaries, key=lambda s: (s["dataset"], s["spec"] != MAIN, s["spec"])):
         if not aligned(s["spec"]):
@@ -305,6 +311,7 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
             if o["dataset"] == s["dataset"]
             and not aligned(o["spec"])
             and o["spec"].split(":")[0] != "gepa"
+            and not o["spec"].startswith("trivial:")
             and o["spec"] in s.get("paired", {})
         ]
         if not others:
@@ -328,11 +335,15 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
             + (f" ({len(compiled)} users compiled)." if len(compiled) < s["n"] else ".")
         )
         for spec, (n, diff) in sorted(s.get("paired", {}).items()):
-            if spec.split(":")[0] == "gepa":  # the target's other half: beat GEPA at an equal LM-call budget
+            what = {"gepa": "GEPA at the same max_lm_calls", "trivial": "no LM: a statistic of the user's answers"}
+            if spec.split(":")[0] == "gepa" or spec.startswith("trivial:"):
                 better = diff[2] < 0 if lower else diff[1] > 0
+                worse = diff[1] > 0 if lower else diff[2] < 0
                 out.append(
-                    f"  - vs `{spec}` on {n} users: difference {diff[0]:+.3f} [{diff[1]:.3f}, {diff[2]:.3f}] -> "
-                    f"{'beats it' if better else 'not shown better'}."
+                    f"  - vs `{spec}` ({what[spec.split(':')[0]]}) on {n} users: difference {diff[0]:+.3f} "
+                    f"[{diff[1]:.3f}, {diff[2]:.3f}] -> "
+                    + ("better" if better else "worse" if worse else "not shown better or worse")
+                    + "."
                 )
     return out
 

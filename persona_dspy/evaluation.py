@@ -31,7 +31,9 @@ from persona_dspy.errors import (
 from persona_dspy.signatures.tasks import TaskSpec, get_task
 
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
-"""``trivial`` is the user's majority label (label tasks) or mean past rating (rating tasks); no LM."""
+"""``trivial`` is the user's majority label (label tasks) or mean past rating (rating tasks); no LM.
+With ``recent=N`` it is the most frequent label or the median rating of the user's N latest answers
+(the statistic ``PersonaOptimizer`` anchors a rating persona on, as a method of its own)."""
 
 _ACTIONS = {
     "none": (),
@@ -130,12 +132,16 @@ def load_past(memory: Any, case: UserHistory) -> None:
         memory.add(case.interactions)
 
 
-def trivial_answer(task: TaskSpec, case: UserHistory) -> str | None:
-    answers = [a for a in (task.parse(it.output) for it in case.interactions) if a is not None]
+def trivial_answer(task: TaskSpec, case: UserHistory, recent: int = 0) -> str | None:
+    """The user's mean past rating or majority label; with ``recent > 0``, the median rating (as
+    ``PersonaOptimizer``'s anchor) or the majority label of the ``recent`` latest answers."""
+    items = sorted(case.interactions, key=lambda it: (it.timestamp, it.id))[-recent:] if recent else case.interactions
+    answers = [a for a in (task.parse(it.output) for it in items) if a is not None]
     if not answers:
         return None
     if task.kind == "rating":
-        return task.parse(str(sum(float(a) for a in answers) / len(answers)))
+        values = [float(a) for a in answers]
+        return task.parse(f"{statistics.median(values):.3f}") if recent else task.parse(str(sum(values) / len(values)))
     return Counter(answers).most_common(1)[0][0]
 
 
@@ -184,6 +190,7 @@ def evaluate(
     optimizer_options: dict[str, Any] | None = None,
     keep_memory: bool = False,
     mode: Mode = "pipeline",
+    recent: int = 0,
 ) -> EvaluationReport:
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
 
@@ -191,7 +198,8 @@ def evaluate(
     ablation of ``PersonaOptimizer``). ``keep_memory=True`` leaves each case's past in memory: the
     next evaluation of the same case (another method) then finds it there and embeds nothing.
     ``mode="react"``: the agent chooses its personalized actions (``dspy.ReAct``) instead of running the
-    method's fixed ones; several LM calls per answer, so an aligning method needs a larger ``max_lm_calls``."""
+    method's fixed ones; several LM calls per answer, so an aligning method needs a larger ``max_lm_calls``.
+    ``recent=N``: ``trivial`` answers from the N latest past answers only (``trivial_answer``)."""
     from persona_dspy.optimizers import usage_totals
 
     if method not in METHODS:
@@ -205,7 +213,8 @@ def evaluate(
         if q is None:
             raise ConfigurationError(f"user {case.user_id!r} has no held-out query to evaluate on")
         started = time.perf_counter()
-        load_past(memory, case)
+        if method != "trivial":  # a statistic of case.interactions: it reads no memory
+            load_past(memory, case)
         history_mark = len(lm.history) if lm is not None else 0
         result = CaseResult(
             case_id=q.id, user_id=case.user_id, method=method, truth=q.output, prediction=None, score=0.0
@@ -213,7 +222,7 @@ def evaluate(
         persona = None
         with dspy.context(lm=lm), dspy.track_usage() as usage:
             if method == "trivial":
-                result.prediction = trivial_answer(task, case)
+                result.prediction = trivial_answer(task, case, recent)
             else:
                 semantic = semantic_factory() if semantic_factory and "read_profile" in _ACTIONS[method] else None
                 if semantic is not None:
@@ -243,7 +252,8 @@ def evaluate(
         result.lm_calls, result.tokens = usage_totals(usage)
         result.score = task.score(result.prediction, q.output)
         result.seconds = time.perf_counter() - started
-        check_no_leak(case, memory, _prompt_texts(lm.history[history_mark:]) if lm is not None else [], persona)
+        if method != "trivial":
+            check_no_leak(case, memory, _prompt_texts(lm.history[history_mark:]) if lm is not None else [], persona)
         if not keep_memory:
             memory.forget(case.user_id)
         results.append(result)

@@ -47,6 +47,12 @@ def test_trivial_baseline_is_majority_or_mean():
 
     assert trivial_answer(TASKS["LaMP-2N"], hist("LaMP-2N", ["sports", "politics", "sports"])) == "sports"
     assert trivial_answer(TASKS["movielens_rating"], hist("movielens_rating", ["1.0", "2.0", "2.5"])) == "2.0"
+    # recent=N: the median rating / majority label of the N latest answers only
+    drift = hist("movielens_rating", ["1.0", "1.0", "1.0", "4.0", "5.0", "3.0"])
+    assert trivial_answer(TASKS["movielens_rating"], drift, recent=3) == "4.0"
+    assert trivial_answer(TASKS["movielens_rating"], drift) == "2.5"
+    labels = hist("LaMP-2N", ["sports", "sports", "sports", "politics", "politics"])
+    assert trivial_answer(TASKS["LaMP-2N"], labels, recent=2) == "politics"
 
 
 def free_text_cases(n_users: int = 2) -> list[UserHistory]:
@@ -169,3 +175,8 @@ def test_gepa_is_a_method_compiled_under_the_same_split_and_budget(memory):
         free_text_cases(1), "gepa", memory=memory, lm=lm, n_recent=2, n_val=1, max_lm_calls=8, progress=False
     )
     assert short.cases[0].compile["stopped"].startswith("over budget") and short.cases[0].lm_calls == 1
+
+
+def test_trivial_reads_no_memory_and_no_lm(memory):
+    report = evaluate(free_text_cases(1), "trivial", memory=memory, lm=None, recent=2, progress=False, keep_memory=True)
+    assert report.cases[0].lm_calls == 0 and memory.count() == 0  # nothing was embedded for a statistic
