@@ -163,6 +163,40 @@ def test_persona_memorizing_an_answer_is_redacted(memory):
     assert leaked not in compiled.compile_result.candidate_persona
 
 
+def test_a_label_named_in_a_rewrite_is_kept_not_redacted(memory):
+    """LaMP-2N's labels are the task's contract ("food & drink" is 12 characters): a rewrite naming the
+    label the user chose is the guidance, not a memorized answer, so it is not cut out."""
+    items = [
+        Interaction(
+            user_id="food",
+            id=f"a{i}",
+            input=f"article: recipe number {i} with fresh herbs",
+            output="food & drink",
+            timestamp=10.0 + i,
+            task="LaMP-2N",
+        )
+        for i in range(9)
+    ]
+    memory.add(items)
+    guidance = "For this user, file articles about recipes and cooking under food & drink."
+
+    def label_rule(messages):
+        kind = prompts.prompt_kind(messages)
+        if kind == "update":
+            return f"<IMPROVED_VARIABLE>{guidance}</IMPROVED_VARIABLE>"
+        if kind == "loss":
+            return "- critique"
+        return {"answer": "food & drink" if "file articles about recipes" in messages[0]["content"] else "sports"}
+
+    with dspy.context(lm=ScriptedLM(label_rule)):
+        compiled = PersonaOptimizer(n_recent=3, iterations=1, n_val=2).compile(
+            PersonaAgent("LaMP-2N", user_id="food", memory=memory), trainset=items
+        )
+    result = compiled.compile_result
+    assert result.steps[0].updated_persona is not None and guidance in result.steps[0].updated_persona
+    assert result.promoted and guidance in compiled.persona
+
+
 def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, embedder):
     history = free_text_history("snap")
     other = free_text_history("other")

@@ -37,7 +37,8 @@ SCORE_TOLERANCE = 1e-9
 """Replay scores closer than this are equal (means of per-interaction scores)."""
 
 MIN_LEAK_CHARS = 12
-"""Replayed answers at least this long are redacted from a rewritten guidance (no memorized answers)."""
+"""Replayed free-text answers at least this long are redacted from a rewritten guidance (no memorized
+answers). A label task's labels are its output contract, not answers to memorize: never redacted."""
 
 MAX_GUIDANCE_CHARS = 400
 
@@ -231,7 +232,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 continue
             finally:
                 optimizer.engine = engine
-            text = self._redact(guidance.value.strip().strip("{}\"'` \n"), train)
+            text = guidance.value.strip().strip("{}\"'` \n")
+            text = text if facts.kind == "label" else self._redact(text, train)
             guidance.set_value(previous)
             if not 10 <= len(text) <= MAX_GUIDANCE_CHARS:
                 continue
