@@ -35,11 +35,11 @@ from typing import Any
 import persona_dspy  # noqa: F401  (environment guards first)
 from persona_dspy import Settings
 from persona_dspy.data import UserHistory, load_shared
-from persona_dspy.evaluation import METHODS, evaluate
+from persona_dspy.evaluation import METHODS, evaluate, metrics
 from persona_dspy.lm import build_lm
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import prompts
-from persona_dspy.optimizers.grounding import contradictions, measure
+from persona_dspy.optimizers.grounding import anchor_value, contradictions, measure
 from persona_dspy.signatures import DEFAULT_PERSONA, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,8 @@ DATASETS = {
 RESULTS = ROOT / "benchmarks" / "results"
 CASES = RESULTS / "quality_cases.jsonl"
 MAIN = "persona+align"
+STATISTIC = "trivial:recent=20"
+"""No LM: the median of the user's 20 latest ratings, the typical answer a rating persona anchors on."""
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
 INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls"}
 MODES = ("pipeline", "react")
@@ -362,6 +364,37 @@ def stop_reason(stopped: str) -> str:
     return stopped.split(" (")[0].split(" in iteration")[0]
 
 
+def against_statistic(s: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
+    """Where a rating arm's error against the statistic its persona anchors on (``STATISTIC``) comes
+    from: users whose compile was promoted (does the LM answer the number the persona states?) and
+    users it was not (production answers). Empty when the statistic was not run on the data set."""
+    ref = next((o for o in summaries if o["dataset"] == s["dataset"] and o["spec"] == STATISTIC), None)
+    if ref is None or s["kind"] != "rating":
+        return ""
+    task = get_task(next(iter(s["cases"].values()))["task"])
+
+    def mae(rows: list[dict[str, Any]]) -> float:
+        return metrics(task, [r["truth"] for r in rows], [r["prediction"] for r in rows])["mae"]
+
+    parts = []
+    for label, want in (("promoted", True), ("not promoted", False)):
+        rows = [r for cid, r in s["cases"].items() if bool(r.get("promoted")) == want and cid in ref["cases"]]
+        if not rows:
+            continue
+        mine, theirs = mae(rows), mae([ref["cases"][r["case_id"]] for r in rows])
+        parts.append(f"{label} {len(rows)} users: {mine:.3f} vs {theirs:.3f}")
+    promoted = [r for r in s["cases"].values() if r.get("promoted") and r["case_id"] in ref["cases"]]
+    copied = sum(
+        r["prediction"] is not None and anchor_value(prompts.decompose(r["persona"])[2]) == float(r["prediction"])
+        for r in promoted
+    )
+    return (
+        f" Against `{STATISTIC}` (MAE, same users): "
+        + "; ".join(parts)
+        + f". Promoted personas answered the typical rating their guidance states in {copied} of {len(promoted)}."
+    )
+
+
 def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
     out = []
     for s in summaries:
@@ -377,7 +410,10 @@ def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"- {s['dataset']} `{s['spec']}`: {len(promoted)} of {len(rows)} compiles promoted; promoted "
             f"personas that drop the base instructions: {dropped}; that contradict the user's statistics: "
-            f"{contra}. Loop ends: " + "; ".join(f"{k or '?'}: {v}" for k, v in sorted(stops.items())) + "."
+            f"{contra}. Loop ends: "
+            + "; ".join(f"{k or '?'}: {v}" for k, v in sorted(stops.items()))
+            + "."
+            + against_statistic(s, summaries)
         )
     return out
 
