@@ -16,7 +16,7 @@ and for ``persona+align`` the paired difference to every other method with its 9
 interval (the same users resampled together), on the users both methods ran; each other aligned arm
 (``persona+align:<options>``) gets the same against the non-aligned methods.
 
-Method specs: ``name[:key=value,...]``; ``k`` (episodes shown) and ``mode=react`` (the agent chooses its
+Method specs: ``name[:key=value,...]``; ``k`` (episodes shown), ``chars`` (where an episode's text is cut) and ``mode=react`` (the agent chooses its
 actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options
 (``anchor``, ``critique``, ``ground``, ``trust_measured``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``) for ``persona+align``;
 ``trivial:recent=20`` is the median rating (majority label) of the 20 latest answers, no LM: the statistic the
@@ -41,6 +41,7 @@ from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.grounding import anchor_value, contradictions, measure
 from persona_dspy.signatures import DEFAULT_PERSONA, get_task
+from persona_dspy.signatures.tasks import MAX_EPISODE_CHARS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -59,7 +60,7 @@ MAIN = "persona+align"
 STATISTIC = "trivial:recent=20"
 """No LM: the median of the user's 20 latest ratings, the typical answer a rating persona anchors on."""
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
-INT_OPTIONS = {"k", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls"}
+INT_OPTIONS = {"k", "chars", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls"}
 MODES = ("pipeline", "react")
 BOOL_OPTIONS = {"anchor", "critique", "ground", "trust_measured"}
 MIN_PAST = 1
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> None:
                         lm = build_lm(Settings())
                     options = dict(spec_options)
                     k = options.pop("k", args.k)
+                    chars = options.pop("chars", MAX_EPISODE_CHARS)
                     mode = options.pop("mode", "pipeline")
                     max_lm_calls = options.pop("max_lm_calls", args.max_lm_calls)
                     opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
@@ -159,6 +161,7 @@ def run(args: argparse.Namespace) -> None:
                         optimizer_options=options,
                         mode=mode,
                         recent=recent,
+                        episode_chars=chars,
                         progress=False,
                         keep_memory=True,  # the next method on this case embeds nothing
                     )

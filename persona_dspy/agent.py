@@ -8,7 +8,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from persona_dspy.errors import LMOutputError, PersonaDSPyError
-from persona_dspy.signatures.tasks import DEFAULT_PERSONA, TaskSpec, get_task
+from persona_dspy.signatures.tasks import DEFAULT_PERSONA, MAX_EPISODE_CHARS, TaskSpec, get_task
 from persona_dspy.tools import UserTools, bound, late_bound_tools
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ class PersonaAgent(dspy.Module):
     - ``mode="react"``: a ``dspy.ReAct`` loop that chooses among the personalized actions
       (recall_episodes, recent_interactions, read_profile, answer_statistics); the persona tells it
       which to use.
+    - ``episode_chars``: a past interaction's text is cut at this many characters in the prompt.
 
     The persona is the *only* per-user text: it is set with ``signature.with_instructions`` on each
     predictor, never by mutating a shared Signature class, so two users' agents never share a
@@ -45,6 +46,7 @@ class PersonaAgent(dspy.Module):
         mode: Mode = "pipeline",
         max_iters: int = 4,
         actions: tuple[str, ...] = PIPELINE_ACTIONS,
+        episode_chars: int = MAX_EPISODE_CHARS,
     ) -> None:
         super().__init__()
         if mode not in ("pipeline", "react"):
@@ -54,6 +56,7 @@ class PersonaAgent(dspy.Module):
         self.memory = memory
         self.semantic = semantic
         self.k = k
+        self.episode_chars = episode_chars
         self.mode = mode
         unknown = set(actions) - {"read_profile", "answer_statistics", "recall_episodes", "recent_interactions"}
         if unknown:
@@ -89,7 +92,14 @@ class PersonaAgent(dspy.Module):
 
     def tools(self, before: float | None = None) -> UserTools:
         """The personalized actions of this agent's user, bounded to strictly before ``before``."""
-        return UserTools(self.user_id, self.task, memory=self.memory, semantic=self.semantic, before=before)
+        return UserTools(
+            self.user_id,
+            self.task,
+            memory=self.memory,
+            semantic=self.semantic,
+            before=before,
+            episode_chars=self.episode_chars,
+        )
 
     def context(self, task: str, before: float | None = None) -> dict[str, str]:
         """Retrieve-then-answer: the profile and history fields the pipeline predictor reads."""

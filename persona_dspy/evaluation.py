@@ -28,7 +28,7 @@ from persona_dspy.errors import (
     MalformedInteractionError,
     UnknownUserError,
 )
-from persona_dspy.signatures.tasks import TaskSpec, get_task
+from persona_dspy.signatures.tasks import MAX_EPISODE_CHARS, TaskSpec, get_task
 
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
 """``trivial`` is the user's majority label (label tasks) or mean past rating (rating tasks); no LM.
@@ -191,6 +191,7 @@ def evaluate(
     keep_memory: bool = False,
     mode: Mode = "pipeline",
     recent: int = 0,
+    episode_chars: int = MAX_EPISODE_CHARS,
 ) -> EvaluationReport:
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
 
@@ -199,7 +200,8 @@ def evaluate(
     next evaluation of the same case (another method) then finds it there and embeds nothing.
     ``mode="react"``: the agent chooses its personalized actions (``dspy.ReAct``) instead of running the
     method's fixed ones; several LM calls per answer, so an aligning method needs a larger ``max_lm_calls``.
-    ``recent=N``: ``trivial`` answers from the N latest past answers only (``trivial_answer``)."""
+    ``recent=N``: ``trivial`` answers from the N latest past answers only (``trivial_answer``).
+    ``episode_chars``: where a past interaction's text is cut in the agent's prompt."""
     from persona_dspy.optimizers import usage_totals
 
     if method not in METHODS:
@@ -235,6 +237,7 @@ def evaluate(
                     k=k,
                     actions=_ACTIONS[method],
                     mode=mode,
+                    episode_chars=episode_chars,
                 )
                 if method in ("persona+align", "gepa"):
                     agent = _compiled(

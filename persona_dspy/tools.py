@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import dspy
 
 from persona_dspy.errors import UnknownUserError
-from persona_dspy.signatures.tasks import TaskSpec, render_episode
+from persona_dspy.signatures.tasks import MAX_EPISODE_CHARS, TaskSpec, render_episode
 
 if TYPE_CHECKING:
     from persona_dspy.memory.protocol import MemoryReader
@@ -33,8 +33,10 @@ class UserTools:
         memory: MemoryReader | None,
         semantic: SemanticMemory | None = None,
         before: float | None = None,
+        episode_chars: int = MAX_EPISODE_CHARS,
     ) -> None:
         self.user_id, self.task, self.memory, self.semantic, self.before = user_id, task, memory, semantic, before
+        self.episode_chars = episode_chars
 
     def recall_episodes(self, query: str, k: int = 4) -> str:
         """The user's k past interactions most similar to `query`, each with what the user answered."""
@@ -44,7 +46,10 @@ class UserTools:
             episodes = self.memory.recall(self.user_id, self.task.compact(query), k=k, before=self.before)
         except UnknownUserError:
             return "(no past interactions)"
-        return "\n".join(render_episode(self.task, e.interaction) for e in episodes) or "(no past interactions)"
+        return (
+            "\n".join(render_episode(self.task, e.interaction, self.episode_chars) for e in episodes)
+            or "(no past interactions)"
+        )
 
     def recent_interactions(self, n: int = 5) -> str:
         """The user's n most recent interactions, oldest first."""
@@ -54,7 +59,7 @@ class UserTools:
             items = self.memory.recent(self.user_id, n, before=self.before)
         except UnknownUserError:
             return "(no past interactions)"
-        return "\n".join(render_episode(self.task, it) for it in items) or "(no past interactions)"
+        return "\n".join(render_episode(self.task, it, self.episode_chars) for it in items) or "(no past interactions)"
 
     def read_profile(self) -> str:
         """The user's semantic profile: short statements of stable preferences."""

@@ -76,6 +76,13 @@ def test_pipeline_context_is_bound_to_user_and_time(memory):
     assert "2 past answers" in ctx["profile"]
 
 
+def test_episode_text_is_cut_where_the_agent_says(memory):
+    full = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, k=10).context("article: story")["history"]
+    cut = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, k=10, episode_chars=12).context("article: story")
+    assert "- article: story 0 by ann -> sports" in full
+    assert "- article: ... -> sports" in cut["history"] and "story" not in cut["history"]  # 12 characters
+
+
 def test_react_tools_cannot_cross_users_or_time(memory):
     lm = ScriptedLM(react_rule("recall_episodes", {"query": "story", "k": 10}, lambda system: "sports"))
     agent = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, mode="react")

@@ -296,9 +296,9 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
 MAX_EPISODE_CHARS = 220
 
 
-def render_episode(task: TaskSpec, it: Interaction) -> str:
-    """One past interaction as a prompt line: the compact task and what the user answered."""
+def render_episode(task: TaskSpec, it: Interaction, max_chars: int = MAX_EPISODE_CHARS) -> str:
+    """One past interaction as a prompt line: the compact task (cut at ``max_chars``) and what the user answered."""
     text = task.compact(it.input)
-    if len(text) > MAX_EPISODE_CHARS:
-        text = text[: MAX_EPISODE_CHARS - 3] + "..."
-    return f"- {text} -> {it.output[:MAX_EPISODE_CHARS]}"
+    if len(text) > max_chars:
+        text = text[: max_chars - 3] + "..."
+    return f"- {text} -> {it.output[:max_chars]}"
