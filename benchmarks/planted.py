@@ -2,9 +2,12 @@
 
     python benchmarks/planted.py --users 8 --test 6
 
-Each user loves one genre (rates it 4.5-5), hates another (0.5-1.5) and rates the rest around their
-own mean (+-0.5), over real MovieLens titles (genres as in the dev set). The agent answers with the
-persona alone (no memory actions), on held-out movies of both planted genres and of others:
+Each MovieLens-style user loves one genre (rates it 4.5-5), hates another (0.5-1.5) and rates the rest
+around their own mean (+-0.5), over real MovieLens titles (genres as in the dev set). Each LaMP-2N-style
+user (``--label-users``) files the articles of one category under another label (food & drink articles
+under "healthy living", ...) and every other article under its own category, over the real articles of
+the bundled LaMP-2N dev set, with 10% noise (a random label). The agent answers with the persona
+alone (no memory actions), on held-out items of the planted kind and of others:
 
 - ``default``: the task's default persona;
 - ``hand``: a hand-written persona stating the planted rules (the ceiling this benchmark aims at);
@@ -52,6 +55,17 @@ PAIRS = [
     ("Sci-Fi", "Comedy"),
 ]
 TASK = get_task("movielens_rating")
+LABEL_TASK = get_task("LaMP-2N")
+LAMP_DEV = ROOT / "benchmarks" / "data" / "lamp2n_dev.jsonl"
+REFILED = [
+    ("food & drink", "healthy living", "food"),
+    ("style & beauty", "women", "style"),
+    ("food & drink", "travel", "food"),
+    ("style & beauty", "entertainment", "style"),
+]
+"""LaMP-2N-style rules: (the articles' own category, the label this user files them under, the word a
+persona stating the rule names them by)."""
+LABEL_NOISE = 0.1
 
 
 def movies() -> list[tuple[str, list[str]]]:
@@ -101,6 +115,66 @@ def planted_user(
     return uid, (love, hate), mean, items[:-n_test], items[-n_test:]
 
 
+def articles() -> list[tuple[str, str]]:
+    """(task text, category) of every distinct article in the bundled LaMP-2N dev set."""
+    seen: dict[str, tuple[str, str]] = {}
+    for line in LAMP_DEV.read_text().splitlines():
+        record = json.loads(line)
+        for item in record["profile"]:
+            seen.setdefault(item["id"], (f"article: {item.get('title', '')}. {item['text']}", item["category"]))
+    return sorted(seen.values())
+
+
+def label_user(
+    index: int, pool: list[tuple[str, str]], n_past: int, n_test: int, rng: random.Random
+) -> tuple[str, tuple[str, str], list[Interaction], list[Interaction]]:
+    """A user who files the articles of one category under another label; half of the held-out
+    articles are of that category. Returns (id, (category, label), past, test)."""
+    source, label, _ = REFILED[index % len(REFILED)]
+    planted = [a for a in pool if a[1] == source]
+    other = [a for a in pool if a[1] != source]
+    n_planted_test = n_test // 2
+    n_planted_past = min(len(planted) - n_planted_test, n_past // 2)
+    picked = rng.sample(planted, n_planted_past + n_planted_test)
+    rest = rng.sample(other, min(len(other), n_past - n_planted_past + n_test - n_planted_test))
+    test = picked[:n_planted_test] + rest[: n_test - n_planted_test]
+    past = picked[n_planted_test:] + rest[n_test - n_planted_test :]
+    rng.shuffle(past)
+
+    def filed(category: str) -> str:
+        if rng.random() < LABEL_NOISE:
+            return rng.choice(LABEL_TASK.labels)
+        return label if category == source else category
+
+    uid = f"planted-label{index}"
+    items = [
+        Interaction(user_id=uid, id=f"{uid}-{i}", input=text, output=filed(cat), timestamp=1000.0 + i, task="LaMP-2N")
+        for i, (text, cat) in enumerate(past + test)
+    ]
+    return uid, (source, label), items[: len(past)], items[len(past) :]
+
+
+def _word(source: str) -> str:
+    return next(w for s, _, w in REFILED if s == source)
+
+
+def hand_label_persona(source: str, label: str) -> str:
+    return (
+        f"{DEFAULT_PERSONA}\nThis user files every {_word(source)} article ({source}) under {label}; "
+        "other articles under their own category."
+    )
+
+
+def states_label(persona: str, source: str, label: str) -> bool:
+    """The persona names the planted label and the refiled articles (by their word) in one sentence
+    that is not a list of answer frequencies ("healthy living (45%), food & drink (5%)")."""
+    for sentence in re.split(r"(?<=[.;!?])\s+|\n", persona):
+        low = sentence.lower()
+        if label in low and _word(source) in low.replace(label, "") and "%" not in low:
+            return True
+    return False
+
+
 def hand_persona(love: str, hate: str, mean: float) -> str:
     return (
         f"{DEFAULT_PERSONA}\nThis user rates {love} movies 4.5 to 5 stars and {hate} movies 0.5 to 1.5 stars; "
@@ -121,10 +195,44 @@ def states(persona: str, genre: str, up: bool) -> bool:
 
 
 def answer_all(agent: PersonaAgent, items: list[Interaction]) -> list[float]:
-    scores = []
-    for it in items:
-        scores.append(TASK.score(agent(task=it.input, before=it.timestamp).answer, it.output))
-    return scores
+    return [agent.task.score(agent(task=it.input, before=it.timestamp).answer, it.output) for it in items]
+
+
+def stated(row: dict) -> int:
+    """How many of the row's planted rules its aligned candidate persona states."""
+    if row.get("kind") == "label":
+        return int(states_label(row["candidate"], row["source"], row["label"]))
+    return int(states(row["candidate"], row["love"], True)) + int(states(row["candidate"], row["hate"], False))
+
+
+def run_arms(
+    memory: EpisodicMemory, task, uid: str, hand: str, past: list[Interaction], test: list[Interaction]
+) -> dict:
+    """The default and hand-written personas, then the aligned one, on the held-out items (no memory actions)."""
+    memory.add(past)
+    row: dict = {"user": uid}
+    for arm, persona in (("default", DEFAULT_PERSONA), ("hand", hand)):
+        row[arm] = answer_all(PersonaAgent(task, user_id=uid, memory=memory, persona=persona, actions=()), test)
+    student = PersonaAgent(task, user_id=uid, memory=memory, actions=())
+    with dspy.track_usage():
+        aligned = PersonaOptimizer().compile(student, trainset=past)
+    result = aligned.compile_result
+    row["aligned"] = answer_all(aligned, test)
+    row.update(
+        persona=aligned.persona,
+        candidate=result.candidate_persona,
+        promoted=result.promoted,
+        lm_calls=result.lm_calls,
+        tokens=result.tokens,
+        reason=result.reason,
+    )
+    return row
+
+
+def keep(rows: list[dict], row: dict) -> None:
+    row["rules_stated"] = stated(row)
+    rows.append(row)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("persona", "candidate")}), flush=True)
 
 
 def main() -> None:
@@ -132,6 +240,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--past", type=int, default=40)
     parser.add_argument("--test", type=int, default=6)
+    parser.add_argument("--label-users", type=int, default=4, help="LaMP-2N-style users (one refiled category each)")
+    parser.add_argument("--label-past", type=int, default=30)
     parser.add_argument(
         "--report", action="store_true", help="rewrite the section from benchmarks/results/planted.json"
     )
@@ -139,9 +249,7 @@ def main() -> None:
     if args.report:
         rows = json.loads((ROOT / "benchmarks" / "results" / "planted.json").read_text())
         for r in rows:
-            r["rules_stated"] = int(states(r["candidate"], r["love"], True)) + int(
-                states(r["candidate"], r["hate"], False)
-            )
+            r["rules_stated"] = stated(r)
         write_section(rows, args, float("nan"))
         return
     rng = random.Random(0)
@@ -152,28 +260,15 @@ def main() -> None:
     with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_planted")) as memory, dspy.context(lm=lm):
         for i in range(args.users):
             uid, (love, hate), mean, past, test = planted_user(i, pool, args.past, args.test, rng)
-            memory.add(past)
-            row = {"user": uid, "love": love, "hate": hate, "mean": mean}
-            for arm, persona in (("default", DEFAULT_PERSONA), ("hand", hand_persona(love, hate, mean))):
-                agent = PersonaAgent(TASK, user_id=uid, memory=memory, persona=persona, actions=())
-                row[arm] = answer_all(agent, test)
-            student = PersonaAgent(TASK, user_id=uid, memory=memory, actions=())
-            with dspy.track_usage():
-                aligned = PersonaOptimizer().compile(student, trainset=past)
-            result = aligned.compile_result
-            row["aligned"] = answer_all(aligned, test)
-            row.update(
-                persona=aligned.persona,
-                candidate=result.candidate_persona,
-                promoted=result.promoted,
-                lm_calls=result.lm_calls,
-                tokens=result.tokens,
-                reason=result.reason,
-                rules_stated=int(states(result.candidate_persona, love, True))
-                + int(states(result.candidate_persona, hate, False)),
-            )
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("persona", "candidate")}), flush=True)
+            row = run_arms(memory, TASK, uid, hand_persona(love, hate, mean), past, test)
+            row.update(kind="rating", love=love, hate=hate, mean=mean)
+            keep(rows, row)
+        label_pool = articles()
+        for i in range(args.label_users):
+            uid, (source, label), past, test = label_user(i, label_pool, args.label_past, args.test, rng)
+            row = run_arms(memory, LABEL_TASK, uid, hand_label_persona(source, label), past, test)
+            row.update(kind="label", source=source, label=label)
+            keep(rows, row)
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "planted.json").write_text(json.dumps(rows, indent=1))
@@ -181,42 +276,62 @@ def main() -> None:
 
 
 def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) -> None:
+    from stats import paired_bootstrap_diff
+
+    lines = [
+        (
+            "Synthetic users whose answers follow planted rules (`benchmarks/planted.py`); the agent answers with "
+            "the persona alone (no memory actions); embedded model. Rerun: `python benchmarks/planted.py --users "
+            f"{args.users} --label-users {args.label_users} --test {args.test}` (`--report` rewrites this section "
+            "from `benchmarks/results/planted.json`)."
+        )
+    ]
+    for kind in ("rating", "label"):
+        group = [r for r in rows if r.get("kind", "rating") == kind]
+        if group:
+            lines += ["", *kind_section(kind, group, args, paired_bootstrap_diff)]
+    replace_section(ROOT / "BENCHMARKS.md", "## Planted preferences (the right persona is known)", "\n".join(lines))
+
+
+def kind_section(kind: str, rows: list[dict], args: argparse.Namespace, paired_bootstrap_diff) -> list[str]:
+    """One table per kind of user: the arms' scores, the share of the hand-written persona's, the rules stated."""
+    n_test = len(rows[0]["default"])
+
     def mean_score(arm: str) -> float:
         return sum(sum(r[arm]) for r in rows) / sum(len(r[arm]) for r in rows)
 
-    def mae(arm: str) -> float:
-        return (1 - mean_score(arm)) * 4.5
-
-    from stats import paired_bootstrap_diff
-
-    stated = sum(r["rules_stated"] for r in rows)
-    flat = {arm: [x for r in rows for x in r[arm]] for arm in ("default", "hand", "aligned")}
-    diffs = {other: paired_bootstrap_diff(flat["aligned"], flat[other]) for other in ("default", "hand")}
+    rating = kind == "rating"
+    title = (
+        f"### MovieLens-style: {len(rows)} users x {n_test} held-out movies, {args.past} past ratings each "
+        "(a loved and a hated genre)"
+        if rating
+        else f"### LaMP-2N-style: {len(rows)} users x {n_test} held-out articles, {args.label_past} past "
+        "articles each (one category filed under another label, 10% noise)"
+    )
+    first = "MAE" if rating else "accuracy"
     lines = [
-        (
-            f"{len(rows)} synthetic users x {args.test} held-out movies, {args.past} past ratings each (rules in "
-            "`benchmarks/planted.py`); persona alone, no memory actions; embedded model. "
-            f"Rerun: `python benchmarks/planted.py --users {args.users} --test {args.test}` (about 6 min here; "
-            "`--report` rewrites this section from `benchmarks/results/planted.json`)."
-        ),
+        title,
         "",
-        "| arm | MAE | mean score | share of the hand-written persona's score |",
+        f"| arm | {first} | mean score | share of the hand-written persona's score |",
         "|---|---|---|---|",
     ]
     for arm in ("default", "hand", "aligned"):
-        lines.append(f"| {arm} | {mae(arm):.3f} | {mean_score(arm):.3f} | {mean_score(arm) / mean_score('hand'):.0%} |")
+        value = (1 - mean_score(arm)) * 4.5 if rating else mean_score(arm)
+        lines.append(f"| {arm} | {value:.3f} | {mean_score(arm):.3f} | {mean_score(arm) / mean_score('hand'):.0%} |")
+    rules = sum(r["rules_stated"] for r in rows)
+    per_user = 2 if rating else 1
+    flat = {arm: [x for r in rows for x in r[arm]] for arm in ("default", "hand", "aligned")}
+    diffs = {other: paired_bootstrap_diff(flat["aligned"], flat[other]) for other in ("default", "hand")}
     lines += [
         "",
         (
-            f"Planted rules stated by the aligned candidate persona: {stated} of {2 * len(rows)} "
-            f"({stated / (2 * len(rows)):.0%}); promoted: {sum(r['promoted'] for r in rows)} of {len(rows)}; "
+            f"Planted rules stated by the aligned candidate persona: {rules} of {per_user * len(rows)} "
+            f"({rules / (per_user * len(rows)):.0%}); promoted: {sum(r['promoted'] for r in rows)} of {len(rows)}; "
             f"LM calls per compile: {sum(r['lm_calls'] for r in rows) / len(rows):.1f}, tokens "
             f"{sum(r['tokens'] for r in rows) / len(rows):.0f}."
         ),
-    ]
-    lines += [
         "",
-        "Mean score of `aligned` minus each arm over the held-out movies (paired bootstrap over movies; movies of "
+        "Mean score of `aligned` minus each arm over the held-out items (paired bootstrap over items; items of "
         "one user are not independent, so this interval is optimistic): "
         + "; ".join(f"vs {o}: {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for o, d in diffs.items())
         + ".",
@@ -225,13 +340,18 @@ def write_section(rows: list[dict], args: argparse.Namespace, seconds: float) ->
     if abs(hand_vs_default) < 0.01:
         lines.append(
             f"The hand-written persona scores what the default persona scores ({mean_score('hand'):.3f}): the 1.5B "
-            "model does not act on rules it is told in words. What moves its answers is the number the aligned "
-            'guidance states ("answer 4.5 for a typical movie"), so `aligned` clears the 90% target against this '
-            "ceiling only because the ceiling does not move the model."
+            "model does not act on the rules it is told in words here"
+            + (
+                '; what moves its answers is the number the aligned guidance states ("answer 4.5 for a typical '
+                'movie"), so `aligned` clears the 90% target against this ceiling only because the ceiling does not '
+                "move the model."
+                if rating
+                else "."
+            )
         )
     else:
         lines.append(f"The hand-written persona scores {hand_vs_default:+.3f} against the default persona.")
-    replace_section(ROOT / "BENCHMARKS.md", "## Planted preferences (the right persona is known)", "\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
