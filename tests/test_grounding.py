@@ -135,3 +135,29 @@ def test_recent_zero_anchors_on_the_mean_of_all_ratings():
 def test_the_typical_answer_is_the_median_the_constant_with_the_lowest_absolute_error():
     facts = measure(MOVIES, rated([("Drama", "4.0")] * 15 + [("Drama", "0.5")] * 5))
     assert facts.typical == "4.0" and facts.recent == 4.0  # the mean (3.1) would miss 15 of 20 by 0.9
+
+
+def filed(pairs: list[tuple[str, str]]) -> list[Interaction]:
+    return [
+        Interaction(user_id="u", id=f"a{i}", input=f"article: {text}", output=label, timestamp=float(i), task="LaMP-2N")
+        for i, (text, label) in enumerate(pairs)
+    ]
+
+
+def test_label_cues_are_the_words_of_the_texts_filed_under_a_frequent_label():
+    items = filed(
+        [
+            ("A chef shares a recipe for spring soup", "healthy living"),
+            ("The recipe every chef loves this week", "healthy living"),
+            ("Soup season: a chef on broth", "healthy living"),
+            ("Gowns on the red carpet this week", "style & beauty"),
+            ("Red carpet gowns and shoes", "style & beauty"),
+            ("Carpet looks: gowns of the night", "style & beauty"),
+            ("Senate votes on the budget", "politics"),  # chosen once: no cues
+        ]
+    )
+    facts = measure(TASKS["LaMP-2N"], items, cues=True)
+    assert "They file articles about chef, recipe, soup under healthy living." in facts.text()
+    assert "They file articles about carpet, gowns under style & beauty." in facts.text()
+    assert "under politics" not in facts.text() and "week" not in facts.text()  # one text of each label: no cue
+    assert "They file" not in measure(TASKS["LaMP-2N"], items).text()  # cues are an option

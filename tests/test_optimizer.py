@@ -197,6 +197,30 @@ def test_a_label_named_in_a_rewrite_is_kept_not_redacted(memory):
     assert result.promoted and guidance in compiled.persona
 
 
+@pytest.mark.parametrize("cues", [False, True])
+def test_label_cues_state_the_words_of_what_the_user_filed_before_the_window(memory, cues):
+    items = [
+        Interaction(
+            user_id=f"cue{cues}",
+            id=f"a{i}",
+            input=f"article: a chef and a recipe ({i})" if i < 6 else f"article: wine bar news ({i})",
+            output="healthy living",
+            timestamp=10.0 + i,
+            task="LaMP-2N",
+        )
+        for i in range(13)
+    ]
+    memory.add(items)
+    with dspy.context(lm=ScriptedLM(rule)):
+        compiled = PersonaOptimizer(n_recent=3, iterations=1, n_val=4, cues=cues).compile(
+            PersonaAgent("LaMP-2N", user_id=f"cue{cues}", memory=memory), trainset=items
+        )
+    facts = prompts.decompose(compiled.compile_result.candidate_persona)[1]
+    # the facts stop before the 7 replayed and gated articles (the wine bar ones): their words are not cues
+    assert ("They file articles about chef, recipe under healthy living." in facts) is cues
+    assert "wine" not in facts
+
+
 def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, embedder):
     history = free_text_history("snap")
     other = free_text_history("other")

@@ -36,6 +36,28 @@ of all of them: users drift, and the median is the constant with the lowest abso
 MovieLens dev users it predicts the next rating with MAE 0.665 against 0.746 for the mean of all past
 ratings (``benchmarks/ceiling.py``)."""
 
+MIN_CUE_COUNT = 3
+"""Label tasks: a label's cue words are stated only when the user chose it at least this many times ..."""
+
+MAX_CUES = 3
+"""... as at most this many words, each in at least two of the texts filed under it, more frequent there than in
+the user's other texts ("They file articles about recipe, chef under healthy living.")."""
+
+_CUE_WORD = re.compile(r"[a-z]{4,}")
+_STOPWORDS = frozenset(
+    """about above after again against also although always among another anything around article away back
+    because been before being below best better between both came come comes could days does doing done
+    down during each either else even ever every first from further gets getting give given goes going
+    good great have having here hers herself himself into itself just keep know last less like little
+    long look made make makes making many might more most much must myself need never next nothing often
+    once only other others ought ours over part people perhaps really right said same says seem should
+    show since some something still such take than that their theirs them themselves then there these
+    they thing things think this those though three through time times today told took toward under
+    until upon used using very want well were what whatever when where whether which while will with
+    within without work would year years your yours yourself""".split()  # noqa: SIM905 (a word list reads better as text)
+)
+"""Words too common to tell one label's texts from another's."""
+
 ANCHOR_LEAD = "For this user, answer"
 ANCHOR_NUMBER = re.compile(r"answer (?:about |around )?(\d(?:\.\d)?) for a typical \w+", re.I)
 """The typical answer a guidance states; group 1 is the number."""
@@ -81,6 +103,8 @@ class UserFacts:
     higher: tuple[FacetStat, ...] = ()
     lower: tuple[FacetStat, ...] = ()
     labels: tuple[tuple[str, int], ...] = ()
+    cues: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Label tasks (``cues=True``): per label the user chose often, the words of the texts they filed under it."""
     all_facets: dict[str, FacetStat] = field(default_factory=dict)
     recent: float | None = None
     """Rating tasks: the median of the latest ``recent_n`` ratings."""
@@ -121,7 +145,8 @@ class UserFacts:
             return [
                 "This user's most frequent answers: "
                 + ", ".join(f"{label} ({100 * c / total:.0f}%)" for label, c in self.labels)
-                + "."
+                + ".",
+                *(f"They file {self.noun}s about {', '.join(words)} under {label}." for label, words in self.cues),
             ]
         return []
 
@@ -153,9 +178,44 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return s[len(s) // 4], s[(3 * len(s)) // 4]
 
 
-def measure(task: TaskSpec, history: Sequence[Interaction], recent: int = RECENT_N) -> UserFacts:
+def label_cues(task: TaskSpec, answers: Sequence[tuple[Interaction, str]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per label chosen at least ``MIN_CUE_COUNT`` times (most frequent first, at most ``MAX_FACETS``), up to
+    ``MAX_CUES`` words that appear in at least two of its texts, ranked by their share of those texts minus
+    their share of the user's other texts (only words more frequent under the label)."""
+    docs = [
+        ({w for w in _CUE_WORD.findall(task.compact(it.input).lower()) if w not in _STOPWORDS}, a) for it, a in answers
+    ]
+    counts: dict[str, int] = defaultdict(int)
+    for _, a in docs:
+        counts[a] += 1
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for label, n_in in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if n_in < MIN_CUE_COUNT or len(out) == MAX_FACETS:
+            break
+        inside = [d for d, a in docs if a == label]
+        outside = [d for d, a in docs if a != label]
+        df_in: dict[str, int] = defaultdict(int)
+        for d in inside:
+            for w in d:
+                df_in[w] += 1
+        ranked = sorted(
+            (
+                (df_in[w] / n_in - sum(w in d for d in outside) / max(len(outside), 1), df_in[w], w)
+                for w in df_in
+                if df_in[w] >= 2
+            ),
+            key=lambda t: (-t[0], -t[1], t[2]),
+        )
+        words = tuple(w for lift, _, w in ranked if lift > 0)[:MAX_CUES]
+        if words:
+            out.append((label, words))
+    return tuple(out)
+
+
+def measure(task: TaskSpec, history: Sequence[Interaction], recent: int = RECENT_N, *, cues: bool = False) -> UserFacts:
     """The facts of ``history`` (already bounded in time by the caller); a rating task's typical
-    answer is the median of the latest ``recent`` ratings (``0``: the mean of all of them, as before)."""
+    answer is the median of the latest ``recent`` ratings (``0``: the mean of all of them, as before).
+    ``cues``: a label task also states the words of the texts filed under each frequent label."""
     ordered = sorted(history, key=lambda it: (it.timestamp, it.id))
     answers = [(it, a) for it in ordered if (a := task.parse(it.output)) is not None]
     if not answers:
@@ -192,7 +252,8 @@ def measure(task: TaskSpec, history: Sequence[Interaction], recent: int = RECENT
     for _, a in answers:
         counts[a] += 1
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-    return UserFacts(kind=task.kind, n=len(answers), labels=tuple(top))
+    found = label_cues(task, answers) if cues and task.kind == "label" else ()
+    return UserFacts(kind=task.kind, n=len(answers), labels=tuple(top), cues=found, noun=noun_of(task))
 
 
 _MEAN_CLAIM = re.compile(r"average (?:rating )?(?:is |of )?(?:about |around )?(\d(?:\.\d+)?)", re.I)

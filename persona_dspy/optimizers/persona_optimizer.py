@@ -61,7 +61,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     the whole replayed error and promotes the gated text as it is (the method before ``recent``);
     ``critique=True`` adds an LM critique to the measured loss; ``trust_measured=True`` promotes a
     candidate of measured facts alone when the gate shows it no worse (a tie is promoted), while an
-    LM-written guidance still has to win.
+    LM-written guidance still has to win; ``cues=True`` (label tasks) adds to the facts the words of the
+    texts the user filed under each frequent label ("They file articles about recipe, chef under
+    healthy living"), the label analog of a rating's genre facets.
     """
 
     name = "PersonaOptimizer"
@@ -78,6 +80,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         recent: int = RECENT_N,
         min_gain: float = 0.0,
         trust_measured: bool = False,
+        cues: bool = False,
         n_val: int = 4,
         **kwargs: Any,
     ) -> None:
@@ -90,6 +93,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if recent < 0:
             raise ConfigurationError(f"recent must be >= 0 (got {recent})")
         self.min_gain, self.anchor, self.recent, self.trust_measured = min_gain, anchor, recent, trust_measured
+        self.cues = cues
 
     @property
     def params(self) -> dict[str, Any]:
@@ -103,6 +107,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "recent": self.recent,
             "min_gain": self.min_gain,
             "trust_measured": self.trust_measured,
+            "cues": self.cues,
         }
 
     # -- grounding ---------------------------------------------------------------------------------
@@ -128,7 +133,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             return UserFacts(kind=agent.task.kind, n=0)
         window = {it.id for it in train} | set(val_ids)
         cut = min([it.timestamp for it in history if it.id in window] + [it.timestamp for it in train])
-        return measure(agent.task, [it for it in history if it.timestamp < cut], self.recent)
+        return measure(agent.task, [it for it in history if it.timestamp < cut], self.recent, cues=self.cues)
 
     # -- the loop ----------------------------------------------------------------------------------
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
@@ -266,7 +271,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         base, _, guidance = prompts.decompose(agent.persona)
         old = self.facts(agent, train, result.val_ids, history)  # what the gated persona was measured on
         end = max(it.timestamp for it in train)
-        new = measure(agent.task, [it for it in history if it.timestamp <= end], self.recent)
+        new = measure(agent.task, [it for it in history if it.timestamp <= end], self.recent, cues=self.cues)
         if not new.n or new.n == old.n:
             return agent.persona
         stated = anchor_value(guidance)
