@@ -305,9 +305,10 @@ def main() -> None:
             row = run_arms(memory, LABEL_TASK, uid, hand, past, test, stored.get(uid, {}), arms)
             row.update(kind="label", source=source, label=label)
             keep(rows, row)
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "planted.json").write_text(json.dumps(rows, indent=1))
+    ran = {r["user"] for r in rows}
+    rows += [r for uid, r in stored.items() if uid not in ran]  # users not run this time (--users 0) stay
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
     write_section(rows, args, time.perf_counter() - started)
 
 
