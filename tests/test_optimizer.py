@@ -13,7 +13,7 @@ from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer, prompts
 from persona_dspy.pipeline import align_user
-from persona_dspy.signatures import DEFAULT_PERSONA
+from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
 
 from scripted import NEW_PERSONA, rule
 
@@ -193,6 +193,10 @@ def test_a_label_named_in_a_rewrite_is_kept_not_redacted(memory):
             PersonaAgent("LaMP-2N", user_id="food", memory=memory), trainset=items
         )
     result = compiled.compile_result
+    # the measured step, stated as the sentence to add (the replay answered sports, the user food & drink)
+    assert "So the guidance should say, for this user: when an article looks like sports, answer food & drink." in (
+        result.steps[0].loss
+    )
     assert result.steps[0].updated_persona is not None and guidance in result.steps[0].updated_persona
     assert result.promoted and guidance in compiled.persona
 
@@ -513,3 +517,26 @@ def test_a_recompile_carrying_lm_written_guidance_is_not_trusted_as_measured(mem
     )
     assert "matched" in result.stopped and result.val_score_candidate == result.val_score_production
     assert result.rewritten is True and not result.promoted  # a tie: the carried LM text must win
+
+
+def test_a_label_replay_states_its_step_as_rules_or_as_a_direction():
+    from persona_dspy.optimizers.textgrad_ops import measured_feedback, replay_case
+
+    task = TASKS["LaMP-2N"]
+    said = ["food & drink", "food & drink", "travel", "sports"]
+    truth = ["healthy living", "healthy living", "travel", "politics"]
+    cases = [
+        replay_case(
+            task, Interaction(user_id="u", id=f"a{i}", input=f"article: {i}", output=t, timestamp=i, task="LaMP-2N"), p
+        )
+        for i, (p, t) in enumerate(zip(said, truth))
+    ]
+    rules = measured_feedback(cases, task)
+    assert rules == (
+        "1 of 4 answers matched the user. So the guidance should say, for this user: when an article looks like "
+        "food & drink, answer healthy living; when an article looks like sports, answer politics."
+    )
+    direction = measured_feedback(cases, task, label_rules=False)
+    assert "tell the assistant when this user chooses healthy living or politics instead of food & drink or sports" in (
+        direction
+    )

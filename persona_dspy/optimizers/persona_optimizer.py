@@ -63,7 +63,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     candidate of measured facts alone when the gate shows it no worse (a tie is promoted), while an
     LM-written guidance still has to win; ``cues=True`` (label tasks) adds to the facts the words of the
     texts the user filed under each frequent label ("They file articles about recipe, chef under
-    healthy living"), the label analog of a rating's genre facets.
+    healthy living"), the label analog of a rating's genre facets; ``label_rules=False`` states a label
+    replay's step as a direction ("tell the assistant when this user chooses Y instead of X") instead of
+    the rules to add ("when an article looks like X, answer Y").
     """
 
     name = "PersonaOptimizer"
@@ -81,6 +83,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         min_gain: float = 0.0,
         trust_measured: bool = False,
         cues: bool = False,
+        label_rules: bool = True,
         n_val: int = 4,
         **kwargs: Any,
     ) -> None:
@@ -93,7 +96,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if recent < 0:
             raise ConfigurationError(f"recent must be >= 0 (got {recent})")
         self.min_gain, self.anchor, self.recent, self.trust_measured = min_gain, anchor, recent, trust_measured
-        self.cues = cues
+        self.cues, self.label_rules = cues, label_rules
 
     @property
     def params(self) -> dict[str, Any]:
@@ -108,6 +111,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "min_gain": self.min_gain,
             "trust_measured": self.trust_measured,
             "cues": self.cues,
+            "label_rules": self.label_rules,
         }
 
     # -- grounding ---------------------------------------------------------------------------------
@@ -169,7 +173,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             f"Keep the task's output contract: {agent.task.contract()}",
         ]
         optimizer = ops.tgd_optimizer(guidance, engine, constraints)
-        loss_fn = ops.PreferenceLoss(engine, agent.task, facts=facts_text, critique=self.critique)
+        loss_fn = ops.PreferenceLoss(
+            engine, agent.task, facts=facts_text, critique=self.critique, label_rules=self.label_rules
+        )
         agent.persona = persona_of(guidance.value)
         score, preds = self.replay(agent, train, budget, "replay")
         bar = tqdm(range(self.iterations), desc=f"align {agent.user_id}", disable=not self.progress, leave=False)

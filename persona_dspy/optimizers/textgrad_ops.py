@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import textgrad as tg
@@ -32,6 +33,8 @@ GUIDANCE_ROLE = "guidance: short instructions telling the assistant how this spe
 TRANSCRIPT_ROLE = "the assistant's replayed answers next to the user's real answers"
 MAX_TASK_CHARS = 160
 MIN_SHIFT = 0.25
+MAX_LABEL_RULES = 2
+"""A label replay's step: at most this many "when it looks like X, answer Y" rules, the most frequent first."""
 """A mean rating error at least this large (stars) is stated as the direction the guidance must move."""
 
 
@@ -82,13 +85,17 @@ def step_size(errors: list[float], prior: int = 0) -> float:
     return sum(errors) / (len(errors) + prior) if errors else 0.0
 
 
-def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | None = None, prior: int = 0) -> str:
+def measured_feedback(
+    cases: list[ReplayCase], task: TaskSpec, anchor: float | None = None, prior: int = 0, *, label_rules: bool = True
+) -> str:
     """The task metric over the replay, in words: the direction and size of the errors, exactly.
 
     With the ``anchor`` (the typical answer the guidance states), the step is stated as the new
     number, not as a direction: a small model copies a number, and mis-sizes "a bit lower". The
     step weighs the replayed answers against the ``prior`` ratings the anchor was measured on
-    (``step_size``), so three replayed answers do not outweigh twenty earlier ones."""
+    (``step_size``), so three replayed answers do not outweigh twenty earlier ones. A label replay's
+    step is stated as rules to add ("when an article looks like X, answer Y": what the assistant said,
+    what the user answered; ``label_rules=False``: as a direction, "tell the assistant when ...")."""
     if task.kind == "rating":
         errors = [c.signed_error for c in cases if c.signed_error is not None]
         invalid = len(cases) - len(errors)
@@ -127,14 +134,19 @@ def measured_feedback(cases: list[ReplayCase], task: TaskSpec, anchor: float | N
     right = sum(c.score == 1.0 for c in cases)
     text = f"{right} of {len(cases)} answers matched the user."
     if task.kind == "label":
-        missed = [(c.predicted, c.interaction.output) for c in cases if c.score < 1.0]
-        if missed:
+        missed = Counter((task.parse(c.predicted), task.parse(c.interaction.output)) for c in cases if c.score < 1.0)
+        rules = [
+            f"when an {noun_of(task)} looks like {said}, answer {user}"
+            for (said, user), _ in sorted(missed.items(), key=lambda kv: (-kv[1], str(kv[0])))
+            if said is not None and user is not None
+        ][:MAX_LABEL_RULES]
+        if rules and label_rules:  # the step as the sentence to add: a small model copies it, it does not infer it
+            text += " So the guidance should say, for this user: " + "; ".join(rules) + "."
+        elif missed:  # the step as a direction (the method before label_rules)
+            users = sorted({str(u) for _, u in missed})
             text += (
-                " Where the assistant was wrong the user answered: "
-                + ", ".join(sorted({u for _, u in missed}))
-                + ". So the guidance should tell the assistant when this user chooses "
-                + " or ".join(sorted({u for _, u in missed}))
-                + " instead of "
+                f" Where the assistant was wrong the user answered: {', '.join(users)}. So the guidance should tell "
+                f"the assistant when this user chooses {' or '.join(users)} instead of "
                 + " or ".join(sorted({str(p) for p, _ in missed}))
                 + "."
             )
@@ -200,14 +212,17 @@ class PreferenceLoss(Function):
     so the loss never says "the user rates lower" when the assistant was too low.
     """
 
-    def __init__(self, engine: EngineLM, task: TaskSpec, *, facts: str = "", critique: bool = False) -> None:
+    def __init__(
+        self, engine: EngineLM, task: TaskSpec, *, facts: str = "", critique: bool = False, label_rules: bool = True
+    ) -> None:
         super().__init__()
         self.engine, self.task, self.facts, self.critique = engine, task, facts, critique
+        self.label_rules = label_rules
 
     def forward(
         self, replay: tg.Variable, cases: list[ReplayCase], anchor: float | None = None, prior: int = 0
     ) -> tg.Variable:
-        measured = measured_feedback(cases, self.task, anchor, prior)
+        measured = measured_feedback(cases, self.task, anchor, prior, label_rules=self.label_rules)
         text = f"Measured: {measured}"
         if self.critique:
             prompt = prompts.LOSS_PROMPT.format(
