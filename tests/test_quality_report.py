@@ -1,0 +1,60 @@
+"""The quality benchmark's verdict (benchmarks/quality.py) on stored rows with a known answer: which
+method is the baseline to beat, and where an aligned arm stands against the statistic it anchors on."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from quality import compile_checks, summarize, verdict
+
+GUIDANCE = "You answer.\nHow to answer for this user: For this user, answer {} for a typical movie."
+
+
+def row(spec: str, user: int, prediction: str, truth: str = "4.0", promoted: bool | None = None) -> dict:
+    r = {
+        "dataset": "movielens",
+        "spec": spec,
+        "task": "movielens_rating",
+        "case_id": f"q{user}",
+        "user_id": f"u{user}",
+        "truth": truth,
+        "prediction": prediction,
+        "lm_calls": 0 if spec.startswith("trivial") else 1,
+        "tokens": 0,
+        "seconds": 0.0,
+    }
+    if promoted is not None:  # an aligned row: its compile, its persona and the checks the report reads
+        r.update(
+            promoted=promoted,
+            persona=GUIDANCE.format(prediction) if promoted else "You answer.",
+            compile={"stopped": "1 iteration(s) done", "lm_calls": 11, "tokens": 7000},
+            checks={"base_kept": True, "contradictions": []},
+        )
+    return r
+
+
+def rows() -> list[dict]:
+    """20 users: the aligned arm is exact where promoted (first 10) and 1 star off elsewhere; the mean
+    (`trivial`) is 1 star off everywhere, the recent median exact everywhere."""
+    out = []
+    for u in range(20):
+        out.append(row("persona+align", u, "4.0" if u < 10 else "3.0", promoted=u < 10))
+        out.append(row("trivial", u, "3.0"))
+        out.append(row("trivial:recent=20", u, "4.0"))
+    return out
+
+
+def test_the_target_is_judged_against_the_issues_methods_and_the_statistic_on_its_own_line():
+    lines = verdict(summarize(rows()))
+    target = next(line for line in lines if line.startswith("- movielens: `persona+align`"))
+    assert "(`trivial`) 1.000" in target and "+50.0% relative" in target and "target met" in target
+    statistic = next(line for line in lines if "vs `trivial:recent=20`" in line)
+    assert "difference +0.500" in statistic and "-> worse." in statistic
+
+
+def test_the_gap_to_the_statistic_is_split_by_promotion():
+    line = next(x for x in compile_checks(summarize(rows())) if x.startswith("- movielens `persona+align`"))
+    assert "promoted 10 users: 0.000 vs 0.000; not promoted 10 users: 1.000 vs 0.000" in line
+    assert "answered the typical rating their guidance states in 10 of 10" in line
