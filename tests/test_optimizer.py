@@ -536,6 +536,9 @@ def test_a_label_replay_states_its_step_as_rules_or_as_a_direction():
         "1 of 4 answers matched the user. So the guidance should say, for this user: when an article looks like "
         "food & drink, answer healthy living; when an article looks like sports, answer politics."
     )
+    # an answer of the user's usual label that the user overrode is an exception, not a rule
+    assert "looks like food & drink" not in measured_feedback(cases, task, usual="food & drink")
+    assert "looks like sports, answer politics" in measured_feedback(cases, task, usual="food & drink")
     direction = measured_feedback(cases, task, label_rules=False)
     assert "tell the assistant when this user chooses healthy living or politics instead of food & drink or sports" in (
         direction

@@ -174,7 +174,12 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         ]
         optimizer = ops.tgd_optimizer(guidance, engine, constraints)
         loss_fn = ops.PreferenceLoss(
-            engine, agent.task, facts=facts_text, critique=self.critique, label_rules=self.label_rules
+            engine,
+            agent.task,
+            facts=facts_text,
+            critique=self.critique,
+            label_rules=self.label_rules,
+            usual=facts.labels[0][0] if facts.labels else None,  # no rule from the user's own habit
         )
         agent.persona = persona_of(guidance.value)
         score, preds = self.replay(agent, train, budget, "replay")

@@ -86,7 +86,13 @@ def step_size(errors: list[float], prior: int = 0) -> float:
 
 
 def measured_feedback(
-    cases: list[ReplayCase], task: TaskSpec, anchor: float | None = None, prior: int = 0, *, label_rules: bool = True
+    cases: list[ReplayCase],
+    task: TaskSpec,
+    anchor: float | None = None,
+    prior: int = 0,
+    *,
+    label_rules: bool = True,
+    usual: str | None = None,
 ) -> str:
     """The task metric over the replay, in words: the direction and size of the errors, exactly.
 
@@ -95,7 +101,9 @@ def measured_feedback(
     step weighs the replayed answers against the ``prior`` ratings the anchor was measured on
     (``step_size``), so three replayed answers do not outweigh twenty earlier ones. A label replay's
     step is stated as rules to add ("when an article looks like X, answer Y": what the assistant said,
-    what the user answered; ``label_rules=False``: as a direction, "tell the assistant when ...")."""
+    what the user answered; ``label_rules=False``: as a direction, "tell the assistant when ..."). No
+    rule starts from ``usual``, the user's most frequent label: where the assistant answered what this
+    user usually answers and the user chose otherwise, that is an exception, not a rule."""
     if task.kind == "rating":
         errors = [c.signed_error for c in cases if c.signed_error is not None]
         invalid = len(cases) - len(errors)
@@ -138,7 +146,7 @@ def measured_feedback(
         rules = [
             f"when an {noun_of(task)} looks like {said}, answer {user}"
             for (said, user), _ in sorted(missed.items(), key=lambda kv: (-kv[1], str(kv[0])))
-            if said is not None and user is not None
+            if said is not None and user is not None and said != usual
         ][:MAX_LABEL_RULES]
         if rules and label_rules:  # the step as the sentence to add: a small model copies it, it does not infer it
             text += " So the guidance should say, for this user: " + "; ".join(rules) + "."
@@ -213,16 +221,23 @@ class PreferenceLoss(Function):
     """
 
     def __init__(
-        self, engine: EngineLM, task: TaskSpec, *, facts: str = "", critique: bool = False, label_rules: bool = True
+        self,
+        engine: EngineLM,
+        task: TaskSpec,
+        *,
+        facts: str = "",
+        critique: bool = False,
+        label_rules: bool = True,
+        usual: str | None = None,
     ) -> None:
         super().__init__()
         self.engine, self.task, self.facts, self.critique = engine, task, facts, critique
-        self.label_rules = label_rules
+        self.label_rules, self.usual = label_rules, usual
 
     def forward(
         self, replay: tg.Variable, cases: list[ReplayCase], anchor: float | None = None, prior: int = 0
     ) -> tg.Variable:
-        measured = measured_feedback(cases, self.task, anchor, prior, label_rules=self.label_rules)
+        measured = measured_feedback(cases, self.task, anchor, prior, label_rules=self.label_rules, usual=self.usual)
         text = f"Measured: {measured}"
         if self.critique:
             prompt = prompts.LOSS_PROMPT.format(
