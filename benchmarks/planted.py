@@ -201,7 +201,9 @@ def answer_all(agent: PersonaAgent, items: list[Interaction]) -> list[float]:
 
 def stated(row: dict, arm: str = "aligned") -> int:
     """How many of the row's planted rules the candidate persona of ``arm`` states."""
-    candidate = row.get("compiles", {}).get(arm, {}).get("candidate", row["candidate"] if arm == "aligned" else "")
+    candidate = (
+        row.get("compiles", {}).get(arm, {}).get("candidate", row.get("candidate", "") if arm == "aligned" else "")
+    )
     if row.get("kind") == "label":
         return int(states_label(candidate, row["source"], row["label"]))
     return int(states(candidate, row["love"], True)) + int(states(candidate, row["hate"], False))
@@ -275,6 +277,7 @@ def main() -> None:
     parser.add_argument(
         "--arms", default="aligned", help="aligned arms, e.g. aligned,aligned:cues=1 (stored arms of a user are kept)"
     )
+    parser.add_argument("--fresh", action="store_true", help="run every arm again (after a change to the method)")
     parser.add_argument(
         "--report", action="store_true", help="rewrite the section from benchmarks/results/planted.json"
     )
@@ -287,7 +290,7 @@ def main() -> None:
         return
     arms = args.arms.split(",")
     path = ROOT / "benchmarks" / "results" / "planted.json"
-    stored = {r["user"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+    stored = {r["user"]: r for r in json.loads(path.read_text())} if path.exists() and not args.fresh else {}
     rng, label_rng = random.Random(0), random.Random(1)  # each kind's users do not depend on the other's count
     pool = movies()
     lm = build_lm(Settings())

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 Mode = Literal["pipeline", "react"]
 PIPELINE_ACTIONS = ("read_profile", "answer_statistics", "recall_episodes")
+MIN_EPISODE_CHARS = 20
+"""An episode cut shorter than this would cut the answers of a label task (``style & beauty``)."""
 
 
 class PersonaAgent(dspy.Module):
@@ -49,6 +51,8 @@ class PersonaAgent(dspy.Module):
         episode_chars: int = MAX_EPISODE_CHARS,
     ) -> None:
         super().__init__()
+        if episode_chars < MIN_EPISODE_CHARS:
+            raise ValueError(f"episode_chars must be >= {MIN_EPISODE_CHARS} (got {episode_chars})")
         if mode not in ("pipeline", "react"):
             raise ValueError(f"mode must be 'pipeline' or 'react', not {mode!r}")
         self.task = get_task(task)

@@ -135,8 +135,10 @@ def load_past(memory: Any, case: UserHistory) -> None:
 def trivial_answer(task: TaskSpec, case: UserHistory, recent: int = 0) -> str | None:
     """The user's mean past rating or majority label; with ``recent > 0``, the median rating (as
     ``PersonaOptimizer``'s anchor) or the majority label of the ``recent`` latest answers."""
-    items = sorted(case.interactions, key=lambda it: (it.timestamp, it.id))[-recent:] if recent else case.interactions
-    answers = [a for a in (task.parse(it.output) for it in items) if a is not None]
+    if recent < 0:
+        raise ConfigurationError(f"recent must be >= 0 (got {recent})")
+    items = sorted(case.interactions, key=lambda it: (it.timestamp, it.id)) if recent else case.interactions
+    answers = [a for a in (task.parse(it.output) for it in items) if a is not None][-recent:]
     if not answers:
         return None
     if task.kind == "rating":
@@ -290,15 +292,19 @@ def _compiled(
         optimizer: Any = PersonaOptimizer(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls, **options)
     else:
         optimizer = GEPABaseline(n_recent=n_recent, n_val=n_val, max_lm_calls=max_lm_calls)
+    from persona_dspy.optimizers import usage_totals
+
     result.promoted = False
-    try:
-        aligned = align_user(agent.user_id, optimizer, memory=memory, student=agent)
-    except EmptyHistoryError as exc:
-        result.compile = {"stopped": f"not compiled: {exc}", "lm_calls": 0, "tokens": 0}
-        return agent
-    except BudgetExceededError as exc:  # production was not moved: it answers, as in serving
-        result.compile = {"stopped": f"over budget: {exc}"}
-        return agent
+    with dspy.track_usage() as usage:
+        try:
+            aligned = align_user(agent.user_id, optimizer, memory=memory, student=agent)
+        except EmptyHistoryError as exc:
+            result.compile = {"stopped": f"not compiled: {exc}", "lm_calls": 0, "tokens": 0}
+            return agent
+        except BudgetExceededError as exc:  # production was not moved: it answers, as in serving
+            calls, tokens = usage_totals(usage)  # what the compile spent before it stopped
+            result.compile = {"stopped": f"over budget: {exc}", "lm_calls": calls, "tokens": tokens}
+            return agent
     assert aligned.agent is not None and aligned.result is not None  # untracked: never skipped
     result.iteration_scores = [s.train_score for s in aligned.result.steps]
     result.promoted = aligned.result.promoted

@@ -78,9 +78,11 @@ def test_pipeline_context_is_bound_to_user_and_time(memory):
 
 def test_episode_text_is_cut_where_the_agent_says(memory):
     full = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, k=10).context("article: story")["history"]
-    cut = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, k=10, episode_chars=12).context("article: story")
+    cut = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, k=10, episode_chars=20).context("article: story")
     assert "- article: story 0 by ann -> sports" in full
-    assert "- article: ... -> sports" in cut["history"] and "story" not in cut["history"]  # 12 characters
+    assert "- article: story 0 ... -> sports" in cut["history"] and "by ann" not in cut["history"]  # 20 characters
+    with pytest.raises(ValueError, match="episode_chars must be >= 20"):
+        PersonaAgent("LaMP-2N", user_id="ann", episode_chars=3)
 
 
 def test_react_tools_cannot_cross_users_or_time(memory):

@@ -54,15 +54,35 @@ def test_dspy_optimizer_rewrites_only_the_persona(harsh_user, optimizer_cls):
 
 
 @pytest.mark.parametrize("max_lm_calls", [17, 20, 30, 60])
-def test_gepa_is_planned_to_fit_its_budget_with_the_gate(harsh_user, max_lm_calls):
-    """dspy.GEPA stops on metric calls checked before each iteration; the plan leaves room for the
-    gate, so a compile never crosses max_lm_calls (it would raise BudgetExceededError)."""
-    memory, items = harsh_user
+@pytest.mark.parametrize("ratings", [["1.0"] * 7, ["1.0", "4.0"] * 3 + ["4.0"]])
+def test_gepa_stops_within_its_budget_with_the_gate(tmp_path, embedder, max_lm_calls, ratings):
+    """dspy.GEPA counts metric calls, not its reflections, and checks its stoppers only before an
+    iteration; the compile's budget stops it so that the gate still fits, whether its first proposal
+    is perfect (a harsh user) or proposals keep losing their minibatch (a mixed user)."""
+    items = [
+        Interaction(
+            user_id="g",
+            id=f"m{i}",
+            input=f"movie: Film {i} genres: Comedy",
+            output=r,
+            timestamp=50.0 + i,
+            task="movielens_rating",
+        )
+        for i, r in enumerate(ratings)
+    ]
     lm = ScriptedLM(rule_with_dspy_optimizers)
-    student = PersonaAgent("movielens_rating", user_id="h", memory=memory)
-    with dspy.context(lm=lm):
-        result = GEPABaseline(n_recent=3, n_val=2, max_lm_calls=max_lm_calls).compile(student, trainset=items)
-    assert result.compile_result.promoted and result.compile_result.lm_calls <= max_lm_calls
+    with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as memory:
+        memory.add(items)
+        student = PersonaAgent("movielens_rating", user_id="g", memory=memory)
+        with dspy.context(lm=lm):
+            result = GEPABaseline(n_recent=3, n_val=2, max_lm_calls=max_lm_calls).compile(student, trainset=items)
+    compiled = result.compile_result
+    assert compiled.lm_calls == len(lm.prompts) <= max_lm_calls
+    if len(set(ratings)) == 1:  # the harsh user's proposal wins: the gate ran and promoted it
+        assert compiled.promoted and compiled.val_score_candidate == 1.0
+    else:  # proposals lost for as long as the budget allowed: nothing changed, nothing to gate
+        worst = GEPABaseline.iteration_cost(3, 3) + 2 * 2  # one more iteration at worst, then the gate
+        assert compiled.reason == "the persona did not change" and max_lm_calls - len(lm.prompts) < worst
 
 
 def test_gepa_refuses_a_budget_without_room_for_one_proposal_before_any_lm_call(harsh_user):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from persona_dspy import MalformedInteractionError
+from persona_dspy import ConfigurationError, MalformedInteractionError
 from persona_dspy.cli import main
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.evaluation import LeakageError, check_no_leak, evaluate, metrics, trivial_answer
@@ -51,8 +51,10 @@ def test_trivial_baseline_is_majority_or_mean():
     drift = hist("movielens_rating", ["1.0", "1.0", "1.0", "4.0", "5.0", "3.0"])
     assert trivial_answer(TASKS["movielens_rating"], drift, recent=3) == "4.0"
     assert trivial_answer(TASKS["movielens_rating"], drift) == "2.5"
-    labels = hist("LaMP-2N", ["sports", "sports", "sports", "politics", "politics"])
-    assert trivial_answer(TASKS["LaMP-2N"], labels, recent=2) == "politics"
+    labels = hist("LaMP-2N", ["sports", "sports", "sports", "politics", "politics", "not a label"])
+    assert trivial_answer(TASKS["LaMP-2N"], labels, recent=2) == "politics"  # the 2 latest *answers*
+    with pytest.raises(ConfigurationError, match="recent must be >= 0"):
+        trivial_answer(TASKS["LaMP-2N"], labels, recent=-1)
 
 
 def free_text_cases(n_users: int = 2) -> list[UserHistory]:
@@ -175,6 +177,18 @@ def test_gepa_is_a_method_compiled_under_the_same_split_and_budget(memory):
         free_text_cases(1), "gepa", memory=memory, lm=lm, n_recent=2, n_val=1, max_lm_calls=8, progress=False
     )
     assert short.cases[0].compile["stopped"].startswith("over budget") and short.cases[0].lm_calls == 1
+    assert short.cases[0].compile["lm_calls"] == 0  # refused before any LM call
+    stopped = evaluate(
+        free_text_cases(1),
+        "persona+align",
+        memory=memory,
+        lm=ScriptedLM(rule),
+        n_recent=2,
+        n_val=1,
+        max_lm_calls=2,
+        progress=False,
+    ).cases[0]
+    assert stopped.compile["stopped"].startswith("over budget") and stopped.compile["lm_calls"] == 2  # the replay
 
 
 def test_trivial_reads_no_memory_and_no_lm(memory):

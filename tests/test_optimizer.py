@@ -538,6 +538,8 @@ def test_a_label_replay_states_its_step_as_rules_or_as_a_direction():
     )
     # an answer of the user's usual label that the user overrode is an exception, not a rule
     assert "looks like food & drink" not in measured_feedback(cases, task, usual="food & drink")
+    only_exceptions = [c for c in cases if c.predicted != "sports"]
+    assert measured_feedback(only_exceptions, task, usual="food & drink") == "1 of 3 answers matched the user."
     assert "looks like sports, answer politics" in measured_feedback(cases, task, usual="food & drink")
     direction = measured_feedback(cases, task, label_rules=False)
     assert "tell the assistant when this user chooses healthy living or politics instead of food & drink or sports" in (

@@ -54,44 +54,58 @@ def feedback_metric(agent: PersonaAgent):
 
 
 class GEPABaseline(GatedPersonaOptimizer):
-    """``dspy.GEPA`` on the user's latest ``n_recent`` interactions, planned to fit ``max_lm_calls`` with the gate.
+    """``dspy.GEPA`` on the user's latest ``n_recent`` interactions, stopped so that GEPA and the gate fit
+    ``max_lm_calls``.
 
-    GEPA stops on metric calls, checked before each iteration, so its budget is set to the number of
-    proposals that fit (``plan``): an iteration costs the minibatch twice (current and proposed
-    persona), one reflection call and, when the proposal wins its minibatch, the whole trainset. A
-    budget too small for one proposal raises ``BudgetExceededError`` before any LM call.
+    GEPA counts metric calls, not LM calls (its reflection calls are not metric calls), and checks its
+    stoppers only before an iteration, so the run is stopped by the compile's own budget: before each
+    iteration, GEPA goes on only if the worst iteration (the minibatch twice, one reflection, the whole
+    trainset when the proposal wins its minibatch) and the gate still fit. The minibatch shrinks until
+    one proposal fits; a budget too small even for that raises ``BudgetExceededError`` before any LM
+    call. Like every compile, an answer retried after an invalid output is not planned for.
     """
 
     name = "GEPA"
 
-    def plan(self, n_train: int, remaining: int | None) -> tuple[int, int]:
-        """``(minibatch size, max_metric_calls)`` for ``remaining`` LM calls (gate included)."""
+    @staticmethod
+    def iteration_cost(n_train: int, minibatch: int) -> int:
+        """LM calls of one GEPA iteration at worst (its proposal wins the minibatch)."""
+        return 2 * minibatch + 1 + n_train
+
+    def plan(self, n_train: int, remaining: int | None, gate: int) -> int:
+        """The minibatch size for ``remaining`` LM calls, of which ``gate`` go to the gate."""
         minibatch = min(3, n_train)
         if remaining is None:
-            return minibatch, 6 * n_train
-        spare = remaining - 2 * self.n_val - n_train  # after the gate and GEPA's first evaluation
-        while minibatch > 1 and spare < 2 * minibatch + 1 + n_train:
+            return minibatch
+        while minibatch > 1 and remaining < n_train + self.iteration_cost(n_train, minibatch) + gate:
             minibatch -= 1
-        proposals = spare // (2 * minibatch + 1 + n_train)
-        if proposals < 1:
+        needed = n_train + self.iteration_cost(n_train, minibatch) + gate
+        if remaining < needed:
             raise BudgetExceededError(
-                f"GEPA needs {2 * self.n_val + 2 * n_train + 3} LM calls for one proposal and the gate, "
-                f"max_lm_calls leaves {remaining}; production was not moved. Raise max_lm_calls."
+                f"GEPA needs {needed} LM calls for one proposal and the gate, max_lm_calls leaves {remaining}; "
+                "production was not moved. Raise max_lm_calls."
             )
-        return minibatch, n_train + (proposals - 1) * (2 * minibatch + n_train) + 1
+        return minibatch
 
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
-        minibatch, metric_calls = self.plan(len(train), budget.remaining_calls)
+        gate = 2 * len(result.val_ids)
+        minibatch = self.plan(len(train), budget.remaining_calls, gate)
+        worst = self.iteration_cost(len(train), minibatch) + gate
+
+        def out_of_budget(state: Any) -> bool:  # checked by GEPA before each iteration
+            return budget.remaining_calls is not None and budget.remaining_calls < worst
+
         lm = dspy.settings.lm
         gepa = dspy.GEPA(
             feedback_metric(agent),
-            max_metric_calls=metric_calls,
+            max_metric_calls=budget.remaining_calls or 6 * len(train),  # metric calls <= LM calls
             reflection_lm=lm,
             reflection_minibatch_size=minibatch,
             num_threads=1,
             use_merge=False,
             track_stats=False,
             seed=0,
+            gepa_kwargs={"stop_callbacks": [out_of_budget]},
         )
         examples = as_examples(train)
         best = gepa.compile(agent, trainset=examples, valset=examples)

@@ -150,13 +150,12 @@ def measured_feedback(
         ][:MAX_LABEL_RULES]
         if rules and label_rules:  # the step as the sentence to add: a small model copies it, it does not infer it
             text += " So the guidance should say, for this user: " + "; ".join(rules) + "."
-        elif missed:  # the step as a direction (the method before label_rules)
+        elif missed and not label_rules:  # the step as a direction (the method before label_rules)
             users = sorted({str(u) for _, u in missed})
+            said = sorted({str(p) for p, _ in missed if p is not None}) or ["an invalid answer"]
             text += (
                 f" Where the assistant was wrong the user answered: {', '.join(users)}. So the guidance should tell "
-                f"the assistant when this user chooses {' or '.join(users)} instead of "
-                + " or ".join(sorted({str(p) for p, _ in missed}))
-                + "."
+                f"the assistant when this user chooses {' or '.join(users)} instead of {' or '.join(said)}."
             )
     return text
 
