@@ -545,3 +545,28 @@ def test_a_label_replay_states_its_step_as_rules_or_as_a_direction():
     assert "tell the assistant when this user chooses healthy living or politics instead of food & drink or sports" in (
         direction
     )
+
+
+def test_a_label_replay_whose_misses_are_exceptions_to_the_usual_label_takes_no_step(memory):
+    """The user files most articles under style & beauty; the replayed ones went to food & drink while
+    the assistant answered style & beauty: no rule to learn, so no rewrite call is spent."""
+    items = [
+        Interaction(
+            user_id="usual",
+            id=f"a{i}",
+            input=f"article: story {i}",
+            output="style & beauty" if i < 10 else "food & drink",
+            timestamp=10.0 + i,
+            task="LaMP-2N",
+        )
+        for i in range(13)
+    ]
+    memory.add(items)
+    lm = ScriptedLM(lambda messages: {"answer": "style & beauty"})
+    with dspy.context(lm=lm):
+        compiled = PersonaOptimizer(n_recent=3, iterations=1, n_val=2).compile(
+            PersonaAgent("LaMP-2N", user_id="usual", memory=memory), trainset=items
+        )
+    result = compiled.compile_result
+    assert "no rule to state" in result.stopped and not result.steps[0].loss and result.lm_calls == 3 + 2 * 2
+    assert not any(prompts.prompt_kind(p) in ("loss", "update") for p in lm.prompts)

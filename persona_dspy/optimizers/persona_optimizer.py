@@ -173,13 +173,14 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             f"Keep the task's output contract: {agent.task.contract()}",
         ]
         optimizer = ops.tgd_optimizer(guidance, engine, constraints)
+        usual = facts.labels[0][0] if facts.labels else None  # no label rule from the user's own habit
         loss_fn = ops.PreferenceLoss(
             engine,
             agent.task,
             facts=facts_text,
             critique=self.critique,
             label_rules=self.label_rules,
-            usual=facts.labels[0][0] if facts.labels else None,  # no rule from the user's own habit
+            usual=usual,
         )
         agent.persona = persona_of(guidance.value)
         score, preds = self.replay(agent, train, budget, "replay")
@@ -192,9 +193,12 @@ class PersonaOptimizer(GatedPersonaOptimizer):
                 result.stopped = f"every replayed answer matched the user (iteration {i + 1})"
                 break
             cases = [ops.replay_case(agent.task, it, p) for it, p in zip(train, preds)]
-            if not self.critique and ops.no_step(cases, agent.task, prior):
+            if not self.critique and ops.no_step(cases, agent.task, prior, usual=usual, label_rules=self.label_rules):
                 result.stopped = (
-                    f"the replay's errors, weighed against the {prior} ratings behind the anchor, move it by less "
+                    f"every miss of the replay is an exception to the user's most frequent label or an invalid "
+                    f"answer: no rule to state, no step to take (iteration {i + 1})"
+                    if facts.kind == "label"
+                    else f"the replay's errors, weighed against the {prior} ratings behind the anchor, move it by less "
                     f"than {ops.MIN_SHIFT}: no step to take (iteration {i + 1})"
                     if prior
                     else f"the replay's errors cancel out: no step to take (iteration {i + 1})"

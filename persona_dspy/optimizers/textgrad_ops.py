@@ -142,12 +142,8 @@ def measured_feedback(
     right = sum(c.score == 1.0 for c in cases)
     text = f"{right} of {len(cases)} answers matched the user."
     if task.kind == "label":
-        missed = Counter((task.parse(c.predicted), task.parse(c.interaction.output)) for c in cases if c.score < 1.0)
-        rules = [
-            f"when an {noun_of(task)} looks like {said}, answer {user}"
-            for (said, user), _ in sorted(missed.items(), key=lambda kv: (-kv[1], str(kv[0])))
-            if said is not None and user is not None and said != usual
-        ][:MAX_LABEL_RULES]
+        missed = [(task.parse(c.predicted), task.parse(c.interaction.output)) for c in cases if c.score < 1.0]
+        rules = label_rules_of(cases, task, usual)
         if rules and label_rules:  # the step as the sentence to add: a small model copies it, it does not infer it
             text += " So the guidance should say, for this user: " + "; ".join(rules) + "."
         elif missed and not label_rules:  # the step as a direction (the method before label_rules)
@@ -160,11 +156,28 @@ def measured_feedback(
     return text
 
 
-def no_step(cases: list[ReplayCase], task: TaskSpec, prior: int = 0) -> bool:
-    """A rating replay whose valid answers are all there and whose step (``step_size``: the mean signed
-    error, weighed against the ``prior`` ratings behind the anchor) is below ``MIN_SHIFT``: the measured
-    loss states no step, and a small model asked to rewrite anyway returns the guidance unchanged (or a
-    guess), so no LM call is spent on it."""
+def label_rules_of(cases: list[ReplayCase], task: TaskSpec, usual: str | None = None) -> list[str]:
+    """A label replay's misses as rules to add ("when an article looks like X, answer Y"), the most frequent
+    first, at most ``MAX_LABEL_RULES``; none from an invalid answer or from ``usual``, the user's most
+    frequent label (the user overriding their own habit is an exception, not a rule)."""
+    missed = Counter((task.parse(c.predicted), task.parse(c.interaction.output)) for c in cases if c.score < 1.0)
+    return [
+        f"when an {noun_of(task)} looks like {said}, answer {user}"
+        for (said, user), _ in sorted(missed.items(), key=lambda kv: (-kv[1], str(kv[0])))
+        if said is not None and user is not None and said != usual
+    ][:MAX_LABEL_RULES]
+
+
+def no_step(
+    cases: list[ReplayCase], task: TaskSpec, prior: int = 0, *, usual: str | None = None, label_rules: bool = True
+) -> bool:
+    """A replay whose measured loss states no step, so no LM call is spent on a rewrite (a small model
+    asked to rewrite anyway returns the guidance unchanged, or a guess): a rating replay whose valid
+    answers are all there and whose step (``step_size``: the mean signed error, weighed against the
+    ``prior`` ratings behind the anchor) is below ``MIN_SHIFT``; a label replay (``label_rules``) whose
+    misses give no rule (``label_rules_of``)."""
+    if task.kind == "label":
+        return label_rules and not label_rules_of(cases, task, usual)
     if task.kind != "rating":
         return False
     errors = [c.signed_error for c in cases if c.signed_error is not None]
