@@ -58,3 +58,16 @@ def test_the_gap_to_the_statistic_is_split_by_promotion():
     line = next(x for x in compile_checks(summarize(rows())) if x.startswith("- movielens `persona+align`"))
     assert "promoted 10 users: 0.000 vs 0.000; not promoted 10 users: 1.000 vs 0.000" in line
     assert "answered the typical rating their guidance states in 10 of 10" in line
+
+
+def test_a_label_task_target_is_not_worse_than_the_best_method():
+    def label(spec: str, user: int, prediction: str) -> dict:
+        r = row(spec, user, prediction, truth="sports")
+        r.update(dataset="lamp2n", task="LaMP-2N")
+        if spec == "persona+align":
+            r.update(promoted=False, persona="You answer.", compile={"stopped": "x"}, checks={})
+        return r
+
+    tied = [label(s, u, "sports" if u < 6 else "politics") for u in range(10) for s in ("persona+align", "trivial")]
+    target = next(line for line in verdict(summarize(tied)) if line.startswith("- lamp2n: `persona+align`"))
+    assert "+0.0% relative" in target and "target met" in target
