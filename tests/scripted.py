@@ -69,3 +69,15 @@ def react_rule(tool: str, args: dict, answer: Callable[[str], str]) -> Callable[
         return rule(messages)
 
     return respond
+
+
+def articles(user_id: str, texts: list[str], labels: list[str], start: float = 10.0) -> list:
+    """LaMP-2N-style interactions of one user: ``texts[i]`` filed under ``labels[i]``, one second apart."""
+    from persona_dspy.data import Interaction
+
+    return [
+        Interaction(
+            user_id=user_id, id=f"a{i}", input=f"article: {t}", output=label, timestamp=start + i, task="LaMP-2N"
+        )
+        for i, (t, label) in enumerate(zip(texts, labels))
+    ]

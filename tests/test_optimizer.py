@@ -15,7 +15,7 @@ from persona_dspy.optimizers import PersonaOptimizer, prompts
 from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
 
-from scripted import NEW_PERSONA, rule
+from scripted import NEW_PERSONA, articles, rule
 
 TASK_FIELD = re.compile(r"\[\[ ## task ## \]\]\n(.*?)\n", re.S)
 
@@ -166,17 +166,7 @@ def test_persona_memorizing_an_answer_is_redacted(memory):
 def test_a_label_named_in_a_rewrite_is_kept_not_redacted(memory):
     """LaMP-2N's labels are the task's contract ("food & drink" is 12 characters): a rewrite naming the
     label the user chose is the guidance, not a memorized answer, so it is not cut out."""
-    items = [
-        Interaction(
-            user_id="food",
-            id=f"a{i}",
-            input=f"article: recipe number {i} with fresh herbs",
-            output="food & drink",
-            timestamp=10.0 + i,
-            task="LaMP-2N",
-        )
-        for i in range(9)
-    ]
+    items = articles("food", [f"recipe number {i} with fresh herbs" for i in range(9)], ["food & drink"] * 9)
     memory.add(items)
     guidance = "For this user, file articles about recipes and cooking under food & drink."
 
@@ -203,17 +193,8 @@ def test_a_label_named_in_a_rewrite_is_kept_not_redacted(memory):
 
 @pytest.mark.parametrize("cues", [False, True])
 def test_label_cues_state_the_words_of_what_the_user_filed_before_the_window(memory, cues):
-    items = [
-        Interaction(
-            user_id=f"cue{cues}",
-            id=f"a{i}",
-            input=f"article: a chef and a recipe ({i})" if i < 6 else f"article: wine bar news ({i})",
-            output="healthy living",
-            timestamp=10.0 + i,
-            task="LaMP-2N",
-        )
-        for i in range(13)
-    ]
+    texts = [f"a chef and a recipe ({i})" if i < 6 else f"wine bar news ({i})" for i in range(13)]
+    items = articles(f"cue{cues}", texts, ["healthy living"] * 13)
     memory.add(items)
     with dspy.context(lm=ScriptedLM(rule)):
         compiled = PersonaOptimizer(n_recent=3, iterations=1, n_val=4, cues=cues).compile(
@@ -550,17 +531,7 @@ def test_a_label_replay_states_its_step_as_rules_or_as_a_direction():
 def test_a_label_replay_whose_misses_are_exceptions_to_the_usual_label_takes_no_step(memory):
     """The user files most articles under style & beauty; the replayed ones went to food & drink while
     the assistant answered style & beauty: no rule to learn, so no rewrite call is spent."""
-    items = [
-        Interaction(
-            user_id="usual",
-            id=f"a{i}",
-            input=f"article: story {i}",
-            output="style & beauty" if i < 10 else "food & drink",
-            timestamp=10.0 + i,
-            task="LaMP-2N",
-        )
-        for i in range(13)
-    ]
+    items = articles("usual", [f"story {i}" for i in range(13)], ["style & beauty"] * 10 + ["food & drink"] * 3)
     memory.add(items)
     lm = ScriptedLM(lambda messages: {"answer": "style & beauty"})
     with dspy.context(lm=lm):
