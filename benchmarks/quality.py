@@ -37,7 +37,7 @@ from persona_dspy import Settings
 from persona_dspy.data import UserHistory, load_shared
 from persona_dspy.evaluation import METHODS, evaluate, metrics
 from persona_dspy.lm import build_lm
-from persona_dspy.memory import EpisodicMemory
+from persona_dspy.memory import EpisodicMemory, SemanticMemory
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.grounding import anchor_value, contradictions, measure
 from persona_dspy.signatures import DEFAULT_PERSONA, get_task
@@ -124,6 +124,15 @@ def checks(case: UserHistory, persona: str | None) -> dict[str, Any]:
     }
 
 
+def profile_factory(memory: EpisodicMemory, case: UserHistory, method: str) -> Any:
+    """Only the ``profile`` method reads a semantic profile here (distilled from the case's past, one LM
+    call, a fresh store per case): the persona arms' numbers were measured without one, so the profile's
+    worth is the ``profile`` arm's own line, not a confound of the others."""
+    if method != "profile":
+        return None
+    return lambda: SemanticMemory(memory, task=case.task)
+
+
 def run(args: argparse.Namespace) -> None:
     """User-major: each case runs every method before the next case starts, so a run stopped at any
     point leaves every method on the same users (a paired comparison)."""
@@ -162,6 +171,7 @@ def run(args: argparse.Namespace) -> None:
                         mode=mode,
                         recent=recent,
                         episode_chars=chars,
+                        semantic_factory=profile_factory(memory, case, method),
                         progress=False,
                         keep_memory=True,  # the next method on this case embeds nothing
                     )

@@ -7,6 +7,7 @@ persona or prompt (checked at run time, see ``LeakageError``).
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -25,10 +26,13 @@ from persona_dspy.errors import (
     ConfigurationError,
     EmptyHistoryError,
     LeakageError,
+    LMOutputError,
     MalformedInteractionError,
     UnknownUserError,
 )
 from persona_dspy.signatures.tasks import MAX_EPISODE_CHARS, TaskSpec, get_task
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("none", "icl", "rag", "profile", "persona", "persona+align", "gepa", "trivial")
 """``trivial`` is the user's majority label (label tasks) or mean past rating (rating tasks); no LM.
@@ -230,7 +234,10 @@ def evaluate(
             else:
                 semantic = semantic_factory() if semantic_factory and "read_profile" in _ACTIONS[method] else None
                 if semantic is not None:
-                    semantic.update(case.user_id, before=q.timestamp)
+                    try:
+                        semantic.update(case.user_id, before=q.timestamp)
+                    except LMOutputError as exc:  # as serving does: answer without a new profile
+                        logger.warning("user %r answered without a fresh profile: %s", case.user_id, exc)
                 agent = PersonaAgent(
                     task,
                     user_id=case.user_id,

@@ -194,3 +194,39 @@ def test_gepa_is_a_method_compiled_under_the_same_split_and_budget(memory):
 def test_trivial_reads_no_memory_and_no_lm(memory):
     report = evaluate(free_text_cases(1), "trivial", memory=memory, lm=None, recent=2, progress=False, keep_memory=True)
     assert report.cases[0].lm_calls == 0 and memory.count() == 0  # nothing was embedded for a statistic
+
+
+def test_profile_method_answers_from_a_profile_of_the_past_only_and_survives_a_failed_distillation(memory, caplog):
+    from persona_dspy.memory import SemanticMemory
+
+    def distilled(profile: str):
+        def respond(messages):
+            if "previous_profile" in messages[0]["content"]:
+                return {"profile": profile}
+            return rule(messages)
+
+        return respond
+
+    lm = ScriptedLM(distilled("- answers tersely\n- asks about gardens"))
+    case = evaluate(
+        free_text_cases(1),
+        "profile",
+        memory=memory,
+        lm=lm,
+        progress=False,
+        semantic_factory=lambda: SemanticMemory(memory, task="generic"),
+    ).cases[0]
+    answer_prompt = lm.history[-1]["messages"][-1]["content"]
+    assert "asks about gardens" in answer_prompt and "past-answer-0-3" not in answer_prompt  # a profile, not episodes
+    assert "HELD-OUT-ANSWER" not in lm.all_prompt_text() and case.lm_calls == 2  # distill, answer
+    failing = ScriptedLM(distilled("no bullet points at all"))
+    case = evaluate(
+        free_text_cases(1),
+        "profile",
+        memory=memory,
+        lm=failing,
+        progress=False,
+        semantic_factory=lambda: SemanticMemory(memory, task="generic", retries=1),
+    ).cases[0]
+    assert case.prediction is not None and case.lm_calls == 3  # two failed distillations, then the answer
+    assert "without a fresh profile" in caplog.text
