@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from persona_dspy.data import Interaction
-from persona_dspy.optimizers.grounding import RECENT_N, anchor_value, contradictions, facets, measure, with_anchor
+from persona_dspy.optimizers.grounding import (
+    RECENT_N,
+    anchor_value,
+    contradictions,
+    facets,
+    measure,
+    with_anchor,
+    with_label_anchor,
+)
 from persona_dspy.optimizers.textgrad_ops import MIN_SHIFT, step_size
 from persona_dspy.signatures import TASKS
 
@@ -86,10 +94,43 @@ def test_a_typical_answer_is_a_step_not_a_claim_about_the_average():
     assert contradictions("For this user, their average rating is 2.5.", facts)
 
 
-def test_label_tasks_have_no_anchor():
-    task = TASKS["LaMP-2N"]
-    items = [Interaction(user_id="u", id="a", input="article: x", output="travel", timestamp=1.0, task="LaMP-2N")]
-    assert measure(task, items).anchor() == ""
+def labelled(task: str, outputs: list[str]) -> list[Interaction]:
+    return [
+        Interaction(user_id="u", id=f"a{i}", input="article: x", output=o, timestamp=float(i), task=task)
+        for i, o in enumerate(outputs)
+    ]
+
+
+def test_a_label_habit_is_the_anchor_and_the_next_labels_its_exceptions():
+    items = labelled("LaMP-2N", ["travel"] * 6 + ["food & drink"] * 2 + ["sports"] * 2 + ["crime"])
+    facts = measure(TASKS["LaMP-2N"], items)
+    assert facts.typical == "travel"
+    assert facts.anchor() == (
+        "For this user, answer travel for a typical article; food & drink or sports only for an article "
+        "plainly about that."
+    )
+    assert anchor_value(facts.anchor()) is None  # not a number: the rating step never applies to it
+    assert measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel"])).anchor() == (
+        "For this user, answer travel for a typical article."
+    )
+
+
+def test_no_label_anchor_without_a_habit():
+    # LaMP-2N has 15 labels: 2 of 16 answers (12.5%) is under twice a uniform choice's share (13.3%)
+    spread = ["travel", "travel", *(label for label in TASKS["LaMP-2N"].labels if label != "travel")]
+    assert measure(TASKS["LaMP-2N"], labelled("LaMP-2N", spread)).anchor() == ""
+    # LaMP-1 has 2 labels: no share reaches twice a uniform one's short of all answers, which is no habit
+    facts = measure(TASKS["LaMP-1"], labelled("LaMP-1", ["[1]"] * 3 + ["[2]"]))
+    assert facts.typical is None and facts.anchor() == ""
+
+
+def test_a_label_anchor_follows_todays_habit():
+    old = measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel"] * 4 + ["sports"]))
+    new = measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel"] * 4 + ["sports"] * 6))
+    guidance = old.anchor() + " When an article looks like crime, answer travel."
+    assert with_label_anchor(guidance, new) == new.anchor() + " When an article looks like crime, answer travel."
+    assert new.anchor().startswith("For this user, answer sports for a typical article; travel only")
+    assert with_label_anchor("Answer briefly.", new) == "Answer briefly."
 
 
 def test_the_typical_answer_is_the_median_of_the_latest_ratings_not_the_mean_of_all():

@@ -541,3 +541,28 @@ def test_a_label_replay_whose_misses_are_exceptions_to_the_usual_label_takes_no_
     result = compiled.compile_result
     assert "no rule to state" in result.stopped and not result.steps[0].loss and result.lm_calls == 3 + 2 * 2
     assert not any(prompts.prompt_kind(p) in ("loss", "update") for p in lm.prompts)
+
+
+@pytest.mark.parametrize("anchor", [True, False])
+def test_a_label_persona_starts_from_the_users_habit_as_the_answer_to_copy(memory, anchor):
+    """A user who files most articles under style & beauty: the measured guidance says to answer that for
+    a typical article (the model otherwise labels the topic from all 15 labels), and the gate judges it."""
+    labels = ["style & beauty"] * 3 + ["food & drink"] * 2 + ["style & beauty"] * 8
+    items = articles(f"habit{anchor}", [f"story {i}" for i in range(13)], labels)
+    memory.add(items)
+    habit = "For this user, answer style & beauty for a typical article; food & drink only for an article plainly"
+
+    def respond(messages):
+        if prompts.prompt_kind(messages) in ("loss", "update"):
+            return rule(messages)
+        return {"answer": "style & beauty" if habit in messages[0]["content"] else "sports"}
+
+    with dspy.context(lm=ScriptedLM(respond)):
+        compiled = PersonaOptimizer(n_recent=3, iterations=1, n_val=2, anchor=anchor).compile(
+            PersonaAgent("LaMP-2N", user_id=f"habit{anchor}", memory=memory), trainset=items
+        )
+    result = compiled.compile_result
+    assert (habit in result.steps[0].persona) is anchor and (habit in compiled.persona) is anchor
+    if anchor:  # measured, not written: every replayed answer matched, no rewrite call, and 2 gate wins
+        assert result.rewritten is False and "every replayed answer matched" in result.stopped
+        assert result.promoted and result.lm_calls == 3 + 2 * 2

@@ -36,6 +36,11 @@ of all of them: users drift, and the median is the constant with the lowest abso
 MovieLens dev users it predicts the next rating with MAE 0.665 against 0.746 for the mean of all past
 ratings (``benchmarks/ceiling.py``)."""
 
+HABIT = 2.0
+"""Label tasks: the most frequent label is the user's typical answer when its share of their answers is
+at least this many times the share of a uniform choice among the task's labels (LaMP-2N, 15 labels:
+14%; LaMP-1, 2 labels: never, its majority is an artefact of the references' order)."""
+
 MIN_CUE_COUNT = 3
 """Label tasks: a label's cue words are stated only when the user chose it at least this many times ..."""
 
@@ -74,6 +79,17 @@ def with_anchor(guidance: str, value: str) -> str:
     return ANCHOR_NUMBER.sub(lambda m: m.group(0).replace(m.group(1), value, 1), guidance, count=1)
 
 
+LABEL_ANCHOR = re.compile(rf"{ANCHOR_LEAD} \S.*? for a typical \w+(?:; [^.;]+? only for an? \w+ plainly about that)?\.")
+"""A label task's typical answer as ``UserFacts.anchor`` states it."""
+
+
+def with_label_anchor(guidance: str, facts: UserFacts) -> str:
+    """``guidance`` with the label anchor it states replaced by the one ``facts`` state (unchanged when
+    either states none): a recompile, or a promoted persona re-grounded, starts from today's habit."""
+    anchor = facts.anchor() if facts.kind == "label" else ""
+    return LABEL_ANCHOR.sub(lambda _: anchor, guidance, count=1) if anchor else guidance
+
+
 _FACETS = re.compile(r"genres?:\s*(.+?)\s*$", re.I | re.M)
 
 
@@ -110,7 +126,8 @@ class UserFacts:
     """Rating tasks: the median of the latest ``recent_n`` ratings."""
     recent_n: int = 0
     typical: str | None = None
-    """Rating tasks: the recent median as a valid answer (rounded to the task's step), the guidance's anchor."""
+    """The guidance's anchor. Rating tasks: the recent median as a valid answer (rounded to the task's
+    step). Label tasks: the most frequent label when it is a habit (``HABIT``), else None."""
     noun: str = "item"
     """What the user answers about ("movie" for a task whose inputs read ``movie: ...``)."""
 
@@ -154,9 +171,20 @@ class UserFacts:
         return " ".join(self.statements())
 
     def anchor(self) -> str:
-        """The measured starting guidance of a rating task: the user's typical answer as a number,
-        then which facets go higher or lower. A 1.5B model ignores "rate lower than usual" but copies
-        a number it is given, so the guidance states the number (empty when nothing was measured)."""
+        """The measured starting guidance: the user's typical answer, stated as an answer to copy.
+
+        A rating task states the typical answer as a number, then which facets go higher or lower: a
+        1.5B model ignores "rate lower than usual" but copies a number it is given. A label task states
+        the user's most frequent label as the typical answer and their next most frequent labels as the
+        exceptions to keep for an item plainly about them: told only the label shares, the model labels
+        the item's topic from the whole label set, labels this user may never have chosen. Empty when
+        nothing was measured."""
+        if self.kind == "label" and self.typical is not None:
+            usual, others = self.typical, [label for label, _ in self.labels if label != self.typical]
+            text = f"{ANCHOR_LEAD} {usual} for a typical {self.noun}"
+            if others:
+                text += f"; {' or '.join(others)} only for an {self.noun} plainly about that"
+            return text + "."
         if self.kind != "rating" or not self.n or self.typical is None:
             return ""
         text = f"{ANCHOR_LEAD} {self.typical} for a typical {self.noun}"
@@ -253,7 +281,15 @@ def measure(task: TaskSpec, history: Sequence[Interaction], recent: int = RECENT
         counts[a] += 1
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     found = label_cues(task, answers) if cues and task.kind == "label" else ()
-    return UserFacts(kind=task.kind, n=len(answers), labels=tuple(top), cues=found, noun=noun_of(task))
+    habit = task.kind == "label" and task.labels and top[0][1] / len(answers) >= HABIT / len(task.labels)
+    return UserFacts(
+        kind=task.kind,
+        n=len(answers),
+        labels=tuple(top),
+        cues=found,
+        noun=noun_of(task),
+        typical=top[0][0] if habit else None,
+    )
 
 
 _MEAN_CLAIM = re.compile(r"average (?:rating )?(?:is |of )?(?:about |around )?(\d(?:\.\d+)?)", re.I)

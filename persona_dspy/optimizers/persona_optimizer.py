@@ -4,7 +4,9 @@
    genre) from the interactions *before* the replayed and gated ones, and write them into the
    persona under the task's base instructions (``grounding``, ``prompts.compose``). For a rating
    task the starting guidance is the *anchor*: the user's typical answer as a number, and the facets
-   that go higher or lower (``anchor=True``; a 1.5B model copies a number, it ignores "rate lower").
+   that go higher or lower (``anchor=True``; a 1.5B model copies a number, it ignores "rate lower");
+   for a label task, the user's habitual label as the typical answer and their next labels as the
+   exceptions (without it the model labels the item's topic among all the task's labels).
 2. **Replay** the user's latest ``n_recent`` interactions with that persona (memory bounded by each
    interaction's own time) and compare each simulated answer with what the user really did.
 3. **Textual loss and gradient**: the measured errors in words (plus an optional LM critique that
@@ -30,7 +32,15 @@ from persona_dspy.data.records import Interaction
 from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserError
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
-from persona_dspy.optimizers.grounding import RECENT_N, UserFacts, anchor_value, contradictions, measure, with_anchor
+from persona_dspy.optimizers.grounding import (
+    RECENT_N,
+    UserFacts,
+    anchor_value,
+    contradictions,
+    measure,
+    with_anchor,
+    with_label_anchor,
+)
 from persona_dspy.results import CompileResult, Step
 
 SCORE_TOLERANCE = 1e-9
@@ -159,6 +169,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             guidance_text = facts.anchor()  # the measured starting point: the user's typical answer as a number
         elif self.anchor and facts.typical is not None and anchor_value(guidance_text) is not None:
             guidance_text = with_anchor(guidance_text, facts.typical)  # a recompile starts from today's measure
+        elif self.anchor:
+            guidance_text = with_label_anchor(guidance_text, facts)  # ... its label habit too
         # an earlier compile's guidance is LM text, unless it is exactly what today's facts state
         measured = measured or (self.anchor and guidance_text == facts.anchor())
         result.rewritten = (False if facts.n else None) if measured else True
@@ -294,6 +306,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             moved = agent.task.parse(f"{float(new.typical) + stated - float(old.typical):.3f}")
             if moved is not None:
                 guidance = with_anchor(guidance, moved)
+        guidance = with_label_anchor(guidance, new)
         text = prompts.compose(base, new.text(), guidance)
         result.reason += f"; promoted re-grounded on {new.n} past interactions (facts had {old.n})"
         return text
