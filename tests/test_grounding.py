@@ -202,3 +202,11 @@ def test_label_cues_are_the_words_of_the_texts_filed_under_a_frequent_label():
     assert "They file articles about carpet, gowns under style & beauty." in facts.text()
     assert "under politics" not in facts.text() and "week" not in facts.text()  # one text of each label: no cue
     assert "They file" not in measure(TASKS["LaMP-2N"], items).text()  # cues are an option
+
+
+def test_the_label_anchor_reads_for_any_noun():
+    from persona_dspy.optimizers.grounding import UserFacts
+
+    facts = UserFacts(kind="label", n=4, labels=(("hit", 3), ("flop", 1)), typical="hit", noun="movie")
+    assert facts.anchor() == "For this user, answer hit for a typical movie; flop only for a movie plainly about that."
+    assert with_label_anchor(facts.anchor(), facts) == facts.anchor()

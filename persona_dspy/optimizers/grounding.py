@@ -183,7 +183,7 @@ class UserFacts:
             usual, others = self.typical, [label for label, _ in self.labels if label != self.typical]
             text = f"{ANCHOR_LEAD} {usual} for a typical {self.noun}"
             if others:
-                text += f"; {' or '.join(others)} only for an {self.noun} plainly about that"
+                text += f"; {' or '.join(others)} only for {with_article(self.noun)} plainly about that"
             return text + "."
         if self.kind != "rating" or not self.n or self.typical is None:
             return ""
@@ -193,6 +193,11 @@ class UserFacts:
         if self.lower:
             text += ", lower for " + ", ".join(f.name for f in self.lower)
         return text + "."
+
+
+def with_article(noun: str) -> str:
+    """``"an article"``, ``"a movie"``."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def noun_of(task: TaskSpec) -> str:

@@ -23,7 +23,7 @@ from textgrad.engine import EngineLM
 from persona_dspy.compat.textgrad import update_prompt
 from persona_dspy.data.records import Interaction
 from persona_dspy.optimizers import prompts
-from persona_dspy.optimizers.grounding import noun_of
+from persona_dspy.optimizers.grounding import noun_of, with_article
 from persona_dspy.signatures.tasks import TaskSpec
 
 # TextGrad logs every prompt at INFO to stderr and a file; the compile's texts are in its MLflow run instead.
@@ -162,7 +162,7 @@ def label_rules_of(cases: list[ReplayCase], task: TaskSpec, usual: str | None = 
     frequent label (the user overriding their own habit is an exception, not a rule)."""
     missed = Counter((task.parse(c.predicted), task.parse(c.interaction.output)) for c in cases if c.score < 1.0)
     return [
-        f"when an {noun_of(task)} looks like {said}, answer {user}"
+        f"when {with_article(noun_of(task))} looks like {said}, answer {user}"
         for (said, user), _ in sorted(missed.items(), key=lambda kv: (-kv[1], str(kv[0])))
         if said is not None and user is not None and said != usual
     ][:MAX_LABEL_RULES]
