@@ -124,9 +124,22 @@ def checks(case: UserHistory, persona: str | None) -> dict[str, Any]:
     }
 
 
+def recheck(rows: list[dict[str, Any]]) -> None:
+    """Every aligned row's checks computed again with today's ``checks`` (a check added after a row was
+    run then applies to it too: the label-habit contradiction, say); rows of an absent data set keep theirs."""
+    cases: dict[str, UserHistory] = {}
+    for name in {r["dataset"] for r in rows if r["method"] == MAIN}:
+        if DATASETS[name].exists():
+            cases.update({(name, c.query.id): c for c in load_shared(DATASETS[name]) if c.query is not None})
+    for r in rows:
+        case = cases.get((r["dataset"], r["case_id"]))
+        if r["method"] == MAIN and case is not None:
+            r["checks"] = checks(case, r["persona"])
+
+
 def profile_factory(memory: EpisodicMemory, case: UserHistory, method: str) -> Any:
-    """Only the ``profile`` method reads a semantic profile here (distilled from the case's past, one LM
-    call, a fresh store per case): the persona arms' numbers were measured without one, so the profile's
+    """Only the ``profile`` method reads a semantic profile here (distilled from the case's past: one LM
+    call, up to 3 on unusable output; a fresh store per case): the persona arms' numbers were measured without one, so the profile's
     worth is the ``profile`` arm's own line, not a confound of the others."""
     if method != "profile":
         return None
@@ -482,6 +495,7 @@ def main() -> None:
     if not args.report:
         run(args)
     rows = stored()
+    recheck(rows)
     summaries = summarize(rows)
     if not summaries:
         raise SystemExit("no stored cases: run without --report first")

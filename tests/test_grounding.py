@@ -110,18 +110,20 @@ def test_a_label_habit_is_the_anchor_and_the_next_labels_its_exceptions():
         "plainly about that."
     )
     assert anchor_value(facts.anchor()) is None  # not a number: the rating step never applies to it
-    assert measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel"])).anchor() == (
+    assert measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel"] * 3)).anchor() == (
         "For this user, answer travel for a typical article."
     )
+    assert measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel"] * 2)).anchor() == ""  # 2 answers: no habit yet
 
 
 def test_no_label_anchor_without_a_habit():
     # LaMP-2N has 15 labels: 2 of 16 answers (12.5%) is under twice a uniform choice's share (13.3%)
     spread = ["travel", "travel", *(label for label in TASKS["LaMP-2N"].labels if label != "travel")]
     assert measure(TASKS["LaMP-2N"], labelled("LaMP-2N", spread)).anchor() == ""
-    # LaMP-1 has 2 labels: no share reaches twice a uniform one's short of all answers, which is no habit
-    facts = measure(TASKS["LaMP-1"], labelled("LaMP-1", ["[1]"] * 3 + ["[2]"]))
-    assert facts.typical is None and facts.anchor() == ""
+    # LaMP-1 has 2 labels: its majority is the references' order, never a habit, even a unanimous one
+    for outputs in (["[1]"] * 3 + ["[2]"], ["[1]"] * 6):
+        facts = measure(TASKS["LaMP-1"], labelled("LaMP-1", outputs))
+        assert facts.typical is None and facts.anchor() == ""
 
 
 def test_a_label_anchor_follows_todays_habit():
@@ -131,6 +133,24 @@ def test_a_label_anchor_follows_todays_habit():
     assert with_label_anchor(guidance, new) == new.anchor() + " When an article looks like crime, answer travel."
     assert new.anchor().startswith("For this user, answer sports for a typical article; travel only")
     assert with_label_anchor("Answer briefly.", new) == "Answer briefly."
+    # an anchor the rewrite extended with a rule: only the anchor's clause is replaced
+    extended = old.anchor()[:-1] + "; when an article looks like crime, answer travel."
+    assert with_label_anchor(extended, new) == new.anchor()[:-1] + "; when an article looks like crime, answer travel."
+    # a sentence the LM wrote before it is not swallowed
+    lm_text = "For this user, answer politics only when it names a politician. " + old.anchor()
+    assert with_label_anchor(lm_text, new) == "For this user, answer politics only when it names a politician. " + (
+        new.anchor()
+    )
+    # no habit today: the stale anchor goes, the rest stays
+    none = measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel", "sports"]))
+    assert with_label_anchor(old.anchor() + " Be brief.", none) == "Be brief."
+
+
+def test_a_typical_label_other_than_the_habit_contradicts_the_facts():
+    facts = measure(TASKS["LaMP-2N"], labelled("LaMP-2N", ["travel"] * 4 + ["sports"]))
+    assert contradictions(facts.anchor(), facts) == []
+    assert contradictions("For this user, answer sports for a typical article.", facts)
+    assert contradictions("When an article looks like crime, answer sports.", facts) == []  # a rule, not the habit
 
 
 def test_the_typical_answer_is_the_median_of_the_latest_ratings_not_the_mean_of_all():

@@ -566,3 +566,45 @@ def test_a_label_persona_starts_from_the_users_habit_as_the_answer_to_copy(memor
     if anchor:  # measured, not written: every replayed answer matched, no rewrite call, and 2 gate wins
         assert result.rewritten is False and "every replayed answer matched" in result.stopped
         assert result.promoted and result.lm_calls == 3 + 2 * 2
+
+
+def habit_lm(label: str):
+    """The model copies the label a guidance states as typical; otherwise it answers sports."""
+
+    def respond(messages):
+        if prompts.prompt_kind(messages) in ("loss", "update"):
+            return rule(messages)
+        found = re.search(r"answer (.+?) for a typical article", messages[0]["content"])
+        return {"answer": found.group(1) if found else label}
+
+    return ScriptedLM(respond)
+
+
+def test_a_recompile_restates_the_label_habit_of_today_and_keeps_the_rest(memory):
+    items = articles("again", [f"story {i}" for i in range(13)], ["style & beauty"] * 13)
+    memory.add(items)
+    earlier = "For this user, answer travel for a typical article. Keep answers short."
+    student = PersonaAgent(
+        "LaMP-2N", user_id="again", memory=memory, persona=prompts.compose(DEFAULT_PERSONA, "", earlier)
+    )
+    with dspy.context(lm=habit_lm("sports")):
+        result = PersonaOptimizer(n_recent=3, n_val=2).compile(student, trainset=items).compile_result
+    guidance = prompts.decompose(result.steps[0].persona)[2]
+    assert guidance == "For this user, answer style & beauty for a typical article. Keep answers short."
+
+
+def test_a_promoted_label_persona_is_reground_on_the_habit_of_all_its_past(memory):
+    """Before the replayed and gated articles the user's habit was travel; with them it is style & beauty:
+    the gate scores the travel anchor (a tie, promoted by ``trust_measured``), the promotion re-grounds it."""
+    labels = ["travel"] * 4 + ["crime"] * 2 + ["sports"] * 2 + ["style & beauty"] * 7
+    items = articles("drift", [f"story {i}" for i in range(15)], labels)
+    memory.add(items)
+    with dspy.context(lm=habit_lm("sports")):
+        compiled = PersonaOptimizer(n_recent=3, n_val=2, trust_measured=True).compile(
+            PersonaAgent("LaMP-2N", user_id="drift", memory=memory), trainset=items
+        )
+    result = compiled.compile_result
+    assert "answer travel for a typical article" in result.gated_persona  # what the gate scored
+    assert result.promoted and "re-grounded" in result.reason
+    assert "answer style & beauty for a typical article" in compiled.persona
+    assert "answer travel for a typical article" not in compiled.persona

@@ -39,7 +39,10 @@ ratings (``benchmarks/ceiling.py``)."""
 HABIT = 2.0
 """Label tasks: the most frequent label is the user's typical answer when its share of their answers is
 at least this many times the share of a uniform choice among the task's labels (LaMP-2N, 15 labels:
-14%; LaMP-1, 2 labels: never, its majority is an artefact of the references' order)."""
+13.3%), and it was chosen at least ``MIN_HABIT_COUNT`` times. A task of ``HABIT`` labels or fewer has no
+habit (LaMP-1's majority is an artefact of the references' order)."""
+
+MIN_HABIT_COUNT = 3
 
 MIN_CUE_COUNT = 3
 """Label tasks: a label's cue words are stated only when the user chose it at least this many times ..."""
@@ -79,15 +82,24 @@ def with_anchor(guidance: str, value: str) -> str:
     return ANCHOR_NUMBER.sub(lambda m: m.group(0).replace(m.group(1), value, 1), guidance, count=1)
 
 
-LABEL_ANCHOR = re.compile(rf"{ANCHOR_LEAD} \S.*? for a typical \w+(?:; [^.;]+? only for an? \w+ plainly about that)?\.")
-"""A label task's typical answer as ``UserFacts.anchor`` states it."""
+LABEL_ANCHOR = re.compile(
+    rf"{ANCHOR_LEAD} [^.;\n]+? for a typical \w+(?:; [^.;\n]+? only for an? \w+ plainly about that)?(?=[.;])"
+)
+"""A label task's typical answer as ``UserFacts.anchor`` states it, without its closing punctuation: one
+clause, never across a sentence the LM wrote before or after it."""
+
+_STATED_LABEL = re.compile(rf"{ANCHOR_LEAD} ([^.;\n]+?) for a typical \w+")
 
 
 def with_label_anchor(guidance: str, facts: UserFacts) -> str:
-    """``guidance`` with the label anchor it states replaced by the one ``facts`` state (unchanged when
-    either states none): a recompile, or a promoted persona re-grounded, starts from today's habit."""
-    anchor = facts.anchor() if facts.kind == "label" else ""
-    return LABEL_ANCHOR.sub(lambda _: anchor, guidance, count=1) if anchor else guidance
+    """``guidance`` (a label task's) with the anchor it states replaced by the one ``facts`` state, or
+    removed when ``facts`` show no habit: a recompile starts from today's habit."""
+    if facts.kind != "label":
+        return guidance
+    anchor = facts.anchor()
+    if anchor:
+        return LABEL_ANCHOR.sub(lambda _: anchor[:-1], guidance, count=1)
+    return re.sub(rf"(?:{LABEL_ANCHOR.pattern})[.;]\s*", "", guidance, count=1).strip()
 
 
 _FACETS = re.compile(r"genres?:\s*(.+?)\s*$", re.I | re.M)
@@ -286,7 +298,12 @@ def measure(task: TaskSpec, history: Sequence[Interaction], recent: int = RECENT
         counts[a] += 1
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
     found = label_cues(task, answers) if cues and task.kind == "label" else ()
-    habit = task.kind == "label" and task.labels and top[0][1] / len(answers) >= HABIT / len(task.labels)
+    habit = (
+        task.kind == "label"
+        and len(task.labels) > HABIT
+        and top[0][1] >= MIN_HABIT_COUNT
+        and top[0][1] / len(answers) >= HABIT / len(task.labels)
+    )
     return UserFacts(
         kind=task.kind,
         n=len(answers),
@@ -313,7 +330,14 @@ def contradictions(text: str, facts: UserFacts, tolerance: float = 0.3) -> list[
     facet (genre) said to be rated higher / liked while its measured mean is below the user's
     average (or lower / disliked while above), judged only in sentences naming one facet; and one
     fixed answer for every task ("answer with a rating of 3.5"), which no measured preference supports.
+    Label tasks: a typical answer ("answer travel for a typical article") that is not the user's habit.
     """
+    if facts.kind == "label" and facts.n:
+        return [
+            f"states {m.group(1)!r} as the typical answer, measured habit {facts.typical or '(none)'}"
+            for m in _STATED_LABEL.finditer(text)
+            if m.group(1) != facts.typical
+        ]
     if facts.kind != "rating" or not facts.n or facts.mean is None:
         return []
     found = []

@@ -67,7 +67,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     user's past up to the compile (``_finalize``; ``result.gated_persona`` keeps the gated text).
 
     Ablations: ``ground=False`` leaves the facts out; ``anchor=False`` starts from the facts alone
-    and states the step as a direction; ``recent=0`` anchors on the mean of all past ratings, steps by
+    (no typical answer: for a label task, no habit) and states a rating step as a direction; ``recent=0`` anchors on the mean of all past ratings, steps by
     the whole replayed error and promotes the gated text as it is (the method before ``recent``);
     ``critique=True`` adds an LM critique to the measured loss; ``trust_measured=True`` promotes a
     candidate of measured facts alone when the gate shows it no worse (a tie is promoted), while an
@@ -166,11 +166,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         prior = facts.recent_n if self.anchor and self.recent and facts.kind == "rating" else 0
         measured = guidance_text in ("", prompts.NO_GUIDANCE)  # no guidance yet: only facts will be stated
         if self.anchor and facts.anchor() and measured:
-            guidance_text = facts.anchor()  # the measured starting point: the user's typical answer as a number
-        elif self.anchor and facts.typical is not None and anchor_value(guidance_text) is not None:
+            guidance_text = facts.anchor()  # the measured starting point: the user's typical answer
+        elif self.anchor and facts.kind == "rating" and facts.typical and anchor_value(guidance_text) is not None:
             guidance_text = with_anchor(guidance_text, facts.typical)  # a recompile starts from today's measure
         elif self.anchor:
-            guidance_text = with_label_anchor(guidance_text, facts)  # ... its label habit too
+            guidance_text = with_label_anchor(guidance_text, facts)  # ... from today's label habit too
         # an earlier compile's guidance is LM text, unless it is exactly what today's facts state
         measured = measured or (self.anchor and guidance_text == facts.anchor())
         result.rewritten = (False if facts.n else None) if measured else True
@@ -290,9 +290,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         scores it on answers it has not seen. Once promoted, those interactions are simply the user's
         latest past, and the most telling one for a drifting user, so the facts are measured again
         over the whole history and the guidance's typical answer follows the recent median, keeping the
-        step the alignment took from the first measurement (``typical_new + (stated - typical_old)``).
+        step the alignment took from the first measurement (``typical_new + (stated - typical_old)``). A
+        label task's anchor follows today's habit the same way (``with_label_anchor``; removed if there is
+        none), with or without ``recent``.
         """
-        history = self._history(agent) if self.recent else []
+        history = self._history(agent) if self.recent or agent.task.kind == "label" else []
         if not history:
             return agent.persona
         base, _, guidance = prompts.decompose(agent.persona)
@@ -302,7 +304,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if not new.n or new.n == old.n:
             return agent.persona
         stated = anchor_value(guidance)
-        if stated is not None and old.typical is not None and new.typical is not None:
+        if new.kind == "rating" and stated is not None and old.typical is not None and new.typical is not None:
             moved = agent.task.parse(f"{float(new.typical) + stated - float(old.typical):.3f}")
             if moved is not None:
                 guidance = with_anchor(guidance, moved)
