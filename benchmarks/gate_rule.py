@@ -257,19 +257,27 @@ def _preds(by_spec: dict[str, dict[str, dict]], skip: str = "") -> dict[str, dic
 def paired(
     task: Any, preds: dict[str, Any], ids: list[str], others: dict[str, dict[str, Any]], name: str = "`trust_measured`"
 ) -> list[str]:
-    """``preds`` (``name``) minus each of ``others`` on the users both have, MAE with intervals."""
-    scale = task.scale
+    """``preds`` (``name``) minus each of ``others`` on the cases both have, with intervals: MAE for a rating
+    task (negative: ``name`` better), accuracy for a label task (positive: ``name`` better)."""
+    rating = task.kind == "rating"
+    metric, kw = ("mae", {"scale": task.scale}) if rating else ("accuracy", {"labels": task.labels})
+    shown = "MAE" if rating else "accuracy"
     truths = {r["case_id"]: r["truth"] for r in stored()}
-    gold_of = {i: float(task.parse(truths[i])) for i in ids}
 
-    def values(p: dict[str, Any], ids: list[str]) -> list[float | None]:
-        return [float(task.parse(p[i])) if task.parse(p[i]) is not None else None for i in ids]
+    def value(answer: Any) -> Any:
+        parsed = task.parse(answer)
+        return float(parsed) if rating and parsed is not None else parsed
 
-    mae = metric_ci("mae", [gold_of[i] for i in ids], values(preds, ids), scale=scale)
+    gold_of = {i: value(truths[i]) for i in ids}
+
+    def values(p: dict[str, Any], ids: list[str]) -> list[Any]:
+        return [value(p[i]) for i in ids]
+
+    level = metric_ci(metric, [gold_of[i] for i in ids], values(preds, ids), **kw)
     lines = [
-        f"{name} MAE {mae[0]:.3f} [{mae[1]:.3f}, {mae[2]:.3f}] on {len(ids)} users.",
+        f"{name} {shown} {level[0]:.3f} [{level[1]:.3f}, {level[2]:.3f}] on {len(ids)} {'users' if rating else 'queries'}.",
         "",
-        f"| {name} vs | users | MAE difference [95% CI] | relative | interval excludes 0 |",
+        f"| {name} vs | cases | {shown} difference [95% CI] | relative | interval excludes 0 |",
         "|---|---|---|---|---|",
     ]
     for label, other in sorted(others.items()):
@@ -278,11 +286,12 @@ def paired(
             continue
         gold = [gold_of[i] for i in common]
         ref = values(other, common)
-        diff = paired_metric_diff("mae", gold, values(preds, common), ref, scale=scale)
-        base = metric_ci("mae", gold, ref, scale=scale, n=10)[0]
+        diff = paired_metric_diff(metric, gold, values(preds, common), ref, **kw)
+        base = metric_ci(metric, gold, ref, n=10, **kw)[0]
+        relative = (-1 if rating else 1) * 100 * diff[0] / base if base else float("nan")
         lines.append(
             f"| {label} | {len(common)} | {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}] | "
-            f"{-100 * diff[0] / base:+.1f}% | {'yes' if diff[1] > 0 or diff[2] < 0 else 'no'} |"
+            f"{relative:+.1f}% | {'yes' if diff[1] > 0 or diff[2] < 0 else 'no'} |"
         )
     return lines
 
