@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quality import compile_checks, summarize, verdict
+from quality import compile_checks, recheck, summarize, verdict
+
+from persona_dspy.optimizers import prompts
+from persona_dspy.signatures import DEFAULT_PERSONA
 
 GUIDANCE = "You answer.\nHow to answer for this user: For this user, answer {} for a typical movie."
 
@@ -71,3 +74,24 @@ def test_a_label_task_target_is_not_worse_than_the_best_method():
     tied = [label(s, u, "sports" if u < 6 else "politics") for u in range(10) for s in ("persona+align", "trivial")]
     target = next(line for line in verdict(summarize(tied)) if line.startswith("- lamp2n: `persona+align`"))
     assert "+0.0% relative" in target and "target met" in target
+
+
+def test_the_report_checks_every_stored_aligned_persona_again_with_todays_checks():
+    def lamp_row(guidance: str) -> dict:  # query-101 is a bundled LaMP-2N query of a style & beauty user
+        persona = prompts.compose(DEFAULT_PERSONA, "", guidance)
+        stale = {"base_kept": True, "contradictions": []}  # what a row written before the label check holds
+        return {
+            "dataset": "lamp2n",
+            "method": "persona+align",
+            "case_id": "query-101",
+            "persona": persona,
+            "checks": stale,
+        }
+
+    habit, other = (
+        lamp_row("For this user, answer style & beauty for a typical article."),
+        lamp_row("For this user, answer travel for a typical article."),
+    )
+    recheck([habit, other])
+    assert habit["checks"]["contradictions"] == [] and habit["checks"]["base_kept"]
+    assert "'travel' as the typical answer" in other["checks"]["contradictions"][0]
