@@ -199,34 +199,23 @@ def test_trivial_reads_no_memory_and_no_lm(memory):
 def test_profile_method_answers_from_a_profile_of_the_past_only_and_survives_a_failed_distillation(memory, caplog):
     from persona_dspy.memory import SemanticMemory
 
-    def distilled(profile: str):
+    def profile_case(profile: str, retries: int = 2):
+        """The ``profile`` method on one user, with a distiller that returns ``profile``; the case and its LM."""
+
         def respond(messages):
             if "previous_profile" in messages[0]["content"]:
                 return {"profile": profile}
             return rule(messages)
 
-        return respond
+        lm = ScriptedLM(respond)
+        semantic = lambda: SemanticMemory(memory, task="generic", retries=retries)
+        case = evaluate(free_text_cases(1), "profile", memory=memory, lm=lm, progress=False, semantic_factory=semantic)
+        return case.cases[0], lm
 
-    lm = ScriptedLM(distilled("- answers tersely\n- asks about gardens"))
-    case = evaluate(
-        free_text_cases(1),
-        "profile",
-        memory=memory,
-        lm=lm,
-        progress=False,
-        semantic_factory=lambda: SemanticMemory(memory, task="generic"),
-    ).cases[0]
+    case, lm = profile_case("- answers tersely\n- asks about gardens")
     answer_prompt = lm.history[-1]["messages"][-1]["content"]
     assert "asks about gardens" in answer_prompt and "past-answer-0-3" not in answer_prompt  # a profile, not episodes
     assert "HELD-OUT-ANSWER" not in lm.all_prompt_text() and case.lm_calls == 2  # distill, answer
-    failing = ScriptedLM(distilled("no bullet points at all"))
-    case = evaluate(
-        free_text_cases(1),
-        "profile",
-        memory=memory,
-        lm=failing,
-        progress=False,
-        semantic_factory=lambda: SemanticMemory(memory, task="generic", retries=1),
-    ).cases[0]
+    case, _ = profile_case("no bullet points at all", retries=1)
     assert case.prediction is not None and case.lm_calls == 3  # two failed distillations, then the answer
     assert "without a fresh profile" in caplog.text
