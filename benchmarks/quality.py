@@ -356,13 +356,14 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
         compiled = [c["compile"] for c in s["cases"].values() if not not_compiled(c)]
         compile_calls = _mean(c.get("lm_calls", 0) for c in compiled)
         compile_tokens = _mean(c.get("tokens", 0) for c in compiled)
+        unit = "users" if lower else "cases"  # LaMP-2N: several queries per user
         out.append(
-            f"- {s['dataset']}: `{s['spec']}` {key} {s[key][0]:.3f} ({s['n']} users) vs the best non-aligned method "
-            f"(`{best['spec']}`) {best_value:.3f} on the same {n} users: {100 * rel:+.1f}% relative, paired 95% interval "
+            f"- {s['dataset']}: `{s['spec']}` {key} {s[key][0]:.3f} ({s['n']} {unit}) vs the best non-aligned method "
+            f"(`{best['spec']}`) {best_value:.3f} on the same {n} {unit}: {100 * rel:+.1f}% relative, paired 95% interval "
             f"of the difference [{diff[1]:.3f}, {diff[2]:.3f}] -> target {'met' if met else 'NOT met'}. "
             f"Compile cost: {compile_calls:.1f} LM calls (target <= 15), {compile_tokens:.0f} tokens "
             f"(target <= 5,000) per compile, gate included"
-            + (f" ({len(compiled)} users compiled)." if len(compiled) < s["n"] else ".")
+            + (f" ({len(compiled)} {unit} compiled)." if len(compiled) < s["n"] else ".")
         )
         for spec, (n, diff) in sorted(s.get("paired", {}).items()):
             what = {"gepa": "GEPA at the same max_lm_calls", "trivial": "no LM: a statistic of the user's answers"}
@@ -370,7 +371,7 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
                 better = diff[2] < 0 if lower else diff[1] > 0
                 worse = diff[1] > 0 if lower else diff[2] < 0
                 out.append(
-                    f"  - vs `{spec}` ({what[spec.split(':')[0]]}) on {n} users: difference {diff[0]:+.3f} "
+                    f"  - vs `{spec}` ({what[spec.split(':')[0]]}) on {n} {unit}: difference {diff[0]:+.3f} "
                     f"[{diff[1]:.3f}, {diff[2]:.3f}] -> "
                     + ("better" if better else "worse" if worse else "not shown better or worse")
                     + "."
