@@ -145,7 +145,7 @@ def report(dataset: str, rows: list[dict[str, Any]], optimizer: PersonaOptimizer
     new = [answered[c] for c in flipped]
     others = {f"{MAIN} (default gate)" if spec == MAIN else spec: preds for spec, preds in _preds(by_spec).items()}
     return [
-        f"### {dataset} ({len(ids)} users: the stored `{MAIN}` compiles)",
+        f"### {dataset} ({len(ids)} {'queries' if dataset == 'lamp2n' else 'users'}: the stored `{MAIN}` compiles)",
         "",
         (
             f"- Promoted: {promoted} of {len(ids)} with the default gate; {promoted + len(flipped)} with "
