@@ -63,6 +63,9 @@ DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
 INT_OPTIONS = {"k", "chars", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls"}
 MODES = ("pipeline", "react")
 BOOL_OPTIONS = {"anchor", "critique", "ground", "trust_measured", "cues", "label_rules"}
+MIN_PAIRED = 10
+"""The verdict's best non-aligned method is chosen among methods run on at least this many of the aligned
+arm's users (and half of them): a method run on 5 users is in the tables, not the bar."""
 MIN_PAST = 1
 """Every case with a past is kept (all 43 Amazon users, all 62 LaMP-2N queries). A past too short to
 replay and gate (``n_recent + n_val``) compiles nothing: ``persona+align`` then answers with the
@@ -342,6 +345,7 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
             and o["spec"].split(":")[0] != "gepa"
             and not o["spec"].startswith("trivial:")
             and o["spec"] in s.get("paired", {})
+            and s["paired"][o["spec"]][0] >= max(MIN_PAIRED, s["n"] // 2)  # not a best on a handful of users
         ]
         if not others:
             continue
