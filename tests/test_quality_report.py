@@ -95,3 +95,10 @@ def test_the_report_checks_every_stored_aligned_persona_again_with_todays_checks
     recheck([habit, other])
     assert habit["checks"]["contradictions"] == [] and habit["checks"]["base_kept"]
     assert "'travel' as the typical answer" in other["checks"]["contradictions"][0]
+
+
+def test_a_method_run_on_a_handful_of_users_is_in_the_tables_not_the_bar():
+    exact_on_six = [row("profile", u, "4.0") for u in range(6)]  # exact, but on 6 of the 20 users
+    lines = verdict(summarize(rows() + exact_on_six))
+    target = next(line for line in lines if line.startswith("- movielens: `persona+align`"))
+    assert "(`trivial`) 1.000" in target and "target met" in target
