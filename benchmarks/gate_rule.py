@@ -144,8 +144,9 @@ def report(dataset: str, rows: list[dict[str, Any]], optimizer: PersonaOptimizer
     promoted = sum(bool(r.get("promoted")) for r in main.values())
     new = [answered[c] for c in flipped]
     others = {f"{MAIN} (default gate)" if spec == MAIN else spec: preds for spec, preds in _preds(by_spec).items()}
+    unit = "users" if get_task(rows[0]["task"]).kind == "rating" else "queries"
     return [
-        f"### {dataset} ({len(ids)} {'queries' if dataset == 'lamp2n' else 'users'}: the stored `{MAIN}` compiles)",
+        f"### {dataset} ({len(ids)} {unit}: the stored `{MAIN}` compiles)",
         "",
         (
             f"- Promoted: {promoted} of {len(ids)} with the default gate; {promoted + len(flipped)} with "

@@ -142,8 +142,8 @@ def recheck(rows: list[dict[str, Any]]) -> None:
 
 def profile_factory(memory: EpisodicMemory, case: UserHistory, method: str) -> Any:
     """Only the ``profile`` method reads a semantic profile here (distilled from the case's past: one LM
-    call, up to 3 on unusable output; a fresh store per case): the persona arms' numbers were measured without one, so the profile's
-    worth is the ``profile`` arm's own line, not a confound of the others."""
+    call, up to 3 on unusable output; a fresh store per case). The persona arms' numbers were measured
+    without one, so the profile's worth is the ``profile`` arm's own line, not a confound of the others."""
     if method != "profile":
         return None
     return lambda: SemanticMemory(memory, task=case.task)
