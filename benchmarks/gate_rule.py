@@ -16,6 +16,11 @@ stored run served. The report pairs the result with every stored method on the s
 Caveat (said again in the report): the rule was tried here after the stored compiles pointed at it (the
 gate left most users on the default persona, whose answers were worse than the anchor's), so these users
 chose the rule; users the benchmark has not run yet are the test of it.
+
+The test (fixed before its users ran, 2026-11-26): MovieLens users 158-240 (``TEST_FROM``) are run with the
+``persona+align:trust_measured=1`` arm and every non-aligned method, the default gate derived as for the
+arm. ``trust_measured`` becomes the default if, on those users alone, its MAE is no higher than the default
+gate's and its paired difference to ``trivial`` is negative (the point estimate; the interval is reported).
 """
 
 from __future__ import annotations
@@ -173,15 +178,25 @@ def stored_by_spec(dataset: str) -> dict[str, dict[str, dict]]:
 
 
 ARM = f"{MAIN}:trust_measured=1"
+TEST_FROM = {"movielens": 157}
+"""Per data set, the first case (0-based, in ``load_cases`` order) run after the rule was chosen: the test."""
 
 
-def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
+def test_ids(dataset: str) -> set[str] | None:
+    """The cases of the pre-registered test of the rule (None: no test for ``dataset``)."""
+    if dataset not in TEST_FROM:
+        return None
+    return {c.query.id for c in load_cases(dataset, 10_000)[TEST_FROM[dataset] :] if c.query is not None}
+
+
+def report_arm(dataset: str, strict: PersonaOptimizer, only: set[str] | None = None, title: str = "") -> list[str]:
     """The ``trust_measured`` arm run in full (users the rule was not chosen on), with the default gate
     derived from it: where the default would not have promoted, production (the default persona, the
-    ``persona`` method's agent) answers, so its stored answer is the default gate's. No LM call."""
+    ``persona`` method's agent) answers, so its stored answer is the default gate's. No LM call.
+    ``only``: these cases alone (the pre-registered test), under ``title``."""
     by_spec = stored_by_spec(dataset)
     arm, plain = by_spec.get(ARM, {}), by_spec.get("persona", {})
-    ids = sorted(i for i in arm if i in plain)
+    ids = sorted(i for i in arm if i in plain and (only is None or i in only))
     if len(ids) < 5:
         return []
     task = get_task(arm[ids[0]]["task"])
@@ -194,7 +209,7 @@ def report_arm(dataset: str, strict: PersonaOptimizer) -> list[str]:
     trusted = {i: arm[i]["prediction"] for i in ids}
     promoted = sum(bool(arm[i].get("promoted")) for i in ids)
     lines = [
-        f"### {dataset}: the `{ARM}` arm run in full ({len(ids)} users)",
+        f"### {dataset}: {title or f'the `{ARM}` arm run in full'} ({len(ids)} users)",
         "",
         (
             f"- Promoted: {promoted} of {len(ids)} with `trust_measured`; {promoted - len(demoted)} with the default "
@@ -299,7 +314,7 @@ def paired(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", default="movielens")
+    parser.add_argument("--datasets", default="movielens,lamp2n")
     parser.add_argument("--report", action="store_true", help="only write the report from stored answers")
     args = parser.parse_args()
     optimizer = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=True)  # the stored run's n_recent / n_val
@@ -326,6 +341,17 @@ def main() -> None:
             *report(dataset, rows, optimizer),
             "",
             *report_arm(dataset, strict),
+            "",
+            *(
+                report_arm(
+                    dataset,
+                    strict,
+                    only=test,
+                    title=f"the test, users {TEST_FROM[dataset] + 1} on, run after the rule was chosen",
+                )
+                if (test := test_ids(dataset))
+                else []
+            ),
             "",
             *report_combined(dataset, strict, optimizer),
             "",
