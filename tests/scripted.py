@@ -38,8 +38,17 @@ def rule_with_dspy_optimizers(messages: list[dict[str, str]]) -> str | dict[str,
     return rule(messages)
 
 
-def ratings(user_id: str, n: int = 6, *, genres: str = "Drama", start: float = 10.0, rating: str = "1.0") -> list:
-    """``n`` MovieLens-style interactions of one user, all rated ``rating``, one second apart."""
+def ratings(
+    user_id: str,
+    n: int = 6,
+    *,
+    genres: str = "Drama",
+    start: float = 10.0,
+    rating: str = "1.0",
+    outputs: list[str] | None = None,
+) -> list:
+    """``n`` MovieLens-style interactions of one user, all rated ``rating``, one second apart; with
+    ``outputs``, one interaction per given rating instead."""
     from persona_dspy.data import Interaction
 
     return [
@@ -47,11 +56,11 @@ def ratings(user_id: str, n: int = 6, *, genres: str = "Drama", start: float = 1
             user_id=user_id,
             id=f"m{i}",
             input=f"movie: Film {i} genres: {genres}",
-            output=rating,
+            output=out,
             timestamp=start + i,
             task="movielens_rating",
         )
-        for i in range(n)
+        for i, out in enumerate(outputs if outputs is not None else [rating] * n)
     ]
 
 

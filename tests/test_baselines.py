@@ -15,6 +15,7 @@ from persona_dspy.optimizers.baselines import GEPABaseline, MIPROv2Baseline
 from persona_dspy.signatures import DEFAULT_PERSONA
 
 from scripted import NEW_PERSONA, rule_with_dspy_optimizers
+from scripted import ratings as scripted_ratings
 
 
 @pytest.fixture
@@ -59,17 +60,7 @@ def test_gepa_stops_within_its_budget_with_the_gate(tmp_path, embedder, max_lm_c
     """dspy.GEPA counts metric calls, not its reflections, and checks its stoppers only before an
     iteration; the compile's budget stops it so that the gate still fits, whether its first proposal
     is perfect (a harsh user) or proposals keep losing their minibatch (a mixed user)."""
-    items = [
-        Interaction(
-            user_id="g",
-            id=f"m{i}",
-            input=f"movie: Film {i} genres: Comedy",
-            output=r,
-            timestamp=50.0 + i,
-            task="movielens_rating",
-        )
-        for i, r in enumerate(ratings)
-    ]
+    items = scripted_ratings("g", genres="Comedy", start=50.0, outputs=ratings)
     lm = ScriptedLM(rule_with_dspy_optimizers)
     with EpisodicMemory(Settings(qdrant=":memory:", state_dir=tmp_path), embedder=embedder) as memory:
         memory.add(items)

@@ -15,7 +15,7 @@ from persona_dspy.optimizers import PersonaOptimizer, prompts
 from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
 
-from scripted import NEW_PERSONA, articles, rule
+from scripted import NEW_PERSONA, articles, ratings, rule
 
 TASK_FIELD = re.compile(r"\[\[ ## task ## \]\]\n(.*?)\n", re.S)
 
@@ -226,18 +226,7 @@ def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, emb
 
 
 def rating_history(user_id: str, outputs: list[str]) -> UserHistory:
-    items = [
-        Interaction(
-            user_id=user_id,
-            id=f"m{i}",
-            input=f"movie: Film {i} (1999) genres: Drama",
-            output=out,
-            timestamp=100.0 + i,
-            task="movielens_rating",
-        )
-        for i, out in enumerate(outputs)
-    ]
-    return UserHistory(user_id=user_id, interactions=tuple(items))
+    return UserHistory(user_id=user_id, interactions=tuple(ratings(user_id, start=100.0, outputs=outputs)))
 
 
 def compile_with(memory, history, rule_fn, persona=DEFAULT_PERSONA, **kw):

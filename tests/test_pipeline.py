@@ -8,7 +8,7 @@ from __future__ import annotations
 import dspy
 
 from persona_dspy.agent import PersonaAgent
-from persona_dspy.data import Interaction, UserHistory
+from persona_dspy.data import UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer
 from persona_dspy.pipeline import align_user
@@ -60,17 +60,7 @@ def test_replay_never_shows_the_replayed_answer(memory, tracking):
 
 def test_gate_keeps_production_when_candidate_is_worse(memory, tracking):
     # the user rates high: the "harsh" persona the optimizer proposes is worse on held-back items
-    items = [
-        Interaction(
-            user_id="carol",
-            id=f"m{i}",
-            input=f"movie: Film {i} genres: Drama",
-            output=out,
-            timestamp=2000.0 + i,
-            task="movielens_rating",
-        )
-        for i, out in enumerate(["4.0", "4.0", "4.0", "1.0", "1.0"])
-    ]
+    items = ratings("carol", start=2000.0, outputs=["4.0", "4.0", "4.0", "1.0", "1.0"])
     memory.add(items)
     student = PersonaAgent("movielens_rating", user_id="carol", memory=memory)
     with dspy.context(lm=ScriptedLM(rule)):
