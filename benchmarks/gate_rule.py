@@ -225,7 +225,38 @@ def report_arm(dataset: str, strict: PersonaOptimizer, only: set[str] | None = N
         "",
         *paired(task, trusted, ids, {f"{MAIN} (default gate, derived)": derived, **_preds(by_spec, skip=ARM)}),
     ]
+    if only is not None and task.kind == "rating":
+        lines += ["", verdict(task, ids, trusted, derived, by_spec.get("trivial", {}))]
     return lines
+
+
+def verdict(task: Any, ids: list[str], trusted: dict[str, Any], default: dict[str, Any], trivial: dict) -> str:
+    """The pre-registered test's outcome (module docstring): ``trust_measured``'s MAE no higher than the
+    default gate's, and its paired difference to ``trivial`` negative (point estimates)."""
+    common = [i for i in ids if i in trivial]
+    truth = {r["case_id"]: float(task.parse(r["truth"])) for r in stored() if r["case_id"] in ids}
+
+    def mae(preds: dict[str, Any], on: list[str]) -> float:
+        lo, hi = task.scale
+        errors = []
+        for i in on:
+            value = task.parse(preds[i])
+            errors.append(abs(float(value) - truth[i]) if value is not None else max(truth[i] - lo, hi - truth[i]))
+        return sum(errors) / len(errors)
+
+    reference = {i: trivial[i]["prediction"] for i in common}
+    ok_gate = mae(trusted, ids) <= mae(default, ids) + 1e-9
+    ok_trivial = mae(trusted, common) < mae(reference, common) - 1e-9
+    return (
+        f"**The pre-registered test:** `trust_measured` MAE {mae(trusted, ids):.3f} vs the default gate "
+        f"{mae(default, ids):.3f} ({'no higher' if ok_gate else 'higher'}), vs `trivial` {mae(reference, common):.3f} "
+        f"on {len(common)} users ({'lower' if ok_trivial else 'not lower'}): "
+        + (
+            "passed, `trust_measured` becomes the default."
+            if ok_gate and ok_trivial
+            else "failed, the default gate stays."
+        )
+    )
 
 
 def report_combined(dataset: str, strict: PersonaOptimizer, trust: PersonaOptimizer) -> list[str]:
