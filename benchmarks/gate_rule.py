@@ -226,7 +226,15 @@ def report_arm(dataset: str, strict: PersonaOptimizer, only: set[str] | None = N
         *paired(task, trusted, ids, {f"{MAIN} (default gate, derived)": derived, **_preds(by_spec, skip=ARM)}),
     ]
     if only is not None and task.kind == "rating":
-        lines += ["", verdict(task, ids, trusted, derived, by_spec.get("trivial", {}))]
+        baselines = {spec: preds for spec, preds in _preds(by_spec).items() if not aligned(spec)}
+        lines += [
+            "",
+            "The default gate (derived) on the same users:",
+            "",
+            *paired(task, derived, ids, baselines, name=f"`{MAIN}` (default gate, derived)"),
+            "",
+            verdict(task, ids, trusted, derived, by_spec.get("trivial", {})),
+        ]
     return lines
 
 
