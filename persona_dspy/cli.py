@@ -427,8 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--critique", action="store_true", help="add an LM critique to the measured loss")
     fleet.add_argument(
         "--trust-measured",
-        action="store_true",
-        help="promote a persona of measured facts alone unless the gate shows it worse (a rewrite must still win)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="promote a persona of measured facts alone unless the gate shows it worse (a rewrite must still "
+        "win); --no-trust-measured asks it to win too",
     )
     fleet.add_argument("--max-lm-calls", type=positive, default=40, help="per-user budget")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")

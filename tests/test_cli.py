@@ -139,7 +139,7 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("flag, trusted", [([], False), (["--trust-measured"], True)])
+@pytest.mark.parametrize("flag, trusted", [([], True), (["--trust-measured"], True), (["--no-trust-measured"], False)])
 def test_compile_passes_trust_measured_to_the_optimizer(tmp_path, monkeypatch, flag, trusted):
     import persona_dspy.fleet
 

@@ -14,11 +14,13 @@
 4. **Step**: TextGrad's TGD rewrites the guidance into ``candidates`` rewrites; a rewrite that
    contradicts the facts is rejected; the others are replayed and the best is kept only if it
    replays strictly better.
-5. **Gate** (``_decide``): the candidate is promoted only with evidence: a higher mean score than
-   production on the ``n_val`` held-back interactions by more than ``min_gain``, and more wins than
-   losses there. With ``trust_measured=True``, a candidate that states only the measured facts (no
+5. **Gate** (``_decide``): the candidate is promoted only with evidence. A guidance the LM wrote needs
+   a higher mean score than production on the ``n_val`` held-back interactions by more than
+   ``min_gain``, and more wins than losses there. A candidate that states only the measured facts (no
    LM rewrite kept) already has its evidence, the ratings it was measured on: it is promoted unless
    the held-back interactions show it worse (a lower mean score, or more losses than wins).
+   ``trust_measured=False`` asks it to win too (the gate before; on the users it was tested on it
+   left most users on the default persona, which answered worse than the measured anchor).
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     Ablations: ``ground=False`` leaves the facts out; ``anchor=False`` starts from the facts alone
     (no typical answer: for a label task, no habit) and states a rating step as a direction; ``recent=0`` anchors on the mean of all past ratings, steps by
     the whole replayed error and promotes the gated text as it is (the method before ``recent``);
-    ``critique=True`` adds an LM critique to the measured loss; ``trust_measured=True`` promotes a
-    candidate of measured facts alone when the gate shows it no worse (a tie is promoted), while an
-    LM-written guidance still has to win; ``cues=True`` (label tasks) adds to the facts the words of the
+    ``critique=True`` adds an LM critique to the measured loss; ``trust_measured=False`` asks a
+    candidate of measured facts alone to win the gate as an LM-written guidance must (by default it is
+    promoted when the gate shows it no worse: a tie is promoted); ``cues=True`` (label tasks) adds to the facts the words of the
     texts the user filed under each frequent label ("They file articles about recipe, chef under
     healthy living"), the label analog of a rating's genre facets; ``label_rules=False`` states a label
     replay's step as a direction ("tell the assistant when this user chooses Y instead of X") instead of
@@ -91,7 +93,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         anchor: bool = True,
         recent: int = RECENT_N,
         min_gain: float = 0.0,
-        trust_measured: bool = False,
+        trust_measured: bool = True,
         cues: bool = False,
         label_rules: bool = True,
         n_val: int = 4,
@@ -324,8 +326,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     ) -> None:
         """Promote only with evidence: higher mean score by more than ``min_gain`` AND more wins than
         losses on the held-back interactions (a tie on every item is not evidence). With
-        ``trust_measured``, a candidate of measured facts alone brings its evidence (the ratings behind
-        it) and is promoted unless it scores lower or loses more than it wins."""
+        ``trust_measured`` (the default), a candidate of measured facts alone brings its evidence (the
+        ratings behind it) and is promoted unless it scores lower or loses more than it wins."""
         assert result.val_score_candidate is not None and result.val_score_production is not None
         score = agent.task.score
         diffs = [score(c, it.output) - score(p, it.output) for c, p, it in zip(candidate, production, val)]
