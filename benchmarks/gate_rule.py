@@ -38,7 +38,7 @@ from typing import Any
 import persona_dspy  # noqa: F401  (environment guards first)
 from persona_dspy import Settings
 from persona_dspy.agent import PersonaAgent
-from persona_dspy.evaluation import _ACTIONS, load_past
+from persona_dspy.evaluation import _ACTIONS, load_past, metrics
 from persona_dspy.lm import build_lm
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.optimizers import PersonaOptimizer
@@ -248,15 +248,10 @@ def verdict(task: Any, ids: list[str], trusted: dict[str, Any], default: dict[st
     """The pre-registered test's outcome (module docstring): ``trust_measured``'s MAE no higher than the
     strict gate's, and its paired difference to ``trivial`` negative (point estimates)."""
     common = [i for i in ids if i in trivial]
-    truth = {r["case_id"]: float(task.parse(r["truth"])) for r in stored() if r["case_id"] in ids}
+    truth = {r["case_id"]: r["truth"] for r in stored() if r["case_id"] in ids}
 
-    def mae(preds: dict[str, Any], on: list[str]) -> float:
-        lo, hi = task.scale
-        errors = []
-        for i in on:
-            value = task.parse(preds[i])
-            errors.append(abs(float(value) - truth[i]) if value is not None else max(truth[i] - lo, hi - truth[i]))
-        return sum(errors) / len(errors)
+    def mae(preds: dict[str, Any], on: list[str]) -> float:  # an invalid answer: the worst error, as evaluate
+        return metrics(task, [truth[i] for i in on], [preds[i] for i in on])["mae"]
 
     reference = {i: trivial[i]["prediction"] for i in common}
     ok_gate = mae(trusted, ids) <= mae(default, ids) + 1e-9
