@@ -239,16 +239,17 @@ def report_arm(dataset: str, strict: PersonaOptimizer, only: set[str] | None = N
             "",
             *paired(task, derived, ids, baselines, name=f"`{STRICT}` (strict gate, derived)"),
             "",
-            verdict(task, ids, trusted, derived, by_spec.get("trivial", {})),
+            verdict(task, {i: arm[i]["truth"] for i in ids}, trusted, derived, by_spec.get("trivial", {})),
         ]
     return lines
 
 
-def verdict(task: Any, ids: list[str], trusted: dict[str, Any], default: dict[str, Any], trivial: dict) -> str:
+def verdict(task: Any, truth: dict[str, str], trusted: dict[str, Any], default: dict[str, Any], trivial: dict) -> str:
     """The pre-registered test's outcome (module docstring): ``trust_measured``'s MAE no higher than the
-    strict gate's, and its paired difference to ``trivial`` negative (point estimates)."""
+    strict gate's, and its paired difference to ``trivial`` negative (point estimates). ``truth``: the test
+    cases' true answers."""
+    ids = sorted(truth)
     common = [i for i in ids if i in trivial]
-    truth = {r["case_id"]: r["truth"] for r in stored() if r["case_id"] in ids}
 
     def mae(preds: dict[str, Any], on: list[str]) -> float:  # an invalid answer: the worst error, as evaluate
         return metrics(task, [truth[i] for i in on], [preds[i] for i in on])["mae"]
