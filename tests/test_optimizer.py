@@ -492,6 +492,52 @@ def test_a_recompile_carrying_lm_written_guidance_is_not_trusted_as_measured(mem
     assert result.rewritten is True and not result.promoted  # a tie: the carried LM text must win
 
 
+# -- gate_replayed: a measured candidate is gated on the replayed interactions too -------------------------
+
+
+HISTORY_FIELD = re.compile(r"\[\[ ## history ## \]\]\n(.*?)\n\n\[\[ ## task ## \]\]", re.S)
+
+
+def history_outputs(history: UserHistory) -> list[str]:
+    return [it.output for it in history.interactions]
+
+
+def test_a_measured_candidate_is_gated_on_the_replayed_interactions_with_gate_replayed(memory):
+    # anchored on 20 ratings of 1.0 (the candidate answers 1.0, production 4.0); the one held-back rating
+    # is 4.0, the 3 replayed ones 1.0: on the held-back one alone the candidate loses, on all 4 it wins 3
+    history = rating_history("recent-gate", ["1.0"] * 20 + ["4.0"] + ["1.0"] * 3)
+    alone, _ = compile_with(memory, history, copier, iterations=1, n_val=1)
+    assert alone.rewritten is False and "0 better, 1 worse" in alone.reason and not alone.promoted
+    result, lm = compile_with(
+        memory,
+        rating_history("recent-gate2", history_outputs(history)),
+        copier,
+        n_val=1,
+        iterations=1,
+        gate_replayed=True,
+    )
+    assert result.rewritten is False and "3 better, 1 worse" in result.reason and result.promoted
+    assert result.val_ids == ["m20", "m21", "m22", "m23"]  # the held-back one, then the replayed ones
+    # the replay (3), production on all 4 gate items, the candidate only on the one it had not answered
+    assert result.lm_calls == len(lm.prompts) == 3 + 4 + 1
+    for messages in lm.prompts:  # no answer at or after the replayed or gated movie reaches its prompt
+        task, shown = TASK_FIELD.search(messages[-1]["content"]), HISTORY_FIELD.search(messages[-1]["content"])
+        current = int(re.search(r"Film (\d+)", task.group(1)).group(1))
+        earlier = [int(i) for i in re.findall(r"Film (\d+)", shown.group(1))]
+        assert earlier and max(earlier) < current
+
+
+def test_a_kept_rewrite_is_gated_on_the_held_back_interactions_only_with_gate_replayed(memory):
+    history = rating_history("drift3", ["4.0"] * 20 + ["1.0"] * 11)
+    plain, _ = compile_with(memory, history, stepper, iterations=1)
+    result, lm = compile_with(
+        memory, rating_history("drift4", history_outputs(history)), stepper, iterations=1, gate_replayed=True
+    )
+    assert result.rewritten is True and result.val_ids == ["m26", "m27"]  # the rewrite was taken from the replay
+    assert (result.lm_calls, result.reason, result.promoted) == (plain.lm_calls, plain.reason, plain.promoted)
+    assert result.lm_calls == len(lm.prompts)
+
+
 def test_a_label_replay_states_its_step_as_rules_or_as_a_direction():
     from persona_dspy.optimizers.textgrad_ops import measured_feedback, replay_case
 

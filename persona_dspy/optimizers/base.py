@@ -153,7 +153,8 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
                     result.initial_persona = agent.persona
                 agent.persona = self._align(agent, train, budget, result)
                 result.candidate_persona = agent.persona
-                self._gate(agent, production_text, val, budget, result)
+                items, known = self._gate_set(agent, train, val, result)
+                self._gate(agent, production_text, items, budget, result, known)
                 if result.promoted:
                     result.gated_persona = agent.persona
                     agent.persona = result.candidate_persona = self._finalize(agent, train, result)
@@ -225,8 +226,21 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         profile = agent.semantic.update(agent.user_id, before=before)
         return f"{agent.persona}\nWhat is known about this user:\n{profile.text}"[: self.max_persona_chars]
 
+    def _gate_set(
+        self, agent: PersonaAgent, train: list[Interaction], val: list[Interaction], result: CompileResult
+    ) -> tuple[list[Interaction], dict[str, str | None]]:
+        """The interactions the gate scores the candidate on, in time order, and the candidate's answers
+        already known for some of them (by id; they are not replayed again). Default: the held-back ones."""
+        return val, {}
+
     def _gate(
-        self, agent: PersonaAgent, production_text: str, val: list[Interaction], budget: Budget, result: CompileResult
+        self,
+        agent: PersonaAgent,
+        production_text: str,
+        val: list[Interaction],
+        budget: Budget,
+        result: CompileResult,
+        known: dict[str, str | None] | None = None,
     ) -> None:
         candidate_text = agent.persona
         if candidate_text == production_text:
@@ -235,10 +249,19 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         if not val:
             result.reason = "no held-back interactions to gate on; the candidate is not promoted"
             return
+        known = known or {}
+        result.val_ids = [it.id for it in val]
         agent.persona = production_text
         result.val_score_production, production = self.replay(agent, val, budget, "gate (production)")
         agent.persona = candidate_text
-        result.val_score_candidate, candidate = self.replay(agent, val, budget, "gate (candidate)")
+        fresh = [it for it in val if it.id not in known]
+        answers = (
+            dict(zip([it.id for it in fresh], self.replay(agent, fresh, budget, "gate (candidate)")[1]))
+            if fresh
+            else {}
+        )
+        candidate = [known[it.id] if it.id in known else answers[it.id] for it in val]
+        result.val_score_candidate = sum(agent.task.score(c, it.output) for c, it in zip(candidate, val)) / len(val)
         self._decide(agent, val, production, candidate, result)
 
     def _decide(

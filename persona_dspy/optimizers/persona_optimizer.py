@@ -77,7 +77,10 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     texts the user filed under each frequent label ("They file articles about recipe, chef under
     healthy living"), the label analog of a rating's genre facets; ``label_rules=False`` states a label
     replay's step as a direction ("tell the assistant when this user chooses Y instead of X") instead of
-    the rules to add ("when an article looks like X, answer Y").
+    the rules to add ("when an article looks like X, answer Y"). ``gate_replayed=True`` (an experiment,
+    off until measured) gates a candidate of measured facts alone on the replayed interactions as well as
+    the ``n_val`` held-back ones, reusing its replay answers: with ``n_val=1`` the gate scores the same 4
+    interactions as today's, the latest ones, for 8 LM calls instead of 11.
     """
 
     name = "PersonaOptimizer"
@@ -96,6 +99,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         trust_measured: bool = True,
         cues: bool = False,
         label_rules: bool = True,
+        gate_replayed: bool = False,
         n_val: int = 4,
         **kwargs: Any,
     ) -> None:
@@ -108,7 +112,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if recent < 0:
             raise ConfigurationError(f"recent must be >= 0 (got {recent})")
         self.min_gain, self.anchor, self.recent, self.trust_measured = min_gain, anchor, recent, trust_measured
-        self.cues, self.label_rules = cues, label_rules
+        self.cues, self.label_rules, self.gate_replayed = cues, label_rules, bool(gate_replayed)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -124,6 +128,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "trust_measured": self.trust_measured,
             "cues": self.cues,
             "label_rules": self.label_rules,
+            "gate_replayed": self.gate_replayed,
         }
 
     # -- grounding ---------------------------------------------------------------------------------
@@ -316,6 +321,18 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         return text
 
     # -- the gate ----------------------------------------------------------------------------------
+    def _gate_set(
+        self, agent: PersonaAgent, train: list[Interaction], val: list[Interaction], result: CompileResult
+    ) -> tuple[list[Interaction], dict[str, str | None]]:
+        """With ``gate_replayed``, a candidate of measured facts alone is gated on the replayed interactions
+        too: its facts stop before them and no rewrite was taken from them, so they are held out for it, and
+        they are the user's latest, the most like the next. Its replay answers are reused (only production
+        is replayed on them)."""
+        last = result.steps[-1] if result.steps else None
+        if not self.gate_replayed or result.rewritten is not False or last is None or last.persona != agent.persona:
+            return val, {}
+        return val + train, {it.id: p for it, p in zip(train, last.predictions)}
+
     def _decide(
         self,
         agent: PersonaAgent,
