@@ -62,7 +62,7 @@ STATISTIC = "trivial:recent=20"
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
 INT_OPTIONS = {"k", "chars", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls"}
 MODES = ("pipeline", "react")
-BOOL_OPTIONS = {"anchor", "critique", "ground", "trust_measured", "cues", "label_rules"}
+BOOL_OPTIONS = {"anchor", "critique", "ground", "trust_measured", "cues", "label_rules", "gate_replayed"}
 MIN_PAIRED = 10
 """The verdict's best non-aligned method is chosen among methods run on at least this many of the aligned
 arm's users (and half of them): a method run on 5 users is in the tables, not the bar."""
