@@ -92,6 +92,18 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+def split_methods(methods: str) -> list[str]:
+    """``"icl,persona+align:n_val=1,trust_measured=0"`` -> ``["icl", "persona+align:n_val=1,trust_measured=0"]``:
+    a part with ``=`` and no method name is one more option of the spec before it."""
+    specs: list[str] = []
+    for part in filter(None, methods.split(",")):
+        if specs and "=" in part and ":" not in part and part.partition("=")[0] not in METHODS:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
 def load_cases(name: str, users: int) -> list[UserHistory]:
     path = DATASETS[name]
     if not path.exists():
@@ -154,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
     point leaves every method on the same users (a paired comparison)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     done = {(r["dataset"], r["spec"], r["case_id"]) for r in stored()}
-    specs = [(spec, *parse_spec(spec)) for spec in args.methods.split(",")]
+    specs = [(spec, *parse_spec(spec)) for spec in split_methods(args.methods)]
     lm = None
     with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_quality")) as memory:
         for name in args.datasets.split(","):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quality import compile_checks, recheck, summarize, verdict
+from quality import compile_checks, parse_spec, recheck, split_methods, summarize, verdict
 
 from persona_dspy.optimizers import prompts
 from persona_dspy.signatures import DEFAULT_PERSONA
@@ -102,3 +102,9 @@ def test_a_method_run_on_a_handful_of_users_is_in_the_tables_not_the_bar():
     lines = verdict(summarize(rows() + exact_on_six))
     target = next(line for line in lines if line.startswith("- movielens: `persona+align`"))
     assert "(`trivial`) 1.000" in target and "target met" in target
+
+
+def test_an_arm_with_several_options_is_one_method_of_the_list():
+    methods = split_methods("trivial:recent=20,persona+align:gate_replayed=1,n_val=1,gepa")
+    assert methods == ["trivial:recent=20", "persona+align:gate_replayed=1,n_val=1", "gepa"]
+    assert parse_spec(methods[1]) == ("persona+align", {"gate_replayed": True, "n_val": 1})
