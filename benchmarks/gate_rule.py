@@ -25,7 +25,7 @@ gate's and its paired difference to ``trivial`` is negative (the point estimate;
 It passed, and the arm's rows are now ``persona+align`` (the default method), the strict gate's rows
 ``persona+align:trust_measured=0``.
 
-A second test (fixed 2026-11-26 19:45 UTC, after the arm had run on MovieLens users 77-80, which it
+A second test (fixed 2026-11-26 19:43 UTC, after the arm had run on MovieLens users 77-80, which it
 leaves out): ``gate_replayed=True, n_val=1`` (a measured candidate gated on the 3 replayed interactions and
 the one before them, 8 LM calls instead of 11) becomes the default if, on MovieLens users 81-124
 (``REPLAYED_TEST``, the users where ``persona+align`` ran directly), the arm
