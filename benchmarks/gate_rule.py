@@ -203,6 +203,62 @@ def test_ids(dataset: str) -> set[str] | None:
     return {c.query.id for c in load_cases(dataset, 10_000)[TEST_FROM[dataset] :] if c.query is not None}
 
 
+REPLAYED = "persona+align:gate_replayed=1,n_val=1"
+REPLAYED_TEST = slice(80, 124)
+"""The second test's MovieLens cases (0-based, ``load_cases`` order): users 81-124."""
+
+
+def report_replayed(dataset: str) -> list[str]:
+    """The second test (module docstring): ``REPLAYED`` against ``persona+align`` on the ``REPLAYED_TEST`` users
+    both ran, with its verdict; every user the arm ran on is paired against every method too."""
+    by_spec = stored_by_spec(dataset)
+    arm, main = by_spec.get(REPLAYED, {}), by_spec.get(ARM, {})
+    if dataset != "movielens" or len(arm) < 5:
+        return []
+    planned = [c.query.id for c in load_cases(dataset, 10_000)[REPLAYED_TEST] if c.query is not None]
+    ids = [i for i in planned if i in arm and i in main]
+    task = get_task(next(iter(arm.values()))["task"])
+    calls = [r["compile"]["lm_calls"] for r in arm.values() if r.get("compile")]
+    tokens = [r["compile"]["tokens"] for r in arm.values() if r.get("compile")]
+    test_tokens = [arm[i]["compile"]["tokens"] for i in ids if arm[i].get("compile")]
+    lines = [
+        f"### {dataset}: `{REPLAYED}` (a measured candidate gated on the replayed interactions too; {len(arm)} users)",
+        "",
+        (
+            f"- Compile cost: {sum(calls) / max(len(calls), 1):.1f} LM calls and {sum(tokens) / max(len(tokens), 1):,.0f} "
+            f"tokens on average ({len(calls)} compiles; `persona+align`: about 11 and 7,100). Promoted: "
+            f"{sum(bool(r.get('promoted')) for r in arm.values())} of {len(arm)}."
+        ),
+        "",
+        *paired(
+            task,
+            {i: r["prediction"] for i, r in arm.items()},
+            sorted(arm),
+            _preds(by_spec, skip=REPLAYED),
+            name=f"`{REPLAYED}`",
+        ),
+    ]
+    if len(ids) >= 5:
+        truth = {i: arm[i]["truth"] for i in ids}
+
+        def mae(spec_rows: dict[str, dict]) -> float:
+            return metrics(task, [truth[i] for i in ids], [spec_rows[i]["prediction"] for i in ids])["mae"]
+
+        cost = sum(test_tokens) / max(len(test_tokens), 1)
+        ok = mae(arm) <= mae(main) + 1e-9 and cost <= 5000
+        lines += [
+            "",
+            (
+                f"**The second pre-registered test** (users 81-124; the run reached {len(ids)} of {len(planned)}): "
+                f"`{REPLAYED}` MAE {mae(arm):.3f} vs `{ARM}` {mae(main):.3f} "
+                f"({'no higher' if mae(arm) <= mae(main) + 1e-9 else 'higher'}), {cost:,.0f} tokens per compile "
+                f"({'within' if cost <= 5000 else 'over'} 5,000): "
+                + ("passed." if ok else "failed, today's gate stays the default.")
+            ),
+        ]
+    return lines
+
+
 def report_arm(dataset: str, strict: PersonaOptimizer, only: set[str] | None = None, title: str = "") -> list[str]:
     """The ``trust_measured`` arm run in full (users the rule was not chosen on), with the strict gate
     derived from it: where the strict gate would not have promoted, production (the default persona, the
@@ -406,6 +462,8 @@ def main() -> None:
             ),
             "",
             *report_combined(dataset, strict, optimizer),
+            "",
+            *report_replayed(dataset),
             "",
         ]
     replace_section(ROOT / "BENCHMARKS.md", HEADING, "\n".join(body))
