@@ -517,6 +517,7 @@ def test_a_measured_candidate_is_gated_on_the_replayed_interactions_with_gate_re
         gate_replayed=True,
     )
     assert result.rewritten is False and "3 better, 1 worse" in result.reason and result.promoted
+    assert "3 of the 4 were replayed first" in result.reason
     assert result.val_ids == ["m20", "m21", "m22", "m23"]  # the held-back one, then the replayed ones
     # the replay (3), production on all 4 gate items, the candidate only on the one it had not answered
     assert result.lm_calls == len(lm.prompts) == 3 + 4 + 1
@@ -528,11 +529,20 @@ def test_a_measured_candidate_is_gated_on_the_replayed_interactions_with_gate_re
 
 
 def test_a_kept_rewrite_is_gated_on_the_held_back_interactions_only_with_gate_replayed(memory):
+    def once(messages):  # steps from the anchor once, then returns the kept rewrite unchanged
+        found = re.search(r"instead of (\d\.\d)", messages[-1]["content"])
+        if prompts.prompt_kind(messages) == "update" and found and found.group(1) != "4.0":
+            return f"<IMPROVED_VARIABLE>For this user, answer {found.group(1)} for a typical movie.</IMPROVED_VARIABLE>"
+        return stepper(messages)
+
+    # two iterations: the second starts from the kept rewrite and ends there, so the last replay is the
+    # candidate's own, made on the interactions its rewrite was taken from
     history = rating_history("drift3", ["4.0"] * 20 + ["1.0"] * 11)
-    plain, _ = compile_with(memory, history, stepper, iterations=1)
+    plain, _ = compile_with(memory, history, once, iterations=2)
     result, lm = compile_with(
-        memory, rating_history("drift4", history_outputs(history)), stepper, iterations=1, gate_replayed=True
+        memory, rating_history("drift4", history_outputs(history)), once, iterations=2, gate_replayed=True
     )
+    assert result.steps[-1].persona == result.gated_persona and "no usable rewrite" in result.stopped
     assert result.rewritten is True and result.val_ids == ["m26", "m27"]  # the rewrite was taken from the replay
     assert (result.lm_calls, result.reason, result.promoted) == (plain.lm_calls, plain.reason, plain.promoted)
     assert result.lm_calls == len(lm.prompts)

@@ -263,6 +263,8 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         candidate = [known[it.id] if it.id in known else answers[it.id] for it in val]
         result.val_score_candidate = sum(agent.task.score(c, it.output) for c, it in zip(candidate, val)) / len(val)
         self._decide(agent, val, production, candidate, result)
+        if known:
+            result.reason += f"; {len(known)} of the {len(val)} were replayed first, their answers reused"
 
     def _decide(
         self,

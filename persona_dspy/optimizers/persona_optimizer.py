@@ -60,7 +60,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
 
     Cost: ``n_recent`` replays, then per iteration ``candidates`` rewrites (+1 critique with
     ``critique=True``) and ``n_recent`` replays per usable rewrite, and ``2 * n_val`` gate replays
-    when the persona changed. Defaults (3 + 1 + 3 + 2 * 4): 15 LM calls at most.
+    when the persona changed (``gate_replayed`` and a measured candidate: ``2 * n_val + n_recent``).
+    Defaults (3 + 1 + 3 + 2 * 4): 15 LM calls at most.
 
     The loop stops early when every replayed answer matches the user, when a rating replay's step is
     below ``MIN_SHIFT`` (its mean signed error weighed against the ``recent`` ratings behind the
@@ -327,11 +328,18 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         """With ``gate_replayed``, a candidate of measured facts alone is gated on the replayed interactions
         too: its facts stop before them and no rewrite was taken from them, so they are held out for it, and
         they are the user's latest, the most like the next. Its replay answers are reused (only production
-        is replayed on them)."""
+        is replayed on them).
+
+        Caveats: the candidate reaches the gate as facts alone partly because of how it replayed (no step,
+        every answer matched, or no rewrite replayed better), so the replayed items lean its way a little; and
+        a production persona learned elsewhere on these same interactions (a GEPA instruction) is carried in
+        the candidate's base text, which the facts do not bound."""
         last = result.steps[-1] if result.steps else None
         if not self.gate_replayed or result.rewritten is not False or last is None or last.persona != agent.persona:
             return val, {}
-        return val + train, {it.id: p for it, p in zip(train, last.predictions)}
+        held = {it.id for it in val}
+        items = sorted(val + [it for it in train if it.id not in held], key=lambda it: (it.timestamp, it.id))
+        return items, {it.id: p for it, p in zip(train, last.predictions) if it.id not in held}
 
     def _decide(
         self,
