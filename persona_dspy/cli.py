@@ -135,6 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             k=args.k,
             n_recent=args.n_recent,
             iterations=args.iterations,
+            n_val=args.n_val,
             max_lm_calls=args.max_lm_calls,
             semantic_factory=lambda: SemanticMemory(memory, task=cases[0].task),
         )
@@ -403,7 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--users", type=positive, help="only the first K users")
     evaluate.add_argument("--k", type=positive, default=4, help="episodes in the prompt (icl, rag, persona)")
     evaluate.add_argument("--n-recent", type=positive, default=3)
-    evaluate.add_argument("--iterations", type=positive, default=2)
+    evaluate.add_argument("--iterations", type=positive, default=1)
+    evaluate.add_argument(
+        "--n-val", type=non_negative, default=4, help="held-back interactions the gate replays (aligning methods)"
+    )
     evaluate.add_argument("--max-lm-calls", type=positive, default=20, help="per-user budget of the aligning methods")
     evaluate.add_argument("--out", type=output_file, help="write per-case results as JSON")
     evaluate.set_defaults(func=cmd_evaluate)

@@ -61,6 +61,7 @@ BAD_ARGUMENTS = {
         "{tmp}/nowhere/out.json",
     ],
     "evaluate --k 0": ["evaluate", "--data", "{data}", "--method", "icl", "--k", "0"],
+    "evaluate --n-val -1": ["evaluate", "--data", "{data}", "--method", "persona+align", "--n-val", "-1"],
     "ingest DIR": ["ingest", "{tmp}"],
     "ingest MISSING": ["ingest", "{tmp}/missing.jsonl"],
     "rollback --to 0": ["rollback", "u", "--to", "0"],
