@@ -656,3 +656,33 @@ def test_a_promoted_label_persona_is_reground_on_the_habit_of_all_its_past(memor
     assert result.promoted and "re-grounded" in result.reason
     assert "answer style & beauty for a typical article" in compiled.persona
     assert "answer travel for a typical article" not in compiled.persona
+
+
+# -- lean: the persona states the anchor, not the facts behind it -------------------------------------------
+
+
+def test_a_lean_persona_states_the_anchor_without_the_facts_and_its_prompts_are_shorter(memory):
+    outputs = ["4.0"] * 20 + ["1.0"] * 11
+    full, full_lm = compile_with(memory, rating_history("lean-off", outputs), stepper, iterations=1)
+    result, lm = compile_with(memory, rating_history("lean-on", outputs), stepper, iterations=1, lean=True)
+    # the same measured step and decision: the facts still ground the loss; only the persona is shorter
+    assert result.steps[0].loss == full.steps[0].loss and result.promoted == full.promoted is True
+    for persona in (result.steps[0].persona, result.gated_persona, result.candidate_persona):
+        assert prompts.FACTS_HEADER not in persona and "for a typical movie" in persona
+        assert persona.startswith(DEFAULT_PERSONA)
+    assert "answer 0.5 for a typical movie" in result.candidate_persona  # re-grounded as without lean
+    assert prompts.FACTS_HEADER in full.candidate_persona
+    # the rewrite still sees the facts; no agent prompt does
+    updates = [m for m in lm.prompts if prompts.prompt_kind(m) == "update"]
+    facts = prompts.decompose(full.steps[0].persona)[1]
+    assert facts.startswith("This user's average rating is")
+    assert updates and all(f"Facts measured from the user's past answers: {facts}" in m[-1]["content"] for m in updates)
+    agents = [m for m in lm.prompts if prompts.prompt_kind(m) == "other"]
+    assert agents and not any(prompts.FACTS_HEADER in m[0]["content"] for m in agents)
+    assert len(lm.prompts) == len(full_lm.prompts) and result.tokens < full.tokens
+
+
+def test_a_lean_persona_whose_guidance_states_no_anchor_keeps_the_facts(memory):
+    history = rating_history("lean-plain", ["1.0"] * 10)
+    result, _ = compile_with(memory, history, deaf, iterations=1, lean=True, anchor=False)
+    assert "average rating is 1.0" in result.steps[0].persona  # without an anchor, the facts are the guidance

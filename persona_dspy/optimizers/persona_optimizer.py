@@ -35,6 +35,7 @@ from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserEr
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
 from persona_dspy.optimizers.grounding import (
+    LABEL_ANCHOR,
     RECENT_N,
     UserFacts,
     anchor_value,
@@ -81,7 +82,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     the rules to add ("when an article looks like X, answer Y"). ``gate_replayed=True`` (an experiment,
     off until measured) gates a candidate of measured facts alone on the replayed interactions as well as
     the ``n_val`` held-back ones, reusing its replay answers: with ``n_val=1`` the gate scores the same 4
-    interactions as today's, the latest ones, for 8 LM calls instead of 11.
+    interactions as today's, the latest ones, for 8 LM calls instead of 11. ``lean=True`` (an experiment,
+    off until measured) leaves the facts out of the persona when its guidance states the anchor (the facts
+    still ground the loss and bound the rewrite): every replay, gate and answer prompt is shorter.
     """
 
     name = "PersonaOptimizer"
@@ -101,6 +104,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         cues: bool = False,
         label_rules: bool = True,
         gate_replayed: bool = False,
+        lean: bool = False,
         n_val: int = 4,
         **kwargs: Any,
     ) -> None:
@@ -114,6 +118,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             raise ConfigurationError(f"recent must be >= 0 (got {recent})")
         self.min_gain, self.anchor, self.recent, self.trust_measured = min_gain, anchor, recent, trust_measured
         self.cues, self.label_rules, self.gate_replayed = cues, label_rules, bool(gate_replayed)
+        self.lean = bool(lean)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -130,6 +135,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "cues": self.cues,
             "label_rules": self.label_rules,
             "gate_replayed": self.gate_replayed,
+            "lean": self.lean,
         }
 
     # -- grounding ---------------------------------------------------------------------------------
@@ -167,7 +173,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         facts_text = facts.text()
 
         def persona_of(guidance: str) -> str:
-            return prompts.compose(base, facts_text, "" if guidance == prompts.NO_GUIDANCE else guidance)
+            guidance = "" if guidance == prompts.NO_GUIDANCE else guidance
+            return prompts.compose(base, self._shown(facts, guidance), guidance)
 
         engine = DSPyEngine()
         # the ratings behind the anchor, against which a replay's errors are weighed
@@ -253,6 +260,14 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             result.stopped = f"{self.iterations} iteration(s) done"
         return persona_of(guidance.value)
 
+    def _shown(self, facts: UserFacts, guidance: str) -> str:
+        """The facts the persona states besides its guidance: all of them; with ``lean``, none when the
+        guidance states the user's typical answer (the anchor: the number or habit to copy, and the facets
+        that go higher or lower). The facts still bound the loss, the rewrite and its rejection; the prompts
+        of every replay, gate and answer get shorter."""
+        states = anchor_value(guidance) is not None or LABEL_ANCHOR.search(guidance) is not None
+        return "" if self.lean and states else facts.text()
+
     def _rewrites(
         self, optimizer: Any, guidance: Any, engine: Any, train: list[Interaction], facts: UserFacts, step: Step
     ) -> list[str]:
@@ -317,7 +332,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             if moved is not None:
                 guidance = with_anchor(guidance, moved)
         guidance = with_label_anchor(guidance, new)
-        text = prompts.compose(base, new.text(), guidance)
+        text = prompts.compose(base, self._shown(new, guidance), guidance)
         result.reason += f"; promoted re-grounded on {new.n} past interactions (facts had {old.n})"
         return text
 
