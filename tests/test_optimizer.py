@@ -686,3 +686,18 @@ def test_a_lean_persona_whose_guidance_states_no_anchor_keeps_the_facts(memory):
     history = rating_history("lean-plain", ["1.0"] * 10)
     result, _ = compile_with(memory, history, deaf, iterations=1, lean=True, anchor=False)
     assert "average rating is 1.0" in result.steps[0].persona  # without an anchor, the facts are the guidance
+
+
+def test_a_lean_label_persona_states_the_habit_without_the_label_shares(memory):
+    labels = ["travel"] * 4 + ["crime"] * 2 + ["sports"] * 2 + ["style & beauty"] * 7
+    items = articles("lean-drift", [f"story {i}" for i in range(15)], labels)
+    memory.add(items)
+    with dspy.context(lm=habit_lm("sports")):
+        compiled = PersonaOptimizer(n_recent=3, n_val=2, lean=True).compile(
+            PersonaAgent("LaMP-2N", user_id="lean-drift", memory=memory), trainset=items
+        )
+    result = compiled.compile_result
+    assert "answer travel for a typical article" in result.gated_persona and result.promoted
+    assert "answer style & beauty for a typical article" in compiled.persona  # re-grounded as without lean
+    for persona in (result.gated_persona, compiled.persona):
+        assert prompts.FACTS_HEADER not in persona and "most frequent answers" not in persona
