@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quality import compile_checks, parse_spec, recheck, split_methods, summarize, verdict
+from quality import compile_checks, parse_spec, recheck, rerun_noise, split_methods, summarize, verdict
 
 from persona_dspy.optimizers import prompts
 from persona_dspy.signatures import DEFAULT_PERSONA
@@ -108,3 +108,14 @@ def test_an_arm_with_several_options_is_one_method_of_the_list():
     methods = split_methods("trivial:recent=20,persona+align:gate_replayed=1,n_val=1,gepa")
     assert methods == ["trivial:recent=20", "persona+align:gate_replayed=1,n_val=1", "gepa"]
     assert parse_spec(methods[1]) == ("persona+align", {"gate_replayed": True, "n_val": 1})
+
+
+def test_run_to_run_noise_counts_unpromoted_answers_that_differ_from_the_same_prompts_persona_answer():
+    """Unpromoted compiles served the default persona: 2 of the 8 differ from `persona`'s answer. Promoted ones,
+    and arms whose prompt differs from `persona`'s (other episodes), are not counted."""
+    data = [row("persona", u, "4.0") for u in range(10)]
+    data += [row("persona+align", u, "3.5" if u < 2 else "4.0", promoted=u >= 8) for u in range(10)]
+    data += [row("persona+align:k=16", u, "2.0", promoted=False) for u in range(10)]
+    (line,) = rerun_noise(summarize(data))
+    assert "of 8 answers" in line and "2 (25%) differ" in line
+    assert rerun_noise(summarize([r for r in data if r["spec"] != "persona"])) == []
