@@ -12,6 +12,7 @@ from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer, prompts
+from persona_dspy.optimizers.grounding import UserFacts
 from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
 
@@ -701,3 +702,25 @@ def test_a_lean_label_persona_states_the_habit_without_the_label_shares(memory):
     assert "answer style & beauty for a typical article" in compiled.persona  # re-grounded as without lean
     for persona in (result.gated_persona, compiled.persona):
         assert prompts.FACTS_HEADER not in persona and "most frequent answers" not in persona
+
+
+def test_lean_leaves_the_facts_out_only_for_a_guidance_that_states_the_anchor():
+    facts = UserFacts(kind="rating", n=10, mean=3.0, low=2.0, high=4.0, typical="3.0", recent=3.0, recent_n=10)
+    lean = PersonaOptimizer(lean=True)
+    assert lean._shown(facts, "For this user, answer 3.0 for a typical movie, higher for Drama.") == ""
+    for guidance in ("Rate below average; do not answer 5 for a typical movie.", "For this user, rate lower.", ""):
+        assert lean._shown(facts, guidance) == facts.text() != ""  # no anchor left: the facts stay
+    assert PersonaOptimizer()._shown(facts, "For this user, answer 3.0 for a typical movie.") == facts.text()
+
+
+def test_a_lean_measured_candidate_gated_on_its_replay_costs_the_same_calls_in_fewer_tokens(memory):
+    outputs = ["1.0"] * 20 + ["4.0"] + ["1.0"] * 3
+    full, _ = compile_with(
+        memory, rating_history("lean-gr0", outputs), copier, iterations=1, n_val=1, gate_replayed=True
+    )
+    result, _ = compile_with(
+        memory, rating_history("lean-gr1", outputs), copier, iterations=1, n_val=1, gate_replayed=True, lean=True
+    )
+    assert (result.reason, result.promoted, result.lm_calls) == (full.reason, full.promoted, 3 + 4 + 1)
+    assert "3 of the 4 were replayed first" in result.reason and result.tokens < full.tokens
+    assert prompts.FACTS_HEADER not in result.candidate_persona

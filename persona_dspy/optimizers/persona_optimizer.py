@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -35,6 +36,7 @@ from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserEr
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
 from persona_dspy.optimizers.grounding import (
+    ANCHOR_LEAD,
     LABEL_ANCHOR,
     RECENT_N,
     UserFacts,
@@ -54,6 +56,10 @@ MIN_LEAK_CHARS = 12
 answers). A label task's labels are its output contract, not answers to memorize: never redacted."""
 
 MAX_GUIDANCE_CHARS = 400
+
+STATED_ANCHOR = re.compile(rf"{ANCHOR_LEAD} (?:about |around )?\d(?:\.\d)? for a typical \w+")
+"""A rating guidance states the anchor as the measured starting guidance does ("For this user, answer 3.5 for
+a typical movie"), not merely a number next to "typical" ("do not answer 5 for a typical movie")."""
 
 
 class PersonaOptimizer(GatedPersonaOptimizer):
@@ -265,7 +271,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         guidance states the user's typical answer (the anchor: the number or habit to copy, and the facets
         that go higher or lower). The facts still bound the loss, the rewrite and its rejection; the prompts
         of every replay, gate and answer get shorter."""
-        states = anchor_value(guidance) is not None or LABEL_ANCHOR.search(guidance) is not None
+        states = STATED_ANCHOR.search(guidance) is not None or LABEL_ANCHOR.search(guidance) is not None
         return "" if self.lean and states else facts.text()
 
     def _rewrites(
