@@ -642,16 +642,21 @@ def test_a_recompile_restates_the_label_habit_of_today_and_keeps_the_rest(memory
     assert guidance == "For this user, answer style & beauty for a typical article. Keep answers short."
 
 
+def compile_drifting_habit(memory, user_id: str, **options) -> PersonaAgent:
+    """A user whose label habit was travel before the replayed and gated articles, style & beauty with them."""
+    labels = ["travel"] * 4 + ["crime"] * 2 + ["sports"] * 2 + ["style & beauty"] * 7
+    items = articles(user_id, [f"story {i}" for i in range(15)], labels)
+    memory.add(items)
+    with dspy.context(lm=habit_lm("sports")):
+        return PersonaOptimizer(n_recent=3, n_val=2, **options).compile(
+            PersonaAgent("LaMP-2N", user_id=user_id, memory=memory), trainset=items
+        )
+
+
 def test_a_promoted_label_persona_is_reground_on_the_habit_of_all_its_past(memory):
     """Before the replayed and gated articles the user's habit was travel; with them it is style & beauty:
     the gate scores the travel anchor (a tie, promoted by ``trust_measured``), the promotion re-grounds it."""
-    labels = ["travel"] * 4 + ["crime"] * 2 + ["sports"] * 2 + ["style & beauty"] * 7
-    items = articles("drift", [f"story {i}" for i in range(15)], labels)
-    memory.add(items)
-    with dspy.context(lm=habit_lm("sports")):
-        compiled = PersonaOptimizer(n_recent=3, n_val=2, trust_measured=True).compile(
-            PersonaAgent("LaMP-2N", user_id="drift", memory=memory), trainset=items
-        )
+    compiled = compile_drifting_habit(memory, "drift", trust_measured=True)
     result = compiled.compile_result
     assert "answer travel for a typical article" in result.gated_persona  # what the gate scored
     assert result.promoted and "re-grounded" in result.reason
@@ -690,13 +695,7 @@ def test_a_lean_persona_whose_guidance_states_no_anchor_keeps_the_facts(memory):
 
 
 def test_a_lean_label_persona_states_the_habit_without_the_label_shares(memory):
-    labels = ["travel"] * 4 + ["crime"] * 2 + ["sports"] * 2 + ["style & beauty"] * 7
-    items = articles("lean-drift", [f"story {i}" for i in range(15)], labels)
-    memory.add(items)
-    with dspy.context(lm=habit_lm("sports")):
-        compiled = PersonaOptimizer(n_recent=3, n_val=2, lean=True).compile(
-            PersonaAgent("LaMP-2N", user_id="lean-drift", memory=memory), trainset=items
-        )
+    compiled = compile_drifting_habit(memory, "lean-drift", lean=True)
     result = compiled.compile_result
     assert "answer travel for a typical article" in result.gated_persona and result.promoted
     assert "answer style & beauty for a typical article" in compiled.persona  # re-grounded as without lean
