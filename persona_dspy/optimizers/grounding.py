@@ -69,6 +69,9 @@ _STOPWORDS = frozenset(
 ANCHOR_LEAD = "For this user, answer"
 ANCHOR_NUMBER = re.compile(r"answer (?:about |around )?(\d(?:\.\d)?) for a typical \w+", re.I)
 """The typical answer a guidance states; group 1 is the number."""
+STATED_ANCHOR = re.compile(rf"{ANCHOR_LEAD} (?:about |around )?\d(?:\.\d)? for a typical \w+")
+"""A rating guidance states the anchor as ``UserFacts.anchor`` does ("For this user, answer 3.5 for a typical
+movie"), not merely a number next to "typical" ("do not answer 5 for a typical movie")."""
 
 
 def anchor_value(guidance: str) -> float | None:

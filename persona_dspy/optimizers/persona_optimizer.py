@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -36,9 +35,9 @@ from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserEr
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
 from persona_dspy.optimizers.grounding import (
-    ANCHOR_LEAD,
     LABEL_ANCHOR,
     RECENT_N,
+    STATED_ANCHOR,
     UserFacts,
     anchor_value,
     contradictions,
@@ -56,10 +55,6 @@ MIN_LEAK_CHARS = 12
 answers). A label task's labels are its output contract, not answers to memorize: never redacted."""
 
 MAX_GUIDANCE_CHARS = 400
-
-STATED_ANCHOR = re.compile(rf"{ANCHOR_LEAD} (?:about |around )?\d(?:\.\d)? for a typical \w+")
-"""A rating guidance states the anchor as the measured starting guidance does ("For this user, answer 3.5 for
-a typical movie"), not merely a number next to "typical" ("do not answer 5 for a typical movie")."""
 
 
 class PersonaOptimizer(GatedPersonaOptimizer):
