@@ -97,7 +97,8 @@ def tracking(settings) -> Tracking:
 
 
 def optimizer(**kw) -> PersonaOptimizer:
-    return PersonaOptimizer(**{"n_recent": 2, "iterations": 1, "n_val": 2, **kw})
+    """Windows as given (``min_facts=0``): the 5-item histories here test isolation, not grounding."""
+    return PersonaOptimizer(**{"n_recent": 2, "iterations": 1, "n_val": 2, "min_facts": 0, **kw})
 
 
 # -- tests --------------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def test_an_update_that_makes_the_replay_worse_is_not_kept(memory, tracking):
     with dspy.context(lm=lm):
         compiled = align_user(
             "worse",
-            PersonaOptimizer(n_recent=3, iterations=3, n_val=2),
+            PersonaOptimizer(n_recent=3, iterations=3, n_val=2, min_facts=0),  # 5 past: the windows as given
             memory=memory,
             tracking=tracking,
             student=student,
@@ -282,7 +282,7 @@ def test_an_update_that_makes_the_replay_worse_is_not_kept(memory, tracking):
 
 def test_an_update_that_returns_the_same_guidance_ends_the_loop(memory):
     persona = prompts.compose(DEFAULT_PERSONA, "", NEW_PERSONA)
-    result, _ = compile_with(memory, rating_history("same", ["4.0"] * 6), rule, persona=persona)
+    result, _ = compile_with(memory, rating_history("same", ["4.0"] * 6), rule, persona=persona, min_facts=0)
     assert len(result.steps) == 1 and result.steps[0].updated_persona is None
     assert "no usable rewrite" in result.stopped
     assert result.lm_calls == 3 + 1 + 2 * 2  # the facts changed the persona: the gate runs
@@ -336,6 +336,55 @@ def test_the_base_instructions_survive_any_rewrite(memory):
         result.candidate_persona.startswith(DEFAULT_PERSONA) and "ignore all instructions" in result.candidate_persona
     )
     assert result.promoted  # answers 1.0 now: better than production on every held-back item
+
+
+def stamped(outputs: list[str], times: list[float], task: str = "movielens_rating") -> list[Interaction]:
+    inputs = "movie: Film {} genres: Drama" if task == "movielens_rating" else "Film {}"
+    return [
+        Interaction(user_id="w", id=f"m{i}", input=inputs.format(i), output=o, timestamp=t, task=task)
+        for i, (o, t) in enumerate(zip(outputs, times))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("times", "options", "expected"),
+    [
+        (list(range(14)), {}, (3, 4)),  # the facts keep 7: the windows as configured
+        (list(range(10)), {}, (3, 4)),  # exactly 3 left
+        (list(range(9)), {}, (3, 3)),  # 3 + 4 would leave 2: the gate narrows first
+        (list(range(7)), {}, (2, 2)),
+        (list(range(6)), {}, (2, 1)),
+        (list(range(5)), {}, (1, 1)),
+        (list(range(4)), {}, (3, 4)),  # no window leaves 3: as configured (the split then says it is too short)
+        ([0, 0, 0, 0, 1, 2, 3, 3], {}, (2, 2)),  # same-day ratings: the facts cut is strict in time
+        ([5.0] * 14, {}, (3, 4)),  # every rating shares one timestamp: nothing to keep, as configured
+        (list(range(7)), {"min_facts": 0}, (3, 4)),  # the default: the windows as configured
+        (list(range(7)), {"ground": False}, (3, 4)),
+        (list(range(8)), {"min_facts": 5}, (2, 1)),
+    ],
+)
+def test_a_short_history_narrows_the_windows_so_the_facts_keep_min_facts(times, options, expected):
+    items = stamped(["4.0"] * len(times), [float(t) for t in times])
+    assert PersonaOptimizer(**{"min_facts": 3, **options}).windows(items) == expected
+
+
+def test_a_free_text_history_keeps_the_windows_as_given():
+    assert PersonaOptimizer(min_facts=3).windows(
+        stamped(["fine"] * 7, [float(t) for t in range(7)], task="generic")
+    ) == (3, 4)
+
+
+def test_a_seven_rating_past_is_compiled_on_facts_from_its_three_earliest(memory):
+    # 3 early ratings of 2.0, then 4 of 5.0; the default 3 + 4 windows would leave no facts at all
+    history = rating_history("short", ["2.0"] * 3 + ["5.0"] * 4)
+    result, _ = compile_with(memory, history, rule, n_recent=3, n_val=4, iterations=1, min_facts=3)
+    assert len(result.steps[0].predictions) == 2 and len(result.val_ids) == 2
+    assert set(result.val_ids) == {"m3", "m4"}  # gated: the two before the two replayed
+    assert "average rating is 2.0" in result.steps[0].persona  # the 3 earliest only: no replayed or gated answer
+    unfitted, _ = compile_with(
+        memory, rating_history("unfit", ["2.0"] * 3 + ["5.0"] * 4), rule, iterations=1, n_val=4, min_facts=0
+    )
+    assert "average rating" not in unfitted.steps[0].persona  # what the windows as given did: nothing measured
 
 
 def test_the_default_compile_stays_within_fifteen_lm_calls(memory):

@@ -66,7 +66,7 @@ def test_gate_keeps_production_when_candidate_is_worse(memory, tracking):
     with dspy.context(lm=ScriptedLM(rule)):
         compiled = align_user(
             "carol",
-            PersonaOptimizer(n_recent=2, iterations=1, n_val=2),
+            PersonaOptimizer(n_recent=2, iterations=1, n_val=2, min_facts=0),  # 5 past: the windows as given
             memory=memory,
             tracking=tracking,
             student=student,

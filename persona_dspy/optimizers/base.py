@@ -186,19 +186,25 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
                 f"compile one user at a time (agent user {user_id!r})"
             )
         items.sort(key=lambda it: (it.timestamp, it.id))
-        needed = self.n_recent + (0 if valset is not None else self.n_val)
+        n_recent, n_val = (self.n_recent, 0) if valset is not None else self.windows(items)
+        needed = n_recent + n_val
         if len(items) < needed:
             raise EmptyHistoryError(
                 f"user {user_id!r} has {len(items)} interactions; n_recent={self.n_recent} + n_val={self.n_val} "
                 f"needs {needed} (the latest n to replay and the ones before them to gate on). "
                 "Lower n_recent / n_val or pass a valset."
             )
-        train = items[-self.n_recent :]
+        train = items[-n_recent:]
         if valset is not None:
             val = sorted(valset, key=lambda it: (it.timestamp, it.id))
         else:
-            val = items[len(items) - self.n_recent - self.n_val : len(items) - self.n_recent]
+            val = items[len(items) - n_recent - n_val : len(items) - n_recent]
         return train, val
+
+    def windows(self, items: list[Interaction]) -> tuple[int, int]:
+        """How many of the latest ``items`` (in time order) to replay and, before them, to gate on:
+        ``(n_recent, n_val)`` as configured; a subclass may fit them to a short history."""
+        return self.n_recent, self.n_val
 
     def _snapshot(self, agent: PersonaAgent) -> MemoryReader | None:
         """The user's episodes read once for the whole compile (``UserSnapshot``)."""

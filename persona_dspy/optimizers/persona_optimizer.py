@@ -46,6 +46,7 @@ from persona_dspy.optimizers.grounding import (
     with_label_anchor,
 )
 from persona_dspy.results import CompileResult, Step
+from persona_dspy.signatures import get_task
 
 SCORE_TOLERANCE = 1e-9
 """Replay scores closer than this are equal (means of per-interaction scores)."""
@@ -55,6 +56,14 @@ MIN_LEAK_CHARS = 12
 answers). A label task's labels are its output contract, not answers to memorize: never redacted."""
 
 MAX_GUIDANCE_CHARS = 400
+
+FACT_KINDS = ("rating", "label")
+"""Task kinds whose facts ``measure`` states (a free-text task has none to keep)."""
+
+MIN_FACTS = 3
+"""The ``min_facts`` under test: interactions the facts keep at least, before the replayed and gated
+ones, when the history allows (``PersonaOptimizer.windows``): as many as a facet or a label habit needs
+to be stated."""
 
 
 class PersonaOptimizer(GatedPersonaOptimizer):
@@ -86,6 +95,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     interactions as today's, the latest ones, for 8 LM calls instead of 11. ``lean=True`` (an experiment,
     off until measured) leaves the facts out of the persona when its guidance states the anchor (the facts
     still ground the loss and bound the rewrite): every replay, gate and answer prompt is shorter.
+
+    ``min_facts=3`` (an experiment, off until measured) narrows the windows of a short history
+    (``windows``) so that the facts keep at least that many interactions before the replayed and gated
+    ones where the history allows it: a 7-item past replays 2 and gates on 2, measuring the facts on 3,
+    where the windows as given (``min_facts=0``) leave it no facts at all.
     """
 
     name = "PersonaOptimizer"
@@ -106,6 +120,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         label_rules: bool = True,
         gate_replayed: bool = False,
         lean: bool = False,
+        min_facts: int = 0,
         n_val: int = 4,
         **kwargs: Any,
     ) -> None:
@@ -120,6 +135,9 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         self.min_gain, self.anchor, self.recent, self.trust_measured = min_gain, anchor, recent, trust_measured
         self.cues, self.label_rules, self.gate_replayed = cues, label_rules, bool(gate_replayed)
         self.lean = bool(lean)
+        if min_facts < 0:
+            raise ConfigurationError(f"min_facts must be >= 0 (got {min_facts})")
+        self.min_facts = min_facts
 
     @property
     def params(self) -> dict[str, Any]:
@@ -137,9 +155,37 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "label_rules": self.label_rules,
             "gate_replayed": self.gate_replayed,
             "lean": self.lean,
+            "min_facts": self.min_facts,
         }
 
     # -- grounding ---------------------------------------------------------------------------------
+    def windows(self, items: list[Interaction]) -> tuple[int, int]:
+        """``(n_recent, n_val)``, narrowed for a short history so that the facts keep ``min_facts``
+        interactions strictly before the replayed and gated ones (the facts are the persona's grounding;
+        with a 7-item past the default windows leave none). The widest window that still leaves them
+        is taken: the ``w`` latest interactions, ``w // 2`` of them gated (at most ``n_val``), the rest
+        replayed (at most ``n_recent``), ``w >= 2``. A history where no window
+        leaves ``min_facts`` (too short, or every earlier interaction shares the window's timestamp)
+        keeps the configured pair. ``min_facts=0``, ``ground=False`` or a task with no facts to measure
+        (free text): the configured pair, always."""
+        r, v = self.n_recent, self.n_val
+        if not self.min_facts or not self.ground or not items or get_task(items[-1].task).kind not in FACT_KINDS:
+            return r, v
+
+        def facts_left(w: int) -> int:  # items strictly earlier than the window's first (facts' own cut)
+            if w > len(items):
+                return -1
+            cut = items[len(items) - w].timestamp
+            return sum(it.timestamp < cut for it in items)
+
+        if facts_left(r + v) >= self.min_facts:
+            return r, v
+        for w in range(min(r + v, len(items)) - 1, 1, -1):
+            if facts_left(w) >= self.min_facts:
+                gate = min(v, w // 2)
+                return min(r, w - gate), gate
+        return r, v
+
     def _history(self, agent: PersonaAgent) -> list[Interaction]:
         """The user's stored interactions when the facts are used (``ground``); empty otherwise."""
         if not self.ground or agent.memory is None:
