@@ -382,6 +382,58 @@ def report_lean(datasets: list[str]) -> list[str]:
     return lines
 
 
+def report_fitted() -> list[str]:
+    """The fourth test (module docstring): ``FITTED`` against ``persona+align`` on the ``FITTED_TEST`` users,
+    with the verdict once every one of them has run; every other stored method is paired too."""
+    dataset, users = FITTED_TEST
+    by_spec = stored_by_spec(dataset)
+    arm, main = by_spec.get(FITTED, {}), by_spec.get(ARM, {})
+    if not arm:
+        return []
+    ids = sorted(i for i in arm if i in main)
+    task = get_task(next(iter(arm.values()))["task"])
+
+    def cost(rows: list[dict]) -> tuple[float, float, int]:
+        done = [r["compile"] for r in rows if r.get("compile") and not r["compile"]["stopped"].startswith("not ")]
+        n = max(len(done), 1)
+        return sum(c["lm_calls"] for c in done) / n, sum(c["tokens"] for c in done) / n, len(done)
+
+    ours, theirs = cost([arm[i] for i in ids]), cost([main[i] for i in ids])
+    lines = [
+        f"### {dataset}: `{FITTED}` (a short history's windows narrowed so the facts keep 3 interactions; {len(arm)} users)",
+        "",
+        (
+            f"- Compile cost: {ours[0]:.1f} LM calls and {ours[1]:,.0f} tokens per compile ({ours[2]} users compiled) vs "
+            f"`{ARM}` {theirs[0]:.1f} and {theirs[1]:,.0f} ({theirs[2]} compiled), on the same {len(ids)} users. "
+            f"Promoted: {sum(bool(arm[i].get('promoted')) for i in ids)} vs {sum(bool(main[i].get('promoted')) for i in ids)}."
+        ),
+        "",
+        *paired(
+            task,
+            {i: r["prediction"] for i, r in arm.items()},
+            sorted(arm),
+            _preds(by_spec, skip=FITTED),
+            name=f"`{FITTED}`",
+        ),
+        "",
+    ]
+    if len(ids) < users:
+        return [*lines, f"Test users reached: {len(ids)} of {users}; the verdict needs all of them.", ""]
+    truth = [arm[i]["truth"] for i in ids]
+    mae = metrics(task, truth, [arm[i]["prediction"] for i in ids])["mae"]
+    base = metrics(task, truth, [main[i]["prediction"] for i in ids])["mae"]
+    ok = mae <= base + 1e-9 and ours[0] <= theirs[0] + 1e-9
+    return [
+        *lines,
+        (
+            f"**The fourth pre-registered test** ({len(ids)} users): MAE {mae:.3f} vs `{ARM}` {base:.3f} "
+            f"({'no higher' if mae <= base + 1e-9 else 'higher'}), {ours[0]:.1f} vs {theirs[0]:.1f} LM calls per compile "
+            f"({'no more' if ours[0] <= theirs[0] + 1e-9 else 'more'}): {'passed' if ok else 'failed'}."
+        ),
+        "",
+    ]
+
+
 def report_arm(dataset: str, strict: PersonaOptimizer, only: set[str] | None = None, title: str = "") -> list[str]:
     """The ``trust_measured`` arm run in full (users the rule was not chosen on), with the strict gate
     derived from it: where the strict gate would not have promoted, production (the default persona, the
@@ -590,6 +642,7 @@ def main() -> None:
             "",
         ]
     body += report_lean(list(LEAN_TEST))
+    body += report_fitted()
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(body))  # a data set without a section leaves no gap
     replace_section(ROOT / "BENCHMARKS.md", HEADING, text)
     print(text)
