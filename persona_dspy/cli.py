@@ -179,6 +179,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         critique=args.critique,
         trust_measured=args.trust_measured,
+        min_facts=args.min_facts,
         max_lm_calls=args.max_lm_calls,
     )
     report = compile_users(
@@ -435,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="promote a persona of measured facts alone unless the gate shows it worse (a rewrite must still "
         "win); --no-trust-measured asks it to win too",
+    )
+    fleet.add_argument(
+        "--min-facts",
+        type=non_negative,
+        default=0,
+        help="narrow a short history's replay and gate windows so the facts keep this many interactions "
+        "(an experiment; 0: the windows as given)",
     )
     fleet.add_argument("--max-lm-calls", type=positive, default=40, help="per-user budget")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")

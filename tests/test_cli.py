@@ -154,3 +154,24 @@ def test_compile_passes_trust_measured_to_the_optimizer(tmp_path, monkeypatch, f
     code = main(["compile", "--users", "u1", "--state-dir", str(tmp_path), *flag])
     assert code == ConfigurationError.exit_code and len(seen) == 1
     assert seen[0].trust_measured is trusted and seen[0].params["trust_measured"] is trusted
+
+
+@pytest.mark.parametrize("flag, expected", [([], 0), (["--min-facts", "3"], 3)])
+def test_compile_passes_min_facts_to_the_optimizer(tmp_path, monkeypatch, flag, expected):
+    import persona_dspy.fleet
+
+    seen = []
+
+    def capture(users, optimizer, **kwargs):
+        seen.append(optimizer)
+        raise ConfigurationError("stop here: only the optimizer is checked")
+
+    monkeypatch.setattr(persona_dspy.fleet, "compile_users", capture)
+    assert main(["compile", "--users", "u1", "--state-dir", str(tmp_path), *flag]) == ConfigurationError.exit_code
+    assert seen[0].min_facts == expected == seen[0].params["min_facts"]
+
+
+def test_a_negative_min_facts_is_a_one_line_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", "--users", "u1", "--state-dir", str(tmp_path), "--min-facts", "-1"])
+    assert exc.value.code == 2 and "min-facts" in capsys.readouterr().err
