@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     experiment: str = "persona_dspy"
     embedded_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     embedded_ctx: int = 8192
+    embedded_cache_prompt: bool = Field(
+        True,
+        description="reuse the KV cache of a shared prompt prefix (faster); False: every prompt from scratch, so "
+        "the same prompt gets the same answer whatever ran before it (for benchmarks that compare arms)",
+    )
 
     @field_validator("qdrant", mode="after")
     @classmethod

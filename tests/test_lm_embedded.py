@@ -52,6 +52,16 @@ def test_init_does_no_io_and_request_maps_to_openai_body() -> None:
     assert body["cache_prompt"] is True and body["stream"] is False
 
 
+def test_prompt_cache_off_is_sent_with_every_request_and_read_from_the_environment(monkeypatch) -> None:
+    engine, server = LlamaCppEngine(Path("/nonexistent.gguf"), cache_prompt=False), FakeServer(OK)
+    engine._server = server
+    engine.complete(Request(model="local/m", messages=(Message.user("q"),)))
+    assert server.bodies[0]["cache_prompt"] is False and engine.dump_state()["cache_prompt"] is False
+    assert Settings().embedded_cache_prompt is True
+    monkeypatch.setenv("PERSONA_DSPY_EMBEDDED_CACHE_PROMPT", "0")
+    assert Settings().embedded_cache_prompt is False
+
+
 def test_context_overflow_is_dspy_context_window_error() -> None:
     engine, _ = engine_with({"error": {"code": 400, "type": "exceed_context_size_error", "message": "too long"}})
     with pytest.raises(ContextLengthError, match="too long"):

@@ -27,7 +27,12 @@ def embedded_engine(settings: Settings) -> LlamaCppEngine:
     wrapped DSPy LM error at the first prediction.
     """
     path = model_path(settings.cache_dir)
-    return LlamaCppEngine.shared(path, n_threads=settings.embedded_threads, n_ctx=settings.embedded_ctx)
+    return LlamaCppEngine.shared(
+        path,
+        n_threads=settings.embedded_threads,
+        n_ctx=settings.embedded_ctx,
+        cache_prompt=settings.embedded_cache_prompt,
+    )
 
 
 def build_lm(settings: Settings) -> dspy.LM:

@@ -37,13 +37,24 @@ class LlamaCppEngine:
     A single slot (``n_parallel=1``) with ``cache_prompt`` keeps the KV cache of the previous call,
     so DSPy prompts sharing a long instruction prefix only pay for the new suffix; llama.cpp's RAM
     prompt cache (``cache_ram_mib``) keeps earlier prefixes too. ``seed`` makes sampling repeatable.
+
+    ``cache_prompt=False`` processes every prompt from scratch: slower when prompts share a prefix, but
+    the same prompt then gets the same answer whatever came before it. With the cache, a prefix computed
+    in another batch split can change the logits slightly, and at temperature 0 that can flip a token
+    (llama.cpp's server documents ``cache_prompt`` as able to cause nondeterministic results).
     """
 
     def __init__(
-        self, model_path: str | Path, *, n_threads: int = 2, n_ctx: int = 8192, seed: int = DEFAULT_SEED
+        self,
+        model_path: str | Path,
+        *,
+        n_threads: int = 2,
+        n_ctx: int = 8192,
+        seed: int = DEFAULT_SEED,
+        cache_prompt: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
-        self.n_threads, self.n_ctx, self.seed = n_threads, n_ctx, seed
+        self.n_threads, self.n_ctx, self.seed, self.cache_prompt = n_threads, n_ctx, seed, cache_prompt
         self._server: Any = None
         self._lock = threading.Lock()
 
@@ -56,7 +67,7 @@ class LlamaCppEngine:
         params.model.path = str(self.model_path)
         params.n_ctx = self.n_ctx
         params.n_parallel = 1
-        params.cache_prompt = True
+        params.cache_prompt = self.cache_prompt
         params.cpuparams.n_threads = self.n_threads
         params.cpuparams_batch.n_threads = self.n_threads
         params.sampling.seed = self.seed
@@ -70,7 +81,7 @@ class LlamaCppEngine:
     def shared(cls, model_path: str | Path, **options: Any) -> LlamaCppEngine:
         """The process-wide engine for ``model_path``: one model in memory however many LMs use it.
 
-        The first caller's ``options`` (threads, context size, seed) stay in effect.
+        The first caller's ``options`` (threads, context size, seed, prompt cache) stay in effect.
         """
         path = Path(model_path)
         with _shared_lock:
@@ -80,7 +91,7 @@ class LlamaCppEngine:
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """One OpenAI-style chat completion (the llama.cpp server's JSON, ``timings`` included)."""
-        body = {"seed": self.seed, "cache_prompt": True, **body, "stream": False}
+        body = {"seed": self.seed, **body, "cache_prompt": self.cache_prompt, "stream": False}
         with self._lock:
             if self._server is None:
                 self._server = self._load()
@@ -114,7 +125,13 @@ class LlamaCppEngine:
             self._server = None
 
     def dump_state(self) -> dict[str, Any]:
-        return {"model_path": str(self.model_path), "n_threads": self.n_threads, "n_ctx": self.n_ctx, "seed": self.seed}
+        return {
+            "model_path": str(self.model_path),
+            "n_threads": self.n_threads,
+            "n_ctx": self.n_ctx,
+            "seed": self.seed,
+            "cache_prompt": self.cache_prompt,
+        }
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:
