@@ -36,6 +36,11 @@ class CompileResult(BaseModel):
     production_persona: str
     steps: list[Step] = Field(default_factory=list)
     val_ids: list[str] = Field(default_factory=list)
+    windows: tuple[int, int] | None = Field(
+        None,
+        description="(replayed, gated) interactions of this compile when they differ from the optimizer's "
+        "n_recent and n_val (a short history's windows narrowed, PersonaOptimizer(min_facts=...)); None otherwise",
+    )
     val_score_production: float | None = None
     val_score_candidate: float | None = None
     rewritten: bool | None = Field(

@@ -381,10 +381,13 @@ def test_a_seven_rating_past_is_compiled_on_facts_from_its_three_earliest(memory
     assert len(result.steps[0].predictions) == 2 and len(result.val_ids) == 2
     assert set(result.val_ids) == {"m3", "m4"}  # gated: the two before the two replayed
     assert "average rating is 2.0" in result.steps[0].persona  # the 3 earliest only: no replayed or gated answer
+    assert "a short history: 2 replayed and 2 gated (not 3 and 4), so the facts keep 3" in result.stopped
+    assert result.windows == (2, 2)
     unfitted, _ = compile_with(
         memory, rating_history("unfit", ["2.0"] * 3 + ["5.0"] * 4), rule, iterations=1, n_val=4, min_facts=0
     )
     assert "average rating" not in unfitted.steps[0].persona  # what the windows as given did: nothing measured
+    assert unfitted.windows is None and "short history" not in unfitted.stopped
 
 
 def test_the_default_compile_stays_within_fifteen_lm_calls(memory):

@@ -142,6 +142,8 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
             val_ids=[it.id for it in val],
             data_watermark=max(it.timestamp for it in train),
         )
+        if valset is None and (len(train), len(val)) != (self.n_recent, self.n_val):
+            result.windows = (len(train), len(val))
         agent = student.deepcopy()
         live_memory = agent.memory
         agent.memory = self._snapshot(agent)

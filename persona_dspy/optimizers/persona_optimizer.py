@@ -305,6 +305,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             result.rewritten = True
         else:
             result.stopped = f"{self.iterations} iteration(s) done"
+        if result.windows is not None:
+            result.stopped += (
+                f"; a short history: {len(train)} replayed and {len(result.val_ids)} gated (not "
+                f"{self.n_recent} and {self.n_val}), so the facts keep {facts.n}"
+            )
         return persona_of(guidance.value)
 
     def _shown(self, facts: UserFacts, guidance: str) -> str:
