@@ -57,6 +57,7 @@ def test_prompt_cache_off_is_sent_with_every_request_and_read_from_the_environme
     engine._server = server
     engine.complete(Request(model="local/m", messages=(Message.user("q"),)))
     assert server.bodies[0]["cache_prompt"] is False and engine.dump_state()["cache_prompt"] is False
+    monkeypatch.delenv("PERSONA_DSPY_EMBEDDED_CACHE_PROMPT", raising=False)
     assert Settings().embedded_cache_prompt is True
     monkeypatch.setenv("PERSONA_DSPY_EMBEDDED_CACHE_PROMPT", "0")
     assert Settings().embedded_cache_prompt is False

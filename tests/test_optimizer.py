@@ -361,11 +361,29 @@ def stamped(outputs: list[str], times: list[float], task: str = "movielens_ratin
         (list(range(7)), {"min_facts": 0}, (3, 4)),  # the default: the windows as configured
         (list(range(7)), {"ground": False}, (3, 4)),
         (list(range(8)), {"min_facts": 5}, (2, 1)),
+        (list(range(6)), {"n_recent": 1}, (1, 2)),  # the widest window: the gate takes what replay cannot
+        (list(range(5)), {"n_val": 0}, (2, 0)),  # no gate asked for: none given
     ],
 )
 def test_a_short_history_narrows_the_windows_so_the_facts_keep_min_facts(times, options, expected):
     items = stamped(["4.0"] * len(times), [float(t) for t in times])
     assert PersonaOptimizer(**{"min_facts": 3, **options}).windows(items) == expected
+
+
+def test_a_label_history_narrows_too_and_a_valset_keeps_the_windows_as_given(memory):
+    labels = stamped(["a"] * 7, [float(t) for t in range(7)], task="LaMP-2N")
+    assert PersonaOptimizer(min_facts=3).windows(labels) == (2, 2)
+    history = rating_history("val", ["2.0"] * 3 + ["5.0"] * 4)
+    valset = list(history.interactions[1:3])
+    memory.add(history.interactions)
+    student = PersonaAgent("movielens_rating", user_id="val", memory=memory)
+    with dspy.context(lm=ScriptedLM(rule)):
+        result = (
+            PersonaOptimizer(n_recent=3, iterations=1, min_facts=3)
+            .compile(student, trainset=history, valset=valset)
+            .compile_result
+        )
+    assert len(result.steps[0].predictions) == 3 and result.val_ids == ["m1", "m2"] and result.windows is None
 
 
 def test_a_free_text_history_keeps_the_windows_as_given():

@@ -163,11 +163,14 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         """``(n_recent, n_val)``, narrowed for a short history so that the facts keep ``min_facts``
         interactions strictly before the replayed and gated ones (the facts are the persona's grounding;
         with a 7-item past the default windows leave none). The widest window that still leaves them
-        is taken: the ``w`` latest interactions, ``w // 2`` of them gated (at most ``n_val``), the rest
-        replayed (at most ``n_recent``), ``w >= 2``. A history where no window
-        leaves ``min_facts`` (too short, or every earlier interaction shares the window's timestamp)
-        keeps the configured pair. ``min_facts=0``, ``ground=False`` or a task with no facts to measure
-        (free text): the configured pair, always."""
+        is taken: the ``w`` latest interactions (``w >= 2``), about half of them gated, each side within
+        its configured size. A history where no window leaves ``min_facts`` (too short, or every earlier
+        interaction shares the window's timestamp) keeps the configured pair. ``min_facts=0``,
+        ``ground=False`` or a task with no facts to measure (free text): the configured pair, always.
+
+        ``items`` is the compile's trainset, while the facts are measured on the agent's memory: the same
+        interactions when the compile goes through ``align_user`` or the fleet; ``min_facts`` counts
+        interactions, and an unparsable answer among them measures nothing."""
         r, v = self.n_recent, self.n_val
         if not self.min_facts or not self.ground or not items or get_task(items[-1].task).kind not in FACT_KINDS:
             return r, v
@@ -182,8 +185,8 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             return r, v
         for w in range(min(r + v, len(items)) - 1, 1, -1):
             if facts_left(w) >= self.min_facts:
-                gate = min(v, w // 2)
-                return min(r, w - gate), gate
+                replayed = min(r, w - min(v, w // 2))
+                return replayed, min(v, w - replayed)
         return r, v
 
     def _history(self, agent: PersonaAgent) -> list[Interaction]:
