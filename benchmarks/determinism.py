@@ -72,10 +72,10 @@ def run(users: int) -> dict[str, Any]:
                         get_task(case.task), user_id=case.user_id, memory=memory, actions=_ACTIONS["persona"]
                     )
                     answers = []
-                    for key in seconds:  # after another user's prompt (or the warm-up's), then after itself
+                    for spent in seconds.values():  # after another user's prompt (or the warm-up's), then after itself
                         started = time.perf_counter()
                         answers.append(agent(task=q.input, before=q.timestamp).answer)
-                        seconds[key].append(time.perf_counter() - started)
+                        spent.append(time.perf_counter() - started)
                     rows.append({"user_id": case.user_id, "after_other": answers[0], "after_itself": answers[1]})
                     print(f"cache_prompt={cache_prompt} {case.user_id:<6} {answers}", flush=True)
             engine.close()
@@ -105,7 +105,10 @@ def report(out: dict[str, Any]) -> str:
     ]
     for label, mode in (("on (the default)", on), ("off (`PERSONA_DSPY_EMBEDDED_CACHE_PROMPT=0`)", off)):
         if mode:
-            lines.append(f"| {label} | {len(mode['rows'])} | {mode['differ']} | {mode['seconds_per_call']:.1f} |")
+            lines.append(
+                f"| {label} | {len(mode['rows'])} | {mode['differ']} | {mode['seconds_after_other']:.1f} | "
+                f"{mode['seconds_after_itself']:.1f} |"
+            )
     if on and off:
         same = sum(a["after_other"] == b["after_other"] for a, b in zip(on["rows"], off["rows"]))
         lines += [
