@@ -257,13 +257,7 @@ def report_replayed(dataset: str) -> list[str]:
             f"{sum(bool(r.get('promoted')) for r in arm.values())} of {len(arm)}."
         ),
         "",
-        *paired(
-            task,
-            {i: r["prediction"] for i, r in arm.items()},
-            sorted(arm),
-            _preds(by_spec, skip=REPLAYED),
-            name=f"`{REPLAYED}`",
-        ),
+        *paired_arm(task, by_spec, REPLAYED),
     ]
     if len(ids) >= 5:
         truth = [arm[i]["truth"] for i in ids]
@@ -342,13 +336,7 @@ def report_lean(datasets: list[str]) -> list[str]:
                 f"compiles). Promoted: {sum(bool(r.get('promoted')) for r in arm.values())} of {len(arm)}."
             ),
             "",
-            *paired(
-                task,
-                {i: r["prediction"] for i, r in arm.items()},
-                sorted(arm),
-                {f"{ARM} (direct or derived)": main, **_preds(by_spec, skip=LEAN)},
-                name=f"`{LEAN}`",
-            ),
+            *paired_arm(task, by_spec, LEAN, {f"{ARM} (direct or derived)": main}),
             "",
         ]
         if len(ids) < LEAN_MIN[dataset]:
@@ -419,13 +407,7 @@ def report_fitted() -> list[str]:
             f"{sum(bool(arm[i].get('promoted')) for i in ids)} vs {sum(bool(main[i].get('promoted')) for i in ids)}."
         ),
         "",
-        *paired(
-            task,
-            {i: r["prediction"] for i, r in arm.items()},
-            sorted(arm),
-            _preds(by_spec, skip=FITTED),
-            name=f"`{FITTED}`",
-        ),
+        *paired_arm(task, by_spec, FITTED),
         "",
     ]
     if len(ids) < users:
@@ -559,6 +541,15 @@ def report_combined(dataset: str, strict: PersonaOptimizer, trust: PersonaOptimi
 
 def _preds(by_spec: dict[str, dict[str, dict]], skip: str = "") -> dict[str, dict[str, Any]]:
     return {spec: {i: r["prediction"] for i, r in rows.items()} for spec, rows in by_spec.items() if spec != skip}
+
+
+def paired_arm(
+    task: Any, by_spec: dict[str, dict[str, dict]], spec: str, extra: dict[str, dict[str, Any]] | None = None
+) -> list[str]:
+    """The stored arm ``spec`` against ``extra`` and every other stored method, as ``paired`` shows them."""
+    arm = by_spec[spec]
+    others = {**(extra or {}), **_preds(by_spec, skip=spec)}
+    return paired(task, {i: r["prediction"] for i, r in arm.items()}, sorted(arm), others, name=f"`{spec}`")
 
 
 def paired(

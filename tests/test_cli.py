@@ -140,8 +140,8 @@ def test_the_installed_entry_point_prints_no_traceback(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("flag, trusted", [([], True), (["--trust-measured"], True), (["--no-trust-measured"], False)])
-def test_compile_passes_trust_measured_to_the_optimizer(tmp_path, monkeypatch, flag, trusted):
+def compile_optimizer(tmp_path, monkeypatch, flags: list[str]):
+    """The optimizer ``persona-dspy compile <flags>`` builds (the fleet is stopped before it runs)."""
     import persona_dspy.fleet
 
     seen = []
@@ -151,24 +151,21 @@ def test_compile_passes_trust_measured_to_the_optimizer(tmp_path, monkeypatch, f
         raise ConfigurationError("stop here: only the optimizer is checked")
 
     monkeypatch.setattr(persona_dspy.fleet, "compile_users", capture)
-    code = main(["compile", "--users", "u1", "--state-dir", str(tmp_path), *flag])
+    code = main(["compile", "--users", "u1", "--state-dir", str(tmp_path), *flags])
     assert code == ConfigurationError.exit_code and len(seen) == 1
-    assert seen[0].trust_measured is trusted and seen[0].params["trust_measured"] is trusted
+    return seen[0]
+
+
+@pytest.mark.parametrize("flag, trusted", [([], True), (["--trust-measured"], True), (["--no-trust-measured"], False)])
+def test_compile_passes_trust_measured_to_the_optimizer(tmp_path, monkeypatch, flag, trusted):
+    optimizer = compile_optimizer(tmp_path, monkeypatch, flag)
+    assert optimizer.trust_measured is trusted and optimizer.params["trust_measured"] is trusted
 
 
 @pytest.mark.parametrize("flag, expected", [([], 0), (["--min-facts", "3"], 3)])
 def test_compile_passes_min_facts_to_the_optimizer(tmp_path, monkeypatch, flag, expected):
-    import persona_dspy.fleet
-
-    seen = []
-
-    def capture(users, optimizer, **kwargs):
-        seen.append(optimizer)
-        raise ConfigurationError("stop here: only the optimizer is checked")
-
-    monkeypatch.setattr(persona_dspy.fleet, "compile_users", capture)
-    assert main(["compile", "--users", "u1", "--state-dir", str(tmp_path), *flag]) == ConfigurationError.exit_code
-    assert seen[0].min_facts == expected == seen[0].params["min_facts"]
+    optimizer = compile_optimizer(tmp_path, monkeypatch, flag)
+    assert optimizer.min_facts == expected == optimizer.params["min_facts"]
 
 
 def test_a_negative_min_facts_is_a_one_line_usage_error(tmp_path, capsys):
