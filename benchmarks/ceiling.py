@@ -97,7 +97,7 @@ def none_answers() -> str:
     return f"{sum(r['prediction'] == '4.0' for r in rows)} of {len(rows)}"
 
 
-def test_parts(results: dict[str, dict[str, dict]]) -> str:
+def on_the_test(results: dict[str, dict[str, dict]]) -> str:
     """How a constant 4.0 and the recent median fare on each part of the gate rule's test."""
     ml = results.get("movielens", {})
     four = next((v for k, v in ml.items() if k.startswith(FOUR)), None)
@@ -168,7 +168,7 @@ def main() -> None:
         "which the 1.5B model does not act on (it answers the anchor for every movie). So a 10% gain over the best "
         "non-aligned method is about all the data allows a constant per user on this set. On Amazon the recent "
         "ratings add nothing (short histories), and the review text carries the answer. Without a persona the "
-        f"model answers 4.0 for every MovieLens user (`none`: {none_answers()} in *Quality*). {test_parts(results)}"
+        f"model answers 4.0 for every MovieLens user (`none`: {none_answers()} in *Quality*). {on_the_test(results)}"
     )
     (ROOT / "benchmarks" / "results" / "ceiling.json").write_text(json.dumps(results, indent=1) + "\n")
     replace_section(ROOT / "BENCHMARKS.md", HEADING, "\n".join(lines))
