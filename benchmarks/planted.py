@@ -214,7 +214,7 @@ def parse_arm(spec: str) -> dict[str, bool | int]:
     options: dict[str, bool | int] = {}
     for part in filter(None, spec.partition(":")[2].split(",")):
         key, _, value = part.partition("=")
-        flags = ("cues", "label_rules", "trust_measured", "anchor")
+        flags = ("cues", "confusion", "label_rules", "trust_measured", "anchor")
         options[key] = value.lower() in ("1", "true") if key in flags else int(value)
     return options
 

@@ -18,7 +18,7 @@ interval (the same users resampled together), on the users both methods ran; eac
 
 Method specs: ``name[:key=value,...]``; ``k`` (episodes shown), ``chars`` (where an episode's text is cut) and ``mode=react`` (the agent chooses its
 actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options
-(``anchor``, ``critique``, ``ground``, ``trust_measured``, ``cues``, ``label_rules``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``, ``gate_replayed``, ``lean``, ``min_facts``) for ``persona+align``;
+(``anchor``, ``critique``, ``ground``, ``trust_measured``, ``cues``, ``confusion``, ``label_rules``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``, ``gate_replayed``, ``lean``, ``min_facts``) for ``persona+align``;
 ``trivial:recent=20`` is the median rating (majority label) of the 20 latest answers, no LM: the statistic the
 aligned persona anchors on, as a method of its own.
 """
@@ -62,7 +62,17 @@ STATISTIC = "trivial:recent=20"
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
 INT_OPTIONS = {"k", "chars", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls", "min_facts"}
 MODES = ("pipeline", "react")
-BOOL_OPTIONS = {"anchor", "critique", "ground", "trust_measured", "cues", "label_rules", "gate_replayed", "lean"}
+BOOL_OPTIONS = {
+    "anchor",
+    "critique",
+    "ground",
+    "trust_measured",
+    "cues",
+    "confusion",
+    "label_rules",
+    "gate_replayed",
+    "lean",
+}
 MIN_PAIRED = 10
 """The verdict's best non-aligned method is chosen among methods run on at least this many of the aligned
 arm's users (and half of them): a method run on 5 users is in the tables, not the bar."""

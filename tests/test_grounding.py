@@ -224,6 +224,53 @@ def test_label_cues_are_the_words_of_the_texts_filed_under_a_frequent_label():
     assert "They file" not in measure(TASKS["LaMP-2N"], items).text()  # cues are an option
 
 
+def test_label_confusions_need_a_majority_and_three_answers_other_than_the_apparent_label():
+    from persona_dspy.optimizers.grounding import label_confusions
+
+    items = filed([(f"text {i}", label) for i, label in enumerate(["healthy living"] * 3 + ["food & drink"])])
+    items += filed([(f"more {i}", label) for i, label in enumerate(["women", "women", "style & beauty"])])
+    items += filed([(f"news {i}", label) for i, label in enumerate(["politics"] * 4)])
+    items = [it.model_copy(update={"id": f"x{i}"}) for i, it in enumerate(items)]
+    looks = {it.id: "food & drink" for it in items[:4]} | {it.id: "style & beauty" for it in items[4:7]}
+    looks |= {it.id: "politics" for it in items[7:]}
+    answers = [(it, it.output) for it in items]
+    # food & drink texts: 3 of 4 filed under healthy living; style & beauty: 2 of 3 under women (too few);
+    # politics texts under politics: no confusion
+    assert label_confusions(answers, looks) == (("food & drink", "healthy living"),)
+    assert label_confusions(answers, {}) == ()
+    facts = measure(TASKS["LaMP-2N"], items, looks=looks)
+    assert "They file articles that look like food & drink under healthy living." in facts.text()
+    assert "look like" not in measure(TASKS["LaMP-2N"], items).text()  # an option
+
+
+def test_label_confusions_are_the_best_supported_first_and_at_most_two():
+    from persona_dspy.optimizers.grounding import MAX_CONFUSIONS, label_confusions
+
+    pairs = [("sports", "travel")] * 3 + [("politics", "crime")] * 5 + [("women", "parents")] * 4
+    items = filed([(f"t{i}", chosen) for i, (_, chosen) in enumerate(pairs)])
+    looks = {it.id: seen for it, (seen, _) in zip(items, pairs)}
+    found = label_confusions([(it, it.output) for it in items], looks)
+    assert len(found) == MAX_CONFUSIONS == 2
+    assert found == (("politics", "crime"), ("women", "parents"))
+
+
+def test_apparent_labels_are_the_nearest_label_names_by_the_memorys_embedder(memory):
+    from persona_dspy.optimizers.grounding import apparent_labels
+
+    from scripted import articles
+
+    texts = [
+        "A chef shares a recipe for pasta with garlic and fresh tomatoes",
+        "The best chocolate cake recipe for a birthday dinner",
+        "The senate votes on the new election law",
+        "The quarterback scored three touchdowns in the football game",
+    ]
+    memory.add(articles("looks", texts, ["healthy living"] * 4))
+    memory.add(articles("other", ["Parliament debates the budget"], ["politics"]))
+    looks = apparent_labels(memory, "looks", TASKS["LaMP-2N"].labels)
+    assert looks == {"a0": "food & drink", "a1": "food & drink", "a2": "politics", "a3": "sports"}
+
+
 def test_the_label_anchor_reads_for_any_noun():
     from persona_dspy.optimizers.grounding import UserFacts
 

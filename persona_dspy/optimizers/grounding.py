@@ -15,10 +15,11 @@ from __future__ import annotations
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from persona_dspy.data.records import Interaction
+from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.signatures.tasks import TaskSpec
 
 MIN_FACET_COUNT = 3
@@ -50,6 +51,13 @@ MIN_CUE_COUNT = 3
 MAX_CUES = 3
 """... as at most this many words, each in at least two of the texts filed under it, more frequent there than in
 the user's other texts ("They file articles about recipe, chef under healthy living.")."""
+
+MIN_CONFUSION_COUNT = 3
+"""Label tasks (``confusion=True``): "They file articles that look like X under Y." is stated when at least this many
+of the user's past texts look like X (``apparent_labels``) and the user chose Y, not X, for at least this many of them
+and for more than half (at most ``MAX_CONFUSIONS`` such rules, the best supported first)."""
+
+MAX_CONFUSIONS = 2
 
 _CUE_WORD = re.compile(r"[a-z]{4,}")
 _STOPWORDS = frozenset(
@@ -136,6 +144,8 @@ class UserFacts:
     labels: tuple[tuple[str, int], ...] = ()
     cues: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Label tasks (``cues=True``): per label the user chose often, the words of the texts they filed under it."""
+    confusions: tuple[tuple[str, str], ...] = ()
+    """Label tasks (``confusion=True``): (the label the texts look like, the label the user chose for most of them)."""
     all_facets: dict[str, FacetStat] = field(default_factory=dict)
     recent: float | None = None
     """Rating tasks: the median of the latest ``recent_n`` ratings."""
@@ -179,6 +189,7 @@ class UserFacts:
                 + ", ".join(f"{label} ({100 * c / total:.0f}%)" for label, c in self.labels)
                 + ".",
                 *(f"They file {self.noun}s about {', '.join(words)} under {label}." for label, words in self.cues),
+                *(f"They file {self.noun}s that look like {seen} under {chosen}." for seen, chosen in self.confusions),
             ]
         return []
 
@@ -260,10 +271,49 @@ def label_cues(task: TaskSpec, answers: Sequence[tuple[Interaction, str]]) -> tu
     return tuple(out)
 
 
-def measure(task: TaskSpec, history: Sequence[Interaction], recent: int = RECENT_N, *, cues: bool = False) -> UserFacts:
+def apparent_labels(memory: MemoryReader, user_id: str, labels: Sequence[str]) -> dict[str, str]:
+    """Interaction id -> the label its text looks like: the label whose name the memory's embedder finds most
+    similar to the text, among ``labels`` (one ``recall`` per label over the user's stored interactions; no LM
+    call). Only the texts are read, never the answers, so it may cover every stored interaction."""
+    n = memory.count(user_id)
+    best: dict[str, tuple[float, str]] = {}
+    for label in labels:
+        for episode in memory.recall(user_id, label, k=n):
+            seen = best.get(episode.interaction.id)
+            if seen is None or episode.score > seen[0]:
+                best[episode.interaction.id] = (episode.score, label)
+    return {uid: label for uid, (_, label) in best.items()}
+
+
+def label_confusions(
+    answers: Sequence[tuple[Interaction, str]], looks: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """The apparent labels (``looks``: interaction id -> label) the user answered with another label, most of the
+    time and at least ``MIN_CONFUSION_COUNT`` times: (apparent, chosen), the best supported first."""
+    chosen: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for it, answer in answers:
+        if it.id in looks:
+            chosen[looks[it.id]][answer] += 1
+    found = []
+    for seen, counts in chosen.items():
+        answer, count = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if answer != seen and count >= MIN_CONFUSION_COUNT and 2 * count > sum(counts.values()):
+            found.append((-count, seen, answer))
+    return tuple((seen, answer) for _, seen, answer in sorted(found)[:MAX_CONFUSIONS])
+
+
+def measure(
+    task: TaskSpec,
+    history: Sequence[Interaction],
+    recent: int = RECENT_N,
+    *,
+    cues: bool = False,
+    looks: Mapping[str, str] | None = None,
+) -> UserFacts:
     """The facts of ``history`` (already bounded in time by the caller); a rating task's typical
     answer is the median of the latest ``recent`` ratings (``0``: the mean of all of them, as before).
-    ``cues``: a label task also states the words of the texts filed under each frequent label."""
+    ``cues``: a label task also states the words of the texts filed under each frequent label. ``looks``
+    (``apparent_labels``): a label task also states which apparent labels the user files under another one."""
     ordered = sorted(history, key=lambda it: (it.timestamp, it.id))
     answers = [(it, a) for it in ordered if (a := task.parse(it.output)) is not None]
     if not answers:
@@ -312,6 +362,7 @@ def measure(task: TaskSpec, history: Sequence[Interaction], recent: int = RECENT
         n=len(answers),
         labels=tuple(top),
         cues=found,
+        confusions=label_confusions(answers, looks) if looks and task.kind == "label" else (),
         noun=noun_of(task),
         typical=top[0][0] if habit else None,
     )

@@ -40,6 +40,7 @@ from persona_dspy.optimizers.grounding import (
     STATED_ANCHOR,
     UserFacts,
     anchor_value,
+    apparent_labels,
     contradictions,
     measure,
     with_anchor,
@@ -87,7 +88,10 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     candidate of measured facts alone to win the gate as an LM-written guidance must (by default it is
     promoted when the gate shows it no worse: a tie is promoted); ``cues=True`` (label tasks) adds to the facts the words of the
     texts the user filed under each frequent label ("They file articles about recipe, chef under
-    healthy living"), the label analog of a rating's genre facets; ``label_rules=False`` states a label
+    healthy living"), the label analog of a rating's genre facets; ``confusion=True`` (label tasks, an experiment,
+    off until measured) adds the labels the user files texts of another apparent label under ("They file articles
+    that look like food & drink under healthy living": the apparent label is the one whose name the memory's
+    embedder finds nearest to the text, no LM call); ``label_rules=False`` states a label
     replay's step as a direction ("tell the assistant when this user chooses Y instead of X") instead of
     the rules to add ("when an article looks like X, answer Y"). ``gate_replayed=True`` (an experiment,
     off until measured) gates a candidate of measured facts alone on the replayed interactions as well as
@@ -117,6 +121,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         min_gain: float = 0.0,
         trust_measured: bool = True,
         cues: bool = False,
+        confusion: bool = False,
         label_rules: bool = True,
         gate_replayed: bool = False,
         lean: bool = False,
@@ -134,6 +139,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             raise ConfigurationError(f"recent must be >= 0 (got {recent})")
         self.min_gain, self.anchor, self.recent, self.trust_measured = min_gain, anchor, recent, trust_measured
         self.cues, self.label_rules, self.gate_replayed = cues, label_rules, bool(gate_replayed)
+        self.confusion = bool(confusion)
         self.lean = bool(lean)
         if min_facts < 0:
             raise ConfigurationError(f"min_facts must be >= 0 (got {min_facts})")
@@ -152,6 +158,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             "min_gain": self.min_gain,
             "trust_measured": self.trust_measured,
             "cues": self.cues,
+            "confusion": self.confusion,
             "label_rules": self.label_rules,
             "gate_replayed": self.gate_replayed,
             "lean": self.lean,
@@ -211,7 +218,15 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             return UserFacts(kind=agent.task.kind, n=0)
         window = {it.id for it in train} | set(val_ids)
         cut = min([it.timestamp for it in history if it.id in window] + [it.timestamp for it in train])
-        return measure(agent.task, [it for it in history if it.timestamp < cut], self.recent, cues=self.cues)
+        return self._measure(agent, [it for it in history if it.timestamp < cut])
+
+    def _measure(self, agent: PersonaAgent, history: list[Interaction]) -> UserFacts:
+        """``measure`` with this optimizer's options; with ``confusion``, a label task's texts are read for the
+        label each looks like (``apparent_labels``: the memory's embedder, no LM call)."""
+        looks = None
+        if self.confusion and agent.task.kind == "label" and agent.memory is not None and history:
+            looks = apparent_labels(agent.memory, agent.user_id, agent.task.labels)
+        return measure(agent.task, history, self.recent, cues=self.cues, looks=looks)
 
     # -- the loop ----------------------------------------------------------------------------------
     def _align(self, agent: PersonaAgent, train: list[Interaction], budget: Budget, result: CompileResult) -> str:
@@ -378,7 +393,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         base, _, guidance = prompts.decompose(agent.persona)
         old = self.facts(agent, train, result.val_ids, history)  # what the gated persona was measured on
         end = max(it.timestamp for it in train)
-        new = measure(agent.task, [it for it in history if it.timestamp <= end], self.recent, cues=self.cues)
+        new = self._measure(agent, [it for it in history if it.timestamp <= end])
         if not new.n or new.n == old.n:
             return agent.persona
         stated = anchor_value(guidance)
