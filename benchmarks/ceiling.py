@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _report import replace_section
 from stats import bootstrap_ci, paired_bootstrap_diff
 
-from persona_dspy.optimizers.grounding import RECENT_N, label_confusions
+from persona_dspy.optimizers.grounding import RECENT_N, label_confusions, measure
 
 DATA = {
     "movielens": (ROOT / "benchmarks" / "data" / "movielens_dev.jsonl", 0.5, 5.0, 0.5),
@@ -138,10 +138,7 @@ def label_section(results: dict[str, dict[str, dict]]) -> list[str]:
         past = [(it, a) for it in case.interactions if (a := task.parse(it.output)) is not None]
         looks = {it.id: task.labels[nearest[it.input]] for it, _ in past}
         seen = task.labels[nearest[case.query.input]]
-        counts: dict[str, int] = {}
-        for _, a in past:
-            counts[a] = counts.get(a, 0) + 1
-        usual = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        usual = measure(task, case.interactions).labels[0][0]  # the most frequent label, as the facts rank it
         rules = dict(label_confusions(past, looks))
         for key, guess in zip(hits, (usual, seen, rules.get(seen, usual))):
             hits[key].append(float(guess == case.query.output))
