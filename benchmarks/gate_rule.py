@@ -181,15 +181,19 @@ def report(dataset: str, rows: list[dict[str, Any]], optimizer: PersonaOptimizer
     if missing:
         return [f"- {dataset}: {len(missing)} flipped cases not answered yet: run without --report."]
     by_spec = stored_by_spec(dataset)
-    main = by_spec[STRICT]
+    strict_rows = strict_spec(dataset)
+    main = by_spec[strict_rows]
     trusted = {cid: (answered[cid]["prediction"] if cid in answered else r["prediction"]) for cid, r in main.items()}
     ids = sorted(main)
     promoted = sum(bool(r.get("promoted")) for r in main.values())
     new = [answered[c] for c in flipped]
-    others = {f"{STRICT} (strict gate)" if spec == STRICT else spec: preds for spec, preds in _preds(by_spec).items()}
+    others = {
+        f"{strict_rows} (strict gate)" if spec == strict_rows else spec: preds
+        for spec, preds in _preds(by_spec).items()
+    }
     unit = "users" if get_task(rows[0]["task"]).kind == "rating" else "queries"
     return [
-        f"### {dataset} ({len(ids)} {unit}: the stored strict-gate compiles, `{STRICT}`)",
+        f"### {dataset} ({len(ids)} {unit}: the stored strict-gate compiles, `{strict_rows}`)",
         "",
         (
             f"- Promoted: {promoted} of {len(ids)} with the strict gate; {promoted + len(flipped)} with "
@@ -219,6 +223,16 @@ ARM = MAIN
 """The rows run with ``trust_measured`` (the default method)."""
 STRICT = f"{MAIN}:trust_measured=0"
 """The rows run with the strict gate (the default before 2026-11-26), re-decided here for ``trust_measured``."""
+LABEL_STRICT = f"{MAIN}:confusion=0,trust_measured=0"
+"""LaMP-2N's strict-gate rows: they ran before ``confusion`` became the default for label tasks (2026-11-27), so
+they are labelled with it off. A rating task has no confusion to state: its rows keep ``STRICT``."""
+
+
+def strict_spec(dataset: str) -> str:
+    """The spec of ``dataset``'s stored strict-gate rows."""
+    return LABEL_STRICT if dataset == "lamp2n" else STRICT
+
+
 TEST_FROM = {"movielens": 157}
 """Per data set, the first case (0-based, in ``load_cases`` order) run after the rule was chosen: the test."""
 
@@ -289,12 +303,12 @@ def default_answers(dataset: str) -> tuple[dict[str, Any], list[str]]:
     method wins (it is the method as it runs today); on the users run only with the strict gate, the stored
     compile re-decided with today's gate (``report_combined``'s derivation), the flipped users' answers read
     from ``OUT``: a flipped user not answered there yet is returned as missing, never silently dropped."""
-    trust = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=True)
+    trust = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=True, confusion=False)  # as the stored rows ran
     by_spec = stored_by_spec(dataset)
     answered = {r["case_id"]: r for r in map(json.loads, OUT.read_text().splitlines())} if OUT.exists() else {}
     out = {i: r["prediction"] for i, r in by_spec.get(ARM, {}).items()}
     missing = []
-    for i, r in by_spec.get(STRICT, {}).items():
+    for i, r in by_spec.get(strict_spec(dataset), {}).items():
         if i in out:
             continue
         if not flips(r, trust):
@@ -506,7 +520,8 @@ def report_combined(dataset: str, strict: PersonaOptimizer, trust: PersonaOptimi
     ``trust_measured``, the flipped users answered in ``OUT``) and the ``trust_measured`` arm (the strict
     gate derived as in ``report_arm``), each paired against the non-aligned methods."""
     by_spec = stored_by_spec(dataset)
-    main, arm, plain = by_spec.get(STRICT, {}), by_spec.get(ARM, {}), by_spec.get("persona", {})
+    strict_rows = strict_spec(dataset)
+    main, arm, plain = by_spec.get(strict_rows, {}), by_spec.get(ARM, {}), by_spec.get("persona", {})
     answered = {r["case_id"]: r for r in map(json.loads, OUT.read_text().splitlines())} if OUT.exists() else {}
     default: dict[str, Any] = {}
     trusted: dict[str, Any] = {}
@@ -531,11 +546,11 @@ def report_combined(dataset: str, strict: PersonaOptimizer, trust: PersonaOptimi
             f"{len(ids) - len(main)} `trust_measured` compiles, each with the other rule derived)"
         ),
         "",
-        *paired(task, trusted, ids, {f"{STRICT} (strict gate)": default, **baselines}),
+        *paired(task, trusted, ids, {f"{strict_rows} (strict gate)": default, **baselines}),
         "",
         "The strict gate on the same users:",
         "",
-        *paired(task, default, ids, baselines, name=f"`{STRICT}` (strict gate)"),
+        *paired(task, default, ids, baselines, name=f"`{strict_rows}` (strict gate)"),
     ]
 
 
@@ -599,8 +614,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="movielens,lamp2n")
     parser.add_argument("--report", action="store_true", help="only write the report from stored answers")
     args = parser.parse_args()
-    optimizer = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=True)  # the stored run's n_recent / n_val
-    strict = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=False)
+    # the stored runs' n_recent / n_val, and confusion off as LaMP-2N's strict-gate rows ran (no effect on ratings)
+    optimizer = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=True, confusion=False)
+    strict = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=False, confusion=False)
     body = [
         (
             "`PersonaOptimizer(trust_measured=True)` (the default since 2026-11-26) changes only the gate's "
@@ -617,7 +633,7 @@ def main() -> None:
         "",
     ]
     for dataset in args.datasets.split(","):
-        rows = [r for r in stored() if r["dataset"] == dataset and r["spec"] == STRICT]
+        rows = [r for r in stored() if r["dataset"] == dataset and r["spec"] == strict_spec(dataset)]
         if not rows:
             continue
         if not args.report:

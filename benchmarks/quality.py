@@ -507,25 +507,29 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({s["dataset"] for s in summaries})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    for ax, name in zip(axes[0], datasets):
-        rows = sorted((s for s in summaries if s["dataset"] == name), key=lambda s: s["spec"])
+    counts = [sum(s["dataset"] == name for s in summaries) for name in datasets]
+    # one panel per data set, stacked, one horizontal bar per method: the method specs are long labels
+    fig, axes = plt.subplots(
+        len(datasets), 1, figsize=(10, 1.2 + 0.28 * sum(counts)), squeeze=False, height_ratios=counts
+    )
+    for ax, name in zip(axes[:, 0], datasets):
+        rows = sorted((s for s in summaries if s["dataset"] == name), key=lambda s: s["spec"], reverse=True)
         key = "mae" if rows[0]["kind"] == "rating" else "accuracy"
         values = [r[key] for r in rows]
-        ax.bar(
-            [r["spec"] for r in rows],
+        ax.barh(
+            [f"{r['spec']} (n={r['n']})" for r in rows],
             [v[0] for v in values],
-            yerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],
+            xerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]],
             capsize=3,
             color=["#C44E52" if r["spec"] == MAIN else "#DD8452" if aligned(r["spec"]) else "#4C72B0" for r in rows],
         )
         ax.set_title(
-            f"{name}: {key} with 95% CI ({'lower' if key == 'mae' else 'higher'} is better), n={rows[0]['n']}",
+            f"{name}: {key} with 95% CI ({'lower' if key == 'mae' else 'higher'} is better; n: users or queries)",
             fontsize=9,
         )
-        ax.tick_params(axis="x", rotation=60, labelsize=8)
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def main() -> None:

@@ -209,10 +209,10 @@ def test_label_cues_state_the_words_of_what_the_user_filed_before_the_window(mem
     assert "wine" not in facts
 
 
-@pytest.mark.parametrize("confusion", [False, True])
+@pytest.mark.parametrize("confusion", [False, True, None])
 def test_label_confusion_states_what_the_user_files_texts_that_look_like_another_label_under(memory, confusion):
     """Recipes filed under healthy living before the window; in the replayed and gated window, election news
-    filed under travel: only the first is stated, and only with ``confusion``."""
+    filed under travel: only the first is stated, and only with ``confusion`` (the default: ``None`` here)."""
     recipes = [
         "A chef shares a recipe for pasta with garlic and fresh tomatoes",
         "The best chocolate cake recipe for a birthday dinner",
@@ -225,14 +225,16 @@ def test_label_confusion_states_what_the_user_files_texts_that_look_like_another
     items = articles(f"conf{confusion}", recipes + news, ["healthy living"] * 6 + ["travel"] * 7)
     memory.add(items)
     with dspy.context(lm=ScriptedLM(rule)):
-        compiled = PersonaOptimizer(n_recent=3, iterations=1, n_val=4, confusion=confusion).compile(
+        options = {} if confusion is None else {"confusion": confusion}
+        compiled = PersonaOptimizer(n_recent=3, iterations=1, n_val=4, **options).compile(
             PersonaAgent("LaMP-2N", user_id=f"conf{confusion}", memory=memory), trainset=items
         )
     result = compiled.compile_result
     facts = prompts.decompose(result.gated_persona or result.candidate_persona)[1]
-    assert ("They file articles that look like food & drink under healthy living." in facts) is confusion
+    on = confusion is not False
+    assert ("They file articles that look like food & drink under healthy living." in facts) is on
     assert "under travel" not in facts  # the window's answers never reach the facts it is gated on
-    assert result.params["confusion"] is confusion
+    assert result.params["confusion"] is on
 
 
 def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, embedder):

@@ -88,10 +88,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
     candidate of measured facts alone to win the gate as an LM-written guidance must (by default it is
     promoted when the gate shows it no worse: a tie is promoted); ``cues=True`` (label tasks) adds to the facts the words of the
     texts the user filed under each frequent label ("They file articles about recipe, chef under
-    healthy living"), the label analog of a rating's genre facets; ``confusion=True`` (label tasks, an experiment,
-    off until measured) adds the labels the user files texts of another apparent label under ("They file articles
-    that look like food & drink under healthy living": the apparent label is the one whose name the memory's
-    embedder finds nearest to the text, no LM call); ``label_rules=False`` states a label
+    healthy living"), the label analog of a rating's genre facets; ``confusion=True`` (label tasks; the default
+    since 2026-11-27, when it passed its pre-registered test on the 62 LaMP-2N queries) adds the labels the user
+    files texts of another apparent label under ("They file articles that look like food & drink under healthy
+    living": the apparent label is the one whose name the memory's embedder finds nearest to the text, no LM
+    call; ``confusion=False`` is the method before); ``label_rules=False`` states a label
     replay's step as a direction ("tell the assistant when this user chooses Y instead of X") instead of
     the rules to add ("when an article looks like X, answer Y"). ``gate_replayed=True`` (an experiment,
     off until measured) gates a candidate of measured facts alone on the replayed interactions as well as
@@ -121,7 +122,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         min_gain: float = 0.0,
         trust_measured: bool = True,
         cues: bool = False,
-        confusion: bool = False,
+        confusion: bool = True,
         label_rules: bool = True,
         gate_replayed: bool = False,
         lean: bool = False,
