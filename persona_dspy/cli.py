@@ -179,6 +179,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         critique=args.critique,
         trust_measured=args.trust_measured,
+        confusion=args.confusion,
         min_facts=args.min_facts,
         max_lm_calls=args.max_lm_calls,
     )
@@ -436,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="promote a persona of measured facts alone unless the gate shows it worse (a rewrite must still "
         "win); --no-trust-measured asks it to win too",
+    )
+    fleet.add_argument(
+        "--confusion",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="label tasks: state which apparent label (the embedder's nearest label name) the user files under "
+        "another label; --no-confusion leaves it out (the method before)",
     )
     fleet.add_argument(
         "--min-facts",

@@ -162,6 +162,12 @@ def test_compile_passes_trust_measured_to_the_optimizer(tmp_path, monkeypatch, f
     assert optimizer.trust_measured is trusted and optimizer.params["trust_measured"] is trusted
 
 
+@pytest.mark.parametrize("flag, on", [([], True), (["--no-confusion"], False)])
+def test_compile_passes_confusion_to_the_optimizer(tmp_path, monkeypatch, flag, on):
+    optimizer = compile_optimizer(tmp_path, monkeypatch, flag)
+    assert optimizer.confusion is on and optimizer.params["confusion"] is on
+
+
 @pytest.mark.parametrize("flag, expected", [([], 0), (["--min-facts", "3"], 3)])
 def test_compile_passes_min_facts_to_the_optimizer(tmp_path, monkeypatch, flag, expected):
     optimizer = compile_optimizer(tmp_path, monkeypatch, flag)
