@@ -12,7 +12,7 @@ from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer, prompts
-from persona_dspy.optimizers.grounding import UserFacts
+from persona_dspy.optimizers.grounding import UserFacts, apparent_labels
 from persona_dspy.pipeline import align_user
 from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
 
@@ -210,9 +210,21 @@ def test_label_cues_state_the_words_of_what_the_user_filed_before_the_window(mem
 
 
 @pytest.mark.parametrize("confusion", [False, True, None])
-def test_label_confusion_states_what_the_user_files_texts_that_look_like_another_label_under(memory, confusion):
+def test_label_confusion_states_what_the_user_files_texts_that_look_like_another_label_under(
+    memory, confusion, monkeypatch
+):
     """Recipes filed under healthy living before the window; in the replayed and gated window, election news
-    filed under travel: only the first is stated, and only with ``confusion`` (the default: ``None`` here)."""
+    filed under travel: only the first is stated, and only with ``confusion`` (the default: ``None`` here).
+    The texts are read for their apparent label once to align and once to re-ground a promoted persona."""
+    from persona_dspy.optimizers import persona_optimizer
+
+    reads: list[str] = []
+
+    def counted(memory_, user_id, labels):
+        reads.append(user_id)
+        return apparent_labels(memory_, user_id, labels)
+
+    monkeypatch.setattr(persona_optimizer, "apparent_labels", counted)
     recipes = [
         "A chef shares a recipe for pasta with garlic and fresh tomatoes",
         "The best chocolate cake recipe for a birthday dinner",
@@ -235,6 +247,7 @@ def test_label_confusion_states_what_the_user_files_texts_that_look_like_another
     assert ("They file articles that look like food & drink under healthy living." in facts) is on
     assert "under travel" not in facts  # the window's answers never reach the facts it is gated on
     assert result.params["confusion"] is on
+    assert len(reads) == (1 + bool(result.promoted) if on else 0)
 
 
 def test_compile_on_a_memory_snapshot_sends_exactly_the_same_prompts(memory, embedder):

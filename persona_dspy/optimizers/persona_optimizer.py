@@ -212,6 +212,7 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         train: list[Interaction],
         val_ids: list[str],
         history: list[Interaction] | None = None,
+        looks: dict[str, str] | None = None,
     ) -> UserFacts:
         """The user's facts from interactions strictly before every replayed and gated one."""
         history = self._history(agent) if history is None else history
@@ -219,14 +220,21 @@ class PersonaOptimizer(GatedPersonaOptimizer):
             return UserFacts(kind=agent.task.kind, n=0)
         window = {it.id for it in train} | set(val_ids)
         cut = min([it.timestamp for it in history if it.id in window] + [it.timestamp for it in train])
-        return self._measure(agent, [it for it in history if it.timestamp < cut])
+        return self._measure(agent, [it for it in history if it.timestamp < cut], looks)
 
-    def _measure(self, agent: PersonaAgent, history: list[Interaction]) -> UserFacts:
-        """``measure`` with this optimizer's options; with ``confusion``, a label task's texts are read for the
-        label each looks like (``apparent_labels``: the memory's embedder, no LM call)."""
-        looks = None
-        if self.confusion and agent.task.kind == "label" and agent.memory is not None and history:
-            looks = apparent_labels(agent.memory, agent.user_id, agent.task.labels)
+    def _looks(self, agent: PersonaAgent) -> dict[str, str] | None:
+        """With ``confusion``, the label each of a label task's stored texts looks like (``apparent_labels``:
+        the memory's embedder, no LM call); ``None`` otherwise."""
+        if self.confusion and agent.task.kind == "label" and agent.memory is not None:
+            return apparent_labels(agent.memory, agent.user_id, agent.task.labels)
+        return None
+
+    def _measure(
+        self, agent: PersonaAgent, history: list[Interaction], looks: dict[str, str] | None = None
+    ) -> UserFacts:
+        """``measure`` with this optimizer's options (``looks``: ``_looks``, read here when not given)."""
+        if looks is None and history:
+            looks = self._looks(agent)
         return measure(agent.task, history, self.recent, cues=self.cues, looks=looks)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -392,9 +400,10 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if not history:
             return agent.persona
         base, _, guidance = prompts.decompose(agent.persona)
-        old = self.facts(agent, train, result.val_ids, history)  # what the gated persona was measured on
+        looks = self._looks(agent)  # read once for both measures
+        old = self.facts(agent, train, result.val_ids, history, looks)  # what the gated persona was measured on
         end = max(it.timestamp for it in train)
-        new = self._measure(agent, [it for it in history if it.timestamp <= end])
+        new = self._measure(agent, [it for it in history if it.timestamp <= end], looks)
         if not new.n or new.n == old.n:
             return agent.persona
         stated = anchor_value(guidance)
