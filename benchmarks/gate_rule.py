@@ -460,13 +460,14 @@ def report_arm(dataset: str, strict: PersonaOptimizer, only: set[str] | None = N
     agree = sum(arm[i]["prediction"] == plain[i]["prediction"] for i in served)
     trusted = {i: arm[i]["prediction"] for i in ids}
     promoted = sum(bool(arm[i].get("promoted")) for i in ids)
+    unit = "users" if task.kind == "rating" else "queries"
     lines = [
-        f"### {dataset}: {title or f'`{ARM}` (`trust_measured`) run in full'} ({len(ids)} users)",
+        f"### {dataset}: {title or f'`{ARM}` (`trust_measured`) run in full'} ({len(ids)} {unit})",
         "",
         (
             f"- Promoted: {promoted} of {len(ids)} with `trust_measured`; {promoted - len(demoted)} with the strict "
             f"gate (derived: where it would not promote, the `persona` method's stored answer stands for production's; "
-            f"where production served in this arm, it answered as `persona` did for {agree} of {len(served)} users)."
+            f"where production served in this arm, it answered as `persona` did for {agree} of {len(served)} {unit})."
         ),
         (
             f"- Promoted personas that drop the base instructions: "
