@@ -2,15 +2,18 @@
 written before either (one shard, flat payloads) read and written as they are."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import qdrant_edge as qe
 from test_memory_edge import HashedVectors, items
 
 import persona_dspy  # noqa: F401
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
+from persona_dspy.errors import StoreUnavailableError
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.memory.compact import rewrite_shard
 from persona_dspy.memory.edge_engine import _OPEN, SHARDS, EdgeEngine, edge_config, pack, shard_of, unpack
@@ -48,7 +51,7 @@ def test_a_reopened_store_loads_a_shard_when_first_read(tmp_path: Path) -> None:
     folder, records = tmp_path / "q", items(800, users=40)
     with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
         m.add(records)
-    assert json.loads((folder / COLLECTION / "shards.json").read_text()) == {"shards": SHARDS}
+    assert json.loads((folder / COLLECTION / "shards.json").read_text()) == {"shards": SHARDS, "folders": "made"}
     with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
         hits = m.recall("u3", "episode 43 of user 3", k=3, before=200.0)
         assert loaded(folder) == 1  # only u3's shard
@@ -62,6 +65,37 @@ def test_a_reopened_store_loads_a_shard_when_first_read(tmp_path: Path) -> None:
         assert snaps["u7"].interactions == records[7::40]  # in time order
         assert m.add(records) == 0  # idempotent across shards
         assert m.forget("u3") == 20 and m.count() == 780
+
+
+def test_a_lost_shard_folder_is_an_error_never_a_new_empty_shard(tmp_path: Path) -> None:
+    folder, records = tmp_path / "q", items(40, users=4)
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        m.add(records)
+    lost = folder / COLLECTION / f"{shard_of('u1', SHARDS):02d}"
+    shutil.rmtree(lost)
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        with pytest.raises(StoreUnavailableError, match=f"{lost} is missing"):
+            m.count("u1")
+        with pytest.raises(StoreUnavailableError, match="is missing"):
+            m.add([records[1].model_copy(update={"id": "new"})])
+        assert not lost.exists()  # not recreated empty
+        others = [u for u in ("u0", "u2", "u3") if shard_of(u, SHARDS) != shard_of("u1", SHARDS)]
+        assert others and all(m.count(u) == 10 for u in others)
+
+
+def test_a_layout_made_before_its_folders_were_made_up_front_creates_an_unused_shard_when_first_used(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "q"
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        m.add(items(8, users=1))
+    root = folder / COLLECTION
+    (root / "shards.json").write_text(json.dumps({"shards": SHARDS}) + "\n")  # the earlier layout's file
+    unused = [root / f"{i:02d}" for i in range(SHARDS) if i != shard_of("u0", SHARDS)]
+    for path in unused:
+        shutil.rmtree(path)
+    with EpisodicMemory(Settings(qdrant=str(folder)), embedder=HashedVectors()) as m:
+        assert m.count() == 8 and all((path / "edge_config.json").is_file() for path in unused)
 
 
 def test_a_write_after_reopening_loads_only_the_shards_of_the_users_it_writes(tmp_path: Path) -> None:

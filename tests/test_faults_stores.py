@@ -310,3 +310,28 @@ def test_a_damaged_qdrant_edge_folder_is_store_unavailable_naming_the_file(damag
     assert code == StoreUnavailableError.exit_code, err
     assert str(target) in err or str(target.parent) in err
     assert "restore the folder from a backup" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_store_that_cannot_be_written_says_so_and_never_advises_starting_over(tmp_path, embedder, capsys):
+    """The lock file or the sqlite journal cannot be opened for writing (as on a read-only mount, simulated
+    here by a folder in their place: the tests may run as root, whom permissions do not stop)."""
+    from persona_dspy.memory import EpisodicMemory
+
+    with EpisodicMemory(Settings(state_dir=tmp_path), embedder=embedder) as memory:
+        memory.add(history("ro"))
+    lock = tmp_path / "qdrant" / "persona_episodes.lock"
+    lock.unlink()
+    lock.mkdir()
+    code = main(["ask", "ro", "movie: Heat", "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == StoreUnavailableError.exit_code, err
+    assert str(lock) in err and "writable" in err and len(err.strip().splitlines()) == 1
+
+    Tracking(Settings(state_dir=tmp_path)).history("ro")  # the sqlite store exists
+    (tmp_path / "mlflow.db-wal").unlink(missing_ok=True)
+    (tmp_path / "mlflow.db-wal").mkdir()
+    capsys.readouterr()
+    code = main(["personas", "history", "ro", "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == TrackingUnavailableError.exit_code, err
+    assert "mlflow.db" in err and "writable" in err and "backup" not in err and len(err.strip().splitlines()) == 1

@@ -87,8 +87,20 @@ class _OpenStore:
             with self.loading:
                 shard = self.shards[index]
                 if shard is None:
+                    self._check_made(self.names[index])
                     shard = self.shards[index] = _open(self.folder, self.names[index])
         return shard
+
+    def _check_made(self, name: str) -> None:
+        """A shard folder the layout made up front and gone now held users: never recreate it empty."""
+        path = self.folder / name
+        lost = "/" in name and not path.exists() and not (self.folder / f"{name}.replaced").is_dir()
+        if lost and _made_folders(self.folder, name.split("/")[0]):
+            raise StoreUnavailableError(
+                f"the Qdrant Edge shard folder {path} is missing (the store's layout made it): its users' "
+                "interactions are lost, not empty. Restore the folder from a backup, or move the store away and "
+                "ingest the users' histories again; nothing was written."
+            )
 
     def all(self) -> list[qe.EdgeShard]:
         return [self.shard(i) for i in range(len(self.names))]
@@ -149,12 +161,24 @@ def shard_names(folder: Path, collection: str) -> list[str]:
 
 
 def _create_layout(folder: Path, collection: str) -> None:
-    """A new collection: ``SHARDS`` shard folders, named in ``shards.json`` (written atomically)."""
+    """A new collection: ``SHARDS`` shard folders, made empty now (each shard is created in its folder on
+    first use), then named in ``shards.json`` (written atomically, last) with ``"folders": "made"``: from then
+    on a missing shard folder is a lost one (``_open``), not one never used."""
     root = folder / collection
     root.mkdir(parents=True, exist_ok=True)
+    for i in range(SHARDS):
+        (root / f"{i:02d}").mkdir(exist_ok=True)
     tmp = root / f"{SHARDS_FILE}.tmp"
-    tmp.write_text(json.dumps({"shards": SHARDS}) + "\n")
+    tmp.write_text(json.dumps({"shards": SHARDS, "folders": "made"}) + "\n")
     os.replace(tmp, root / SHARDS_FILE)
+
+
+def _made_folders(folder: Path, collection: str) -> bool:
+    """Whether the collection's layout made every shard folder up front (stores before it made them lazily)."""
+    try:
+        return json.loads((folder / collection / SHARDS_FILE).read_text()).get("folders") == "made"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def legacy_folder_error(folder: Path) -> StoreUnavailableError:
@@ -167,7 +191,14 @@ def legacy_folder_error(folder: Path) -> StoreUnavailableError:
 
 def _lock(folder: Path, collection: str) -> IO[str]:
     path = folder / f"{collection}.lock"
-    handle = open(path, "a+")  # noqa: SIM115 (held open: closing it releases the lock)
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 (held open: closing it releases the lock)
+    except OSError as exc:  # a read-only mount, a folder of another user, ...
+        raise StoreUnavailableError(
+            f"cannot open the lock file {path} of the Qdrant Edge folder {folder} for writing ({exc.strerror}): "
+            "the embedded store needs a writable folder, even to read. Make it writable, or point "
+            "PERSONA_DSPY_STATE_DIR (or PERSONA_DSPY_QDRANT) at a writable copy; nothing was changed."
+        ) from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
