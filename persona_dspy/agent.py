@@ -143,7 +143,7 @@ class PersonaAgent(dspy.Module):
         if failure is not None:
             raise LMOutputError(
                 f"the LM failed twice answering for user {self.user_id!r} "
-                f"({type(failure).__name__}: {str(failure)[:200]}). Check PERSONA_DSPY_LM."
+                f"({type(failure).__name__}: {' '.join(str(failure).split())[:200]}). Check PERSONA_DSPY_LM."
             ) from failure
         extra = {k: v for k, v in inputs.items() if k != "task"}
         return dspy.Prediction(answer=answer, raw_answer=raw, valid=answer is not None, **extra)

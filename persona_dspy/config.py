@@ -28,14 +28,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PERSONA_DSPY_", extra="ignore")
 
-    lm: str = Field(EMBEDDED_LM, description="'embedded/...' for the in-process model, or any LiteLLM model string")
+    lm: str = Field(
+        EMBEDDED_LM,
+        min_length=1,
+        description="'embedded/...' for the in-process model, or any LiteLLM model string",
+    )
     api_base: str | None = Field(
         None, description="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"
     )
     api_key: SecretStr | None = Field(None, description="API key for the LM; never logged")
-    lm_temperature: float = 0.0
-    lm_max_tokens: int = 384
-    lm_num_retries: int = 2
+    lm_temperature: float = Field(0.0, ge=0.0)
+    lm_max_tokens: int = Field(384, ge=1)
+    lm_num_retries: int = Field(2, ge=0)
     state_dir: Path = Field(default_factory=default_state_dir)
     qdrant: str | None = Field(
         None,
@@ -47,8 +51,8 @@ class Settings(BaseSettings):
     collection: str = "persona_episodes"
     mlflow_tracking_uri: str | None = Field(None, description="default sqlite:///<state_dir>/mlflow.db")
     experiment: str = "persona_dspy"
-    embedded_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    embedded_ctx: int = 8192
+    embedded_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    embedded_ctx: int = Field(8192, ge=512)
     embedded_cache_prompt: bool = Field(
         True,
         description="reuse the KV cache of a shared prompt prefix (faster); False: every prompt from scratch, so "

@@ -91,6 +91,9 @@ def test_a_bad_argument_is_one_line_and_exit_code_2(argv, tmp_path, data_file, c
         ("PERSONA_DSPY_LM_TEMPERATURE", "hot"),
         ("PERSONA_DSPY_EMBEDDED_CTX", "-"),
         ("PERSONA_DSPY_LM_MAX_TOKENS", "lots"),
+        ("PERSONA_DSPY_LM_MAX_TOKENS", "-5"),
+        ("PERSONA_DSPY_LM_NUM_RETRIES", "-1"),
+        ("PERSONA_DSPY_LM", ""),
     ],
 )
 @pytest.mark.parametrize(
@@ -178,3 +181,25 @@ def test_a_negative_min_facts_is_a_one_line_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compile", "--users", "u1", "--state-dir", str(tmp_path), "--min-facts", "-1"])
     assert exc.value.code == 2 and "min-facts" in capsys.readouterr().err
+
+
+def test_ask_with_an_unreachable_lm_is_one_lm_output_error_line(tmp_path, monkeypatch, capsys):
+    from persona_dspy.tracking.server import free_port
+
+    data = tmp_path / "ana.jsonl"
+    data.write_text(
+        "".join(
+            f'{{"user_id": "ana", "id": "a{i}", "input": "movie: Film {i}", "output": "4.0", "timestamp": {i}, '
+            '"task": "movielens_rating"}\n'
+            for i in range(4)
+        )
+    )
+    assert main(["ingest", str(data), "--state-dir", str(tmp_path)]) == 0
+    monkeypatch.setenv("PERSONA_DSPY_API_BASE", f"http://127.0.0.1:{free_port()}/v1")  # nothing listens
+    monkeypatch.setenv("PERSONA_DSPY_API_KEY", "x")
+    monkeypatch.setenv("PERSONA_DSPY_LM_NUM_RETRIES", "0")
+    capsys.readouterr()
+    code, err = run(["ask", "ana", "movie: Heat", "--state-dir", str(tmp_path), "--lm", "openai/any-model"], capsys)
+    assert code == EXIT_CODES["LMOutputError"], err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("persona-dspy: LMOutputError: ")
+    assert "PERSONA_DSPY_LM" in err and all(line.strip() for line in err.strip().splitlines())

@@ -19,7 +19,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 from pydantic import BaseModel
 
-from persona_dspy.errors import EmptyHistoryError, LMOutputError
+from persona_dspy.errors import EmptyHistoryError, LMOutputError, PersonaDSPyError
 from persona_dspy.signatures.tasks import TaskSpec, get_task, render_episode
 
 if TYPE_CHECKING:
@@ -123,6 +123,13 @@ class SemanticMemory:
                 ).profile
             except AdapterParseError:  # not even the output format: as unusable as a wrong profile
                 raw = None
+            except PersonaDSPyError:
+                raise
+            except Exception as exc:  # the LM itself failed (unreachable, misconfigured)
+                raise LMOutputError(
+                    f"the LM failed distilling the profile of user {user_id!r} ({type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:200]}); the previous profile is kept. Check PERSONA_DSPY_LM."
+                ) from exc
             text = clean_profile(raw)
             if text:
                 break
