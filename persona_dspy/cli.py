@@ -59,6 +59,16 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def user_list(text: str) -> str | list[str]:
+    """``all``, or comma-separated user ids (spaces around them dropped; at least one)."""
+    if text.strip() == "all":
+        return "all"
+    users = [u.strip() for u in text.split(",") if u.strip()]
+    if not users:
+        raise argparse.ArgumentTypeError(f"expected 'all' or user ids separated by commas, got {text!r}")
+    return users
+
+
 def input_file(text: str) -> Path:
     path = Path(text)
     if path.is_dir():
@@ -167,7 +177,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from persona_dspy.tracking import Tracking
 
     settings = _settings(args)
-    users = "all" if args.users == "all" else [u for u in args.users.split(",") if u]
+    users = args.users
     if args.due:
         users = _due_users(args, settings, users)
         if not users:
@@ -193,7 +203,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         resume=args.resume,
         verbose=args.verbose,
     )
-    print(report.format())
+    print(report.format(tracebacks=args.debug))
     return 1 if report.failed else 0
 
 
@@ -422,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet = sub.add_parser(
         "compile", parents=[common], help="compile the persona of many users (concurrent, resumable)"
     )
-    fleet.add_argument("--users", default="all", help="'all' (every user in episodic memory) or u1,u2,...")
+    fleet.add_argument(
+        "--users", type=user_list, default="all", help="'all' (every user in episodic memory) or u1,u2,..."
+    )
     fleet.add_argument("--workers", type=positive, default=4)
     fleet.add_argument("--backend", choices=["threads", "ray"], default="threads")
     fleet.add_argument("--resume", action="store_true", help="skip users this fleet's journal lists as finished")

@@ -43,6 +43,8 @@ BAD_ARGUMENTS = {
     "compile --candidates 0": ["compile", "--candidates", "0"],
     "compile --max-lm-calls abc": ["compile", "--max-lm-calls", "abc"],
     "compile --backend spark": ["compile", "--backend", "spark"],
+    "compile --users ''": ["compile", "--users", ""],
+    "compile --users ,,": ["compile", "--users", ",,"],
     "demo --users 0": ["demo", "--users", "0"],
     "demo --n-recent 0": ["demo", "--n-recent", "0"],
     "demo --iterations -2": ["demo", "--iterations", "-2"],
@@ -203,3 +205,11 @@ def test_ask_with_an_unreachable_lm_is_one_lm_output_error_line(tmp_path, monkey
     assert code == EXIT_CODES["LMOutputError"], err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("persona-dspy: LMOutputError: ")
     assert "PERSONA_DSPY_LM" in err and all(line.strip() for line in err.strip().splitlines())
+
+
+def test_compile_users_are_stripped_and_all_is_every_user():
+    from persona_dspy.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["compile", "--users", " ana, cat ,"]).users == ["ana", "cat"]
+    assert parse(["compile"]).users == parse(["compile", "--users", "all"]).users == "all"

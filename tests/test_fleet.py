@@ -125,6 +125,10 @@ def test_one_users_failure_is_recorded_and_the_others_compile(memory, tracking):
     assert {u.user_id for u in report.failed} == {"boom", "garbage", "spendy"}
     assert tracking.history("garbage") == [] and tracking.history("spendy") == []
     assert "3 failed" in report.format() and "BudgetExceededError" in report.format()
+    assert (
+        "Traceback" not in report.format() and "the last frames of 3 failure(s) are in the journal" in report.format()
+    )
+    assert "LM endpoint down for boom" in report.format(tracebacks=True)
 
 
 def test_an_unknown_user_fails_alone(memory, tracking):

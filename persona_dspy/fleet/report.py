@@ -94,16 +94,19 @@ class FleetReport(BaseModel):
     def tokens(self) -> int:
         return sum(u.tokens for u in self.users)
 
-    def format(self) -> str:
-        """The final report: one line per user (grouped by status), then totals."""
+    def format(self, tracebacks: bool = False) -> str:
+        """The final report: one line per user (grouped by status), then totals. A failure's last frames
+        (kept in the journal) follow with ``tracebacks``; otherwise one line says where they are."""
         order = {"failed": 0, "promoted": 1, "kept": 2, "skipped": 3}
         lines = [
             u.line() + ("  [earlier run]" if u.from_journal else "")
             for u in sorted(self.users, key=lambda u: (order[u.status], u.user_id))
         ]
-        for u in self.failed:
-            if u.traceback:
-                lines.append(f"--- {u.user_id}: {u.error_type}\n{u.traceback.rstrip()}")
+        traced = [u for u in self.failed if u.traceback]
+        if tracebacks:
+            lines += [f"--- {u.user_id}: {u.error_type}\n{u.traceback.rstrip()}" for u in traced if u.traceback]
+        elif traced:
+            lines.append(f"the last frames of {len(traced)} failure(s) are in the journal (or rerun with --debug)")
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
         lines.append(
             f"{len(self.users)} users: {counts}; {self.lm_calls} LM calls, {self.tokens} tokens, "
