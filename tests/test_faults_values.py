@@ -40,8 +40,47 @@ def test_an_unknown_task_is_rejected_at_ingest_not_at_compile(tmp_path, capsys):
     data.write_text(json.dumps(record) + "\n")
     code, err = run(["ingest", str(data), "--state-dir", str(tmp_path)], capsys)
     assert code == MalformedInteractionError.exit_code, err
-    assert "field 'task'" in err and "no-such-task" in err and "register_task" in err
+    assert "field 'task'" in err and "no-such-task" in err and "register_task" in err and "line 1" in err
     assert not (tmp_path / "qdrant").exists()
+
+
+@pytest.mark.parametrize("answer", ["banana", "17", "-1", ""])
+def test_a_rating_off_the_tasks_scale_is_rejected_at_ingest_and_observe(answer, tmp_path, capsys):
+    def record(i: int, output: str) -> dict:
+        return {"user_id": "u", "id": f"r{i}", "input": f"movie: Film {i}", "output": output, "timestamp": i,
+                "task": "movielens_rating"}  # fmt: skip
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(record(1, "4.0")) + "\n" + json.dumps(record(2, answer)) + "\n")
+    code, err = run(["ingest", str(data), "--state-dir", str(tmp_path)], capsys)
+    assert code == MalformedInteractionError.exit_code, err
+    assert "line 2" in err and "field 'output'" in err and "from 0.5 to 5" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "qdrant").exists()
+
+    data.write_text(json.dumps(record(1, "4.0")) + "\n")
+    assert run(["ingest", str(data), "--state-dir", str(tmp_path)], capsys)[0] == 0
+    argv = ["observe", "u", "--input", "movie: Heat", "--output", answer, "--timestamp", "5"]
+    code, err = run([*argv, "--state-dir", str(tmp_path)], capsys)
+    assert code == MalformedInteractionError.exit_code, err
+    assert "field 'output'" in err and len(err.strip().splitlines()) == 1
+
+    from persona_dspy import Settings
+    from persona_dspy.memory import EpisodicMemory
+
+    with EpisodicMemory(Settings(state_dir=tmp_path)) as memory:
+        assert memory.count("u") == 1  # nothing of either was written
+        with pytest.raises(MalformedInteractionError, match="not a movielens_rating rating"):
+            memory.add([record(3, answer)])
+
+
+def test_a_label_tasks_past_may_hold_other_text_than_a_label(tmp_path, capsys):
+    """LaMP-1's past interactions are the user's own papers (title -> abstract): stored as they are."""
+    paper = {"user_id": "u", "id": "p1", "input": "paper title: Convex grid drawings", "timestamp": 1,
+             "output": "In a convex grid drawing of a plane graph, every edge is a straight line.", "task": "LaMP-1"}  # fmt: skip
+    data = tmp_path / "papers.jsonl"
+    data.write_text(json.dumps(paper) + "\n")
+    code, err = run(["ingest", str(data), "--state-dir", str(tmp_path)], capsys)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("how", ["environment", "flag"])

@@ -58,18 +58,25 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _interaction(fields: dict[str, Any], *, source: str, line: int) -> Interaction:
+    from persona_dspy.errors import UnknownTaskError
+    from persona_dspy.signatures.tasks import answer_problem
+
+    record_id = str(fields.get("id")) if fields.get("id") is not None else None
     try:
-        return Interaction(**fields)
+        it = Interaction(**fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None
         raise MalformedInteractionError(
-            err["msg"],
-            source=source,
-            line=line,
-            record_id=str(fields.get("id")) if fields.get("id") is not None else None,
-            field=field,
+            err["msg"], source=source, line=line, record_id=record_id, field=field
         ) from None
+    try:
+        problem, field = answer_problem(it.task, it.output), "output"
+    except UnknownTaskError as exc:
+        problem, field = str(exc).strip("'\""), "task"
+    if problem:
+        raise MalformedInteractionError(problem, source=source, line=line, record_id=record_id, field=field)
+    return it
 
 
 def load_interactions(path: str | Path, *, require_time_order: bool = True) -> list[Interaction]:

@@ -34,7 +34,7 @@ from persona_dspy.memory.embedder import OnnxEmbedder
 from persona_dspy.memory.engine import Engine
 from persona_dspy.memory.protocol import Episode
 from persona_dspy.memory.snapshot import UserSnapshot
-from persona_dspy.signatures.tasks import get_task
+from persona_dspy.signatures.tasks import answer_problem, get_task
 
 __all__ = ["NAMESPACE", "Episode", "EpisodicMemory", "point_id", "validate_batch"]
 
@@ -86,6 +86,10 @@ def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[I
         except UnknownTaskError as exc:
             first = next(it for it in items if it.task == task)
             raise MalformedInteractionError(str(exc).strip("'\""), record_id=first.id, field="task") from None
+    for pos, it in enumerate(items):
+        problem = answer_problem(it.task, it.output)
+        if problem:
+            raise MalformedInteractionError(f"item {pos}: {problem}", record_id=it.id, field="output")
     return items
 
 

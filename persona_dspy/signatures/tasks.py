@@ -278,6 +278,24 @@ def _import_task_modules() -> None:
         _imported_task_modules.add(module)
 
 
+def answer_problem(task: str | TaskSpec, output: str) -> str | None:
+    """Why ``output`` cannot be stored as a user's answer to ``task`` (``None``: it can). A rating task's
+    answers are ratings on its scale, past and held out alike. A label task's past interactions may hold
+    other text than a label (LaMP-1's are the user's own papers), and free text is free: neither is checked.
+    Raises ``UnknownTaskError`` for an unregistered task."""
+    spec = get_task(task)
+    if spec.kind != "rating":
+        return None
+    try:  # a stored answer is exact: no clamping or number-in-text as for the LM's answers (``parse``)
+        value = float(output)
+    except ValueError:
+        value = float("nan")
+    lo, hi = spec.scale
+    if not lo <= value <= hi:
+        return f"the answer {output!r} is not a {spec.name} rating: {spec.contract()}"
+    return None
+
+
 def get_task(task: str | TaskSpec) -> TaskSpec:
     """The registered task of that name (importing ``PERSONA_DSPY_TASK_MODULES`` first if needed)."""
     if isinstance(task, TaskSpec):
