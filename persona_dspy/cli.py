@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -56,6 +57,16 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def finite_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 
 
@@ -485,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     obs.add_argument("user", nargs="?", help="the user (with --input/--output)")
     obs.add_argument("--input", help="the task the user saw")
     obs.add_argument("--output", help="what the user really answered")
-    obs.add_argument("--timestamp", type=float, help="when (default: now)")
+    obs.add_argument(
+        "--timestamp", type=finite_number, help="when (default: now; give it, or --id, to make a retried call idempotent)"
+    )
     obs.add_argument("--id", help="interaction id (default: a hash of user, input, output and timestamp)")
     obs.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
     obs.add_argument("--file", type=input_file, help="a JSONL of interactions (the format `ingest` reads)")

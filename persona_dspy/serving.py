@@ -94,8 +94,10 @@ class Observation(BaseModel):
 
 def interaction_from(fields: Mapping[str, Any], *, user_id: str, task: str) -> Interaction:
     """An ``Interaction`` from what a caller knows (``input``, ``output``, maybe ``timestamp``/``id``):
-    the user and task default to the agent's, the time to now, the id to a hash of the content, so the
-    same observation sent twice is stored once."""
+    the user and task default to the agent's, the time to now, the id to a hash of the content and the
+    time. The same observation sent twice with its ``timestamp`` (or ``id``) is stored once; without either,
+    each call is a new observation at its own time (a user may answer the same thing again), so a caller
+    that retries gives one of them."""
     data = {"user_id": user_id, "task": task, **fields}
     data.setdefault("timestamp", time.time())
     if "id" not in data:

@@ -43,6 +43,8 @@ BAD_ARGUMENTS = {
     "compile --candidates 0": ["compile", "--candidates", "0"],
     "compile --max-lm-calls abc": ["compile", "--max-lm-calls", "abc"],
     "compile --backend spark": ["compile", "--backend", "spark"],
+    "observe --timestamp nan": ["observe", "u", "--input", "x", "--output", "4.0", "--timestamp", "nan"],
+    "observe --timestamp inf": ["observe", "u", "--input", "x", "--output", "4.0", "--timestamp", "inf"],
     "compile --users ''": ["compile", "--users", ""],
     "compile --users ,,": ["compile", "--users", ",,"],
     "demo --users 0": ["demo", "--users", "0"],
