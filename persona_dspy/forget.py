@@ -44,7 +44,22 @@ class ForgetReport:
             f"{store}: " + (", ".join(f"{k} {v}" for k, v in n.items()) or "-") for store, n in self.removed.items()
         ]
         lines += [f"{store}: NOT FORGOTTEN ({type(e).__name__}: {redact(str(e))})" for store, e in self.failed.items()]
+        if self.found_nothing:
+            lines.append(
+                f"nothing of user {self.user_id!r} was found in any store: forgotten before, or a misspelled id? "
+                "(the LM caches are dropped all the same: their entries name no user)"
+            )
         return "\n".join(lines)
+
+    @property
+    def found_nothing(self) -> bool:
+        """Every store answered and none held the user (the LM caches, shared by all users, aside)."""
+        own = {store: n for store, n in self.removed.items() if store != "lm caches"}
+        return (
+            self.complete
+            and bool(own)
+            and not any(v for n in own.values() for k, v in n.items() if k != "points kept in the rewritten shard")
+        )
 
     def raise_if_incomplete(self) -> None:
         """Raise the first failed store's error class, saying what was removed and what remains."""

@@ -335,3 +335,18 @@ def test_a_store_that_cannot_be_written_says_so_and_never_advises_starting_over(
     err = capsys.readouterr().err
     assert code == TrackingUnavailableError.exit_code, err
     assert "mlflow.db" in err and "writable" in err and "backup" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_forget_says_when_it_found_nothing_of_the_user(tmp_path, capsys):
+    data = tmp_path / "u.jsonl"
+    data.write_text(
+        "".join(
+            f'{{"user_id": "fg", "id": "a{i}", "input": "x {i}", "output": "y", "timestamp": {i}}}\n' for i in range(3)
+        )
+    )
+    assert main(["ingest", str(data), "--state-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for user, found in (("fg", True), ("fg", False), ("gf", False)):  # the user, again, a misspelling
+        assert main(["forget", user, "--state-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert ("points 3" in out) is found and ("nothing of user" in out) is not found, out
