@@ -70,6 +70,17 @@ def finite_number(text: str) -> float:
     return value
 
 
+def task_text(text: str) -> str:
+    """A task's text: not blank, and no longer than a stored interaction's input may be."""
+    from persona_dspy.data.records import MAX_FIELD_CHARS
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the task text is empty")
+    if len(text) > MAX_FIELD_CHARS:
+        raise argparse.ArgumentTypeError(f"the task text has {len(text):,} characters; at most {MAX_FIELD_CHARS:,}")
+    return text
+
+
 def user_list(text: str) -> str | list[str]:
     """``all``, or comma-separated user ids (spaces around them dropped; at least one)."""
     if text.strip() == "all":
@@ -78,6 +89,15 @@ def user_list(text: str) -> str | list[str]:
     if not users:
         raise argparse.ArgumentTypeError(f"expected 'all' or user ids separated by commas, got {text!r}")
     return users
+
+
+def existing_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{path} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    return path
 
 
 def input_file(text: str) -> Path:
@@ -357,7 +377,13 @@ def cmd_forget(args: argparse.Namespace) -> int:
 def cmd_runs_compare(args: argparse.Namespace) -> int:
     from persona_dspy.tracking import Tracking, compare_runs, format_runs
 
-    rows = compare_runs(Tracking(_settings(args), experiment=args.experiment), args.user)
+    tracking = Tracking(_settings(args), experiment=args.experiment)
+    rows = compare_runs(tracking, args.user)
+    if not rows and args.experiment and tracking.store.existing_experiment_id() is None:
+        raise ConfigurationError(
+            f"no experiment {args.experiment!r} in {redact(tracking.tracking_uri)}: check --experiment "
+            "(without it, the configured PERSONA_DSPY_EXPERIMENT)"
+        )
     print(format_runs(rows) if rows else "no compile runs" + (f" of user {args.user!r}" if args.user else ""))
     return 0
 
@@ -484,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = sub.add_parser("ask", parents=[common], help="answer a task as a user's agent (production persona)")
     ask.add_argument("user")
-    ask.add_argument("text", help="the task text")
+    ask.add_argument("text", type=task_text, help="the task text")
     ask.add_argument("--alias", default="production", help="alias or version number (default: production)")
     ask.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
     ask.add_argument("--k", type=positive, default=4, help="episodes retrieved")
@@ -497,7 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     obs.add_argument("--input", help="the task the user saw")
     obs.add_argument("--output", help="what the user really answered")
     obs.add_argument(
-        "--timestamp", type=finite_number, help="when (default: now; give it, or --id, to make a retried call idempotent)"
+        "--timestamp",
+        type=finite_number,
+        help="when (default: now; give it, or --id, to make a retried call idempotent)",
     )
     obs.add_argument("--id", help="interaction id (default: a hash of user, input, output and timestamp)")
     obs.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
@@ -546,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory = sub.add_parser("memory", help="the episodic store")
     msub = memory.add_subparsers(dest="memory_command", required=True)
     migrate = msub.add_parser("migrate", help="convert a folder of the previous embedded engine to Qdrant Edge")
-    migrate.add_argument("folder", type=Path, help="a folder written by qdrant-client's local mode")
+    migrate.add_argument("folder", type=existing_folder, help="a folder written by qdrant-client's local mode")
     migrate.set_defaults(func=cmd_memory_migrate)
     return parser
 

@@ -45,6 +45,10 @@ BAD_ARGUMENTS = {
     "compile --backend spark": ["compile", "--backend", "spark"],
     "observe --timestamp nan": ["observe", "u", "--input", "x", "--output", "4.0", "--timestamp", "nan"],
     "observe --timestamp inf": ["observe", "u", "--input", "x", "--output", "4.0", "--timestamp", "inf"],
+    "ask with an empty task text": ["ask", "u", "  "],
+    "ask with a task text over the limit": ["ask", "u", "x" * 20_001],
+    "memory migrate MISSING": ["memory", "migrate", "{tmp}/missing"],
+    "memory migrate FILE": ["memory", "migrate", "{data}"],
     "compile --users ''": ["compile", "--users", ""],
     "compile --users ,,": ["compile", "--users", ",,"],
     "demo --users 0": ["demo", "--users", "0"],
@@ -215,3 +219,13 @@ def test_compile_users_are_stripped_and_all_is_every_user():
     parse = build_parser().parse_args
     assert parse(["compile", "--users", " ana, cat ,"]).users == ["ana", "cat"]
     assert parse(["compile"]).users == parse(["compile", "--users", "all"]).users == "all"
+
+
+def test_runs_compare_of_a_missing_experiment_says_so_and_creates_nothing(tmp_path, capsys):
+    from persona_dspy import Settings
+    from persona_dspy.tracking import Tracking
+
+    code, err = run(["runs", "compare", "--experiment", "no-such-exp", "--state-dir", str(tmp_path)], capsys)
+    assert code == BAD and "no experiment 'no-such-exp'" in err and len(err.strip().splitlines()) == 1, err
+    assert Tracking(Settings(state_dir=tmp_path), experiment="no-such-exp").store.existing_experiment_id() is None
+    assert run(["runs", "compare", "--state-dir", str(tmp_path)], capsys)[0] == 0  # the default one: no runs yet

@@ -53,8 +53,11 @@ class RunRow:
 
 
 def compare_runs(tracking: Tracking, user_id: str | None = None, *, max_runs: int = 1000) -> list[RunRow]:
-    """Finished compile runs of the tracking's experiment (one user's, or all), oldest first."""
-    exp_id = tracking.experiment_id()
+    """Finished compile runs of the tracking's experiment (one user's, or all), oldest first; none when the
+    experiment does not exist (it is not created by a read)."""
+    exp_id = tracking.store.existing_experiment_id()
+    if exp_id is None:
+        return []
     where = "attributes.status = 'FINISHED'"
     if user_id is not None:
         where += f" and tags.persona_prompt = '{prompt_name(user_id)}'"

@@ -117,6 +117,15 @@ class MlflowStore:
                 self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
             return self._client
 
+    def existing_experiment_id(self) -> str | None:
+        """The experiment's id, or ``None`` when it does not exist yet (a read: nothing is created)."""
+        with self._lock:
+            if self._experiment_id:
+                return self._experiment_id
+        with self.guard("looking up the experiment") as client:
+            exp = client.get_experiment_by_name(self.experiment)
+        return None if exp is None else exp.experiment_id
+
     def experiment_id(self) -> str:
         with self._lock:
             cached = self._experiment_id
