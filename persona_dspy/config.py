@@ -70,6 +70,18 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("mlflow_tracking_uri", mode="after")
+    @classmethod
+    def _tracking_uri_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(
+            r"(sqlite|https?|file|postgresql|mysql|mssql|databricks|databricks-uc|uc)(\+\w+)?:", v
+        ):
+            raise ValueError(
+                "expected an MLflow store URI: sqlite:///PATH, http(s)://HOST:PORT (a tracking server), "
+                "postgresql://..., mysql://... or file:PATH"
+            )
+        return v
+
     @field_validator("state_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:

@@ -102,6 +102,7 @@ def test_a_bad_argument_is_one_line_and_exit_code_2(argv, tmp_path, data_file, c
         ("PERSONA_DSPY_LM_MAX_TOKENS", "-5"),
         ("PERSONA_DSPY_LM_NUM_RETRIES", "-1"),
         ("PERSONA_DSPY_LM", ""),
+        ("PERSONA_DSPY_MLFLOW_TRACKING_URI", "bogus://x"),
     ],
 )
 @pytest.mark.parametrize(

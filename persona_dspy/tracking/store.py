@@ -101,7 +101,8 @@ class MlflowStore:
         except (PersonaNotFoundError, TrackingUnavailableError):
             raise
         except STORE_ERRORS as exc:
-            detail = redact_uri(str(exc).splitlines()[0][:200]) if str(exc) else ""
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            detail = redact_uri(first if len(first) <= 300 else first[:300].rsplit(" ", 1)[0] + " ...")
             raise TrackingUnavailableError(
                 f"MLflow store {redact_uri(self.tracking_uri)} failed while {doing}: {type(exc).__name__}: "
                 f"{detail}. No persona alias was moved. Check that the tracking server is up (or the sqlite path "
