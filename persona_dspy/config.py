@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     @field_validator("state_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:
-        return v.expanduser()
+        v = v.expanduser()
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{v} is a file, not a folder: give a folder (it is created if missing)")
+        return v
 
     @property
     def is_embedded_lm(self) -> bool:

@@ -230,3 +230,11 @@ def test_runs_compare_of_a_missing_experiment_says_so_and_creates_nothing(tmp_pa
     assert code == BAD and "no experiment 'no-such-exp'" in err and len(err.strip().splitlines()) == 1, err
     assert Tracking(Settings(state_dir=tmp_path), experiment="no-such-exp").store.existing_experiment_id() is None
     assert run(["runs", "compare", "--state-dir", str(tmp_path)], capsys)[0] == 0  # the default one: no runs yet
+
+
+@pytest.mark.parametrize("command", [["personas", "history", "u"], ["ingest", "{data}"], ["compile"], ["forget", "u"]])
+def test_a_state_dir_that_is_a_file_is_one_configuration_error_everywhere(command, tmp_path, data_file, capsys):
+    state = tmp_path / "state"
+    state.write_text("not a folder")
+    code, err = run([a.format(data=data_file) for a in command] + ["--state-dir", str(state)], capsys)
+    assert code == BAD and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1, err
