@@ -161,11 +161,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from persona_dspy.evaluation import METHODS, evaluate, format_report
     from persona_dspy.lm import build_lm
     from persona_dspy.memory import EpisodicMemory, SemanticMemory
+    from persona_dspy.signatures.tasks import record_problem
 
     if args.method not in METHODS:
         raise ConfigurationError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
     settings = _settings(args)
-    cases = load_shared(args.data, limit_users=args.users)
+    cases = load_shared(args.data, limit_users=args.users, check=record_problem)
     lm = None if args.method == "trivial" else build_lm(settings)
     with EpisodicMemory(settings.model_copy(update={"qdrant": ":memory:"})) as memory:
         report = evaluate(
@@ -190,12 +191,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from persona_dspy.data import load_interactions, load_shared
     from persona_dspy.memory import EpisodicMemory
+    from persona_dspy.signatures.tasks import record_problem
 
     settings = _settings(args)
     if args.shared:
-        interactions = [it for h in load_shared(args.file) for it in h.interactions]
+        interactions = [it for h in load_shared(args.file, check=record_problem) for it in h.interactions]
     else:
-        interactions = load_interactions(args.file)
+        interactions = load_interactions(args.file, check=record_problem)
     with EpisodicMemory(settings) as memory:
         written = memory.add(interactions, progress=True)
         print(f"{len(interactions)} interactions read, {written} written, {memory.count()} in store")
@@ -299,6 +301,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     from persona_dspy.data import load_interactions
     from persona_dspy.memory import EpisodicMemory
     from persona_dspy.serving import interaction_from, observe
+    from persona_dspy.signatures.tasks import record_problem
     from persona_dspy.tracking import Tracking
 
     if (args.file is None) == (args.input is None or args.output is None) or (args.file is not None) == bool(args.user):
@@ -306,7 +309,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with EpisodicMemory(settings) as memory:
         if args.file is not None:
-            interactions = load_interactions(args.file)
+            interactions = load_interactions(args.file, check=record_problem)
         else:
             fields = {"input": args.input, "output": args.output}
             fields.update({k: v for k, v in (("timestamp", args.timestamp), ("id", args.id)) if v is not None})

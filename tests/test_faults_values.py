@@ -127,3 +127,18 @@ def test_log_records_are_redacted_once_the_cli_has_set_up_logging(caplog):
     redact_logs()
     logging.getLogger("httpx").warning("request to %s failed", "http://alice:S3CRET@host:5000/api?token=abc")
     assert "S3CRET" not in caplog.text and "token=abc" not in caplog.text and "http://***@host:5000" in caplog.text
+
+
+def test_evaluate_names_the_line_of_a_true_answer_off_the_scale(tmp_path, capsys):
+    profile = [{"movie": f"Film {i}", "genres": "Drama", "rating": 4.0, "timestamp": i} for i in range(3)]
+    row = {"user_id": "u", "id": "q", "task": "movielens_rating", "input": "movie: Heat", "output": "banana"}
+    data = tmp_path / "cases.jsonl"
+    data.write_text(
+        json.dumps({**row, "output": "4.0", "profile": profile})
+        + "\n"
+        + json.dumps({**row, "id": "q2", "profile": profile})
+        + "\n"
+    )
+    code, err = run(["evaluate", "--data", str(data), "--method", "trivial", "--state-dir", str(tmp_path)], capsys)
+    assert code == MalformedInteractionError.exit_code, err
+    assert "line 2" in err and "field 'output'" in err and "banana" in err and len(err.strip().splitlines()) == 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,12 @@ def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, obj
 
 
-def _interaction(fields: dict[str, Any], *, source: str, line: int) -> Interaction:
-    from persona_dspy.errors import UnknownTaskError
-    from persona_dspy.signatures.tasks import answer_problem
+Check = Callable[[Interaction], "tuple[str, str] | None"]
+"""A record check beyond the schema (``signatures.record_problem``: its task and answer): ``(field, problem)``
+or ``None``. The loaders take it from the caller, as the data layer sits below the tasks."""
 
+
+def _interaction(fields: dict[str, Any], *, source: str, line: int, check: Check | None = None) -> Interaction:
     record_id = str(fields.get("id")) if fields.get("id") is not None else None
     try:
         it = Interaction(**fields)
@@ -70,17 +72,17 @@ def _interaction(fields: dict[str, Any], *, source: str, line: int) -> Interacti
         raise MalformedInteractionError(
             err["msg"], source=source, line=line, record_id=record_id, field=field
         ) from None
-    try:
-        problem, field = answer_problem(it.task, it.output), "output"
-    except UnknownTaskError as exc:
-        problem, field = str(exc).strip("'\""), "task"
-    if problem:
-        raise MalformedInteractionError(problem, source=source, line=line, record_id=record_id, field=field)
+    found = check(it) if check is not None else None
+    if found:
+        raise MalformedInteractionError(found[1], source=source, line=line, record_id=record_id, field=found[0])
     return it
 
 
-def load_interactions(path: str | Path, *, require_time_order: bool = True) -> list[Interaction]:
-    """A plain JSONL of interactions: ``{user_id, id, input, output, timestamp[, task, metadata]}`` per line.
+def load_interactions(
+    path: str | Path, *, require_time_order: bool = True, check: Check | None = None
+) -> list[Interaction]:
+    """A plain JSONL of interactions: ``{user_id, id, input, output, timestamp[, task, metadata]}`` per line;
+    ``check`` (e.g. ``signatures.record_problem``) refuses a record with its line.
 
     Duplicate (user_id, id) pairs are rejected: re-ingesting the same record is idempotent, but one
     file holding two versions of a record is ambiguous. Each user's lines must be in time order
@@ -91,7 +93,7 @@ def load_interactions(path: str | Path, *, require_time_order: bool = True) -> l
     seen: dict[str, int] = {}
     last: dict[str, tuple[float, int]] = {}
     for lineno, obj in _lines(Path(path)):
-        it = _interaction(obj, source=str(path), line=lineno)
+        it = _interaction(obj, source=str(path), line=lineno, check=check)
         if it.key in seen:
             raise MalformedInteractionError(
                 f"duplicate id (first seen on line {seen[it.key]})",
@@ -154,8 +156,8 @@ def _profile_item(task: str, item: dict[str, Any], position: int) -> tuple[str, 
     raise KeyError(f"unrecognised profile item with keys {sorted(item)}")
 
 
-def load_shared(path: str | Path, *, limit_users: int | None = None) -> list[UserHistory]:
-    """The shared data schema: one query per line with the user's ``profile``.
+def load_shared(path: str | Path, *, limit_users: int | None = None, check: Check | None = None) -> list[UserHistory]:
+    """The shared data schema: one query per line with the user's ``profile`` (``check``: as ``load_interactions``).
 
     Profile items become the user's past interactions (in time order; LaMP has no dates, so its
     list position is the time), and the query becomes the held-out interaction, strictly later
@@ -206,6 +208,7 @@ def load_shared(path: str | Path, *, limit_users: int | None = None) -> list[Use
                     },
                     source=str(path),
                     line=lineno,
+                    check=check,
                 )
             )
         synthetic = any(p.metadata.get("synthetic_time") for p in past) or "timestamp" not in obj
@@ -224,6 +227,7 @@ def load_shared(path: str | Path, *, limit_users: int | None = None) -> list[Use
             },
             source=str(path),
             line=lineno,
+            check=check,
         )
         dedup = {p.id: p for p in past}
         try:

@@ -296,6 +296,16 @@ def answer_problem(task: str | TaskSpec, output: str) -> str | None:
     return None
 
 
+def record_problem(record: Interaction) -> tuple[str, str] | None:
+    """What makes ``record`` unfit to store, as ``(field, problem)``: an unregistered task, or an answer
+    ``answer_problem`` refuses; ``None`` when it is fit. The loaders' ``check``."""
+    try:
+        problem = answer_problem(record.task, record.output)
+    except UnknownTaskError as exc:
+        return "task", str(exc).strip("'\"")
+    return ("output", problem) if problem else None
+
+
 def get_task(task: str | TaskSpec) -> TaskSpec:
     """The registered task of that name (importing ``PERSONA_DSPY_TASK_MODULES`` first if needed)."""
     if isinstance(task, TaskSpec):
