@@ -27,14 +27,14 @@ from tqdm.auto import tqdm
 
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import MalformedInteractionError, UnknownTaskError, UnknownUserError
+from persona_dspy.errors import MalformedInteractionError, UnknownUserError
 from persona_dspy.memory.client_engine import ClientEngine
 from persona_dspy.memory.edge_engine import EdgeEngine
 from persona_dspy.memory.embedder import OnnxEmbedder
 from persona_dspy.memory.engine import Engine
 from persona_dspy.memory.protocol import Episode
 from persona_dspy.memory.snapshot import UserSnapshot
-from persona_dspy.signatures.tasks import answer_problem, get_task
+from persona_dspy.signatures.tasks import record_problem
 
 __all__ = ["NAMESPACE", "Episode", "EpisodicMemory", "point_id", "validate_batch"]
 
@@ -80,16 +80,10 @@ def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[I
             )
         seen[rec.key] = pos
         items.append(rec)
-    for task in sorted({it.task for it in items}):  # here, not at the first compile (a KeyError then)
-        try:
-            get_task(task)
-        except UnknownTaskError as exc:
-            first = next(it for it in items if it.task == task)
-            raise MalformedInteractionError(str(exc).strip("'\""), record_id=first.id, field="task") from None
-    for pos, it in enumerate(items):
-        problem = answer_problem(it.task, it.output)
-        if problem:
-            raise MalformedInteractionError(f"item {pos}: {problem}", record_id=it.id, field="output")
+    for pos, it in enumerate(items):  # the task here, not at the first compile (a KeyError then); the answer
+        found = record_problem(it)
+        if found:
+            raise MalformedInteractionError(f"item {pos}: {found[1]}", record_id=it.id, field=found[0])
     return items
 
 

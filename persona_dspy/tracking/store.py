@@ -55,14 +55,15 @@ def _sqlite_wal(db: Path) -> None:
                 verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0] if first else "ok"
             if verdict != "ok":
                 problem = f"is damaged (sqlite: {verdict})"
-        except sqlite3.OperationalError as exc:  # cannot open or write it: permissions, a read-only mount
-            if "not a database" not in str(exc) and "malformed" not in str(exc):
+        except sqlite3.DatabaseError as exc:
+            unwritable = isinstance(exc, sqlite3.OperationalError) and not any(
+                damage in str(exc) for damage in ("not a database", "malformed")
+            )
+            if unwritable:  # cannot open or write it: permissions, a read-only mount
                 raise TrackingUnavailableError(
                     f"cannot open the MLflow store {db} for writing (sqlite: {exc}): check that it and its folder "
                     "are writable (a read-only mount, another user's file?); the store was not changed."
                 ) from exc
-            problem = f"is not a readable sqlite database (sqlite: {exc}; truncated or overwritten?)"
-        except sqlite3.DatabaseError as exc:
             problem = f"is not a readable sqlite database (sqlite: {exc}; truncated or overwritten?)"
     if problem is not None:
         raise TrackingUnavailableError(
