@@ -19,6 +19,9 @@ interval (the same users resampled together), on the users both methods ran; eac
 Method specs: ``name[:key=value,...]``; ``k`` (episodes shown), ``chars`` (where an episode's text is cut) and ``mode=react`` (the agent chooses its
 actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options
 (``anchor``, ``critique``, ``ground``, ``trust_measured``, ``cues``, ``confusion``, ``label_rules``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``, ``gate_replayed``, ``lean``, ``min_facts``) for ``persona+align``;
+``persona+align:mode=react,reuse=1`` serves the persona that the stored ``persona+align`` run compiled for
+the case (pipeline replay) in ``react`` mode: no compile of its own, and its calls, tokens and seconds add
+the stored run's (compile plus its one pipeline answer) to the react answer's; cases that run lacks are skipped.
 ``trivial:recent=20`` is the median rating (majority label) of the 20 latest answers, no LM: the statistic the
 aligned persona anchors on, as a method of its own.
 """
@@ -72,6 +75,7 @@ BOOL_OPTIONS = {
     "label_rules",
     "gate_replayed",
     "lean",
+    "reuse",
 }
 MIN_PAIRED = 10
 """The verdict's best non-aligned method is chosen among methods run on at least this many of the aligned
@@ -175,7 +179,9 @@ def run(args: argparse.Namespace) -> None:
     """User-major: each case runs every method before the next case starts, so a run stopped at any
     point leaves every method on the same users (a paired comparison)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    done = {(r["dataset"], r["spec"], r["case_id"]) for r in stored()}
+    rows = stored()
+    done = {(r["dataset"], r["spec"], r["case_id"]) for r in rows}
+    aligned = {(r["dataset"], r["case_id"]): r for r in rows if r["spec"] == MAIN}  # for ``reuse``
     specs = [(spec, *parse_spec(spec)) for spec in split_methods(args.methods)]
     lm = None
     with EpisodicMemory(Settings(qdrant=":memory:", state_dir="/tmp/persona_quality")) as memory:
@@ -186,6 +192,9 @@ def run(args: argparse.Namespace) -> None:
                 for spec, method, spec_options in specs:
                     if (name, spec, case.query.id) in done:
                         continue
+                    if spec_options.get("reuse") and (name, case.query.id) not in aligned:
+                        print(f"  {case.user_id:<14} {spec:<22.22} skipped: no stored {MAIN} run to reuse", flush=True)
+                        continue
                     if method != "trivial" and lm is None:
                         lm = build_lm(Settings())
                     options = dict(spec_options)
@@ -195,9 +204,10 @@ def run(args: argparse.Namespace) -> None:
                     max_lm_calls = options.pop("max_lm_calls", args.max_lm_calls)
                     opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
                     recent = options.pop("recent", 0) if method == "trivial" else 0
+                    reused = aligned.get((name, case.query.id)) if options.pop("reuse", False) else None
                     report = evaluate(
                         [case],
-                        method,
+                        "persona" if reused else method,
                         memory=memory,
                         lm=None if method == "trivial" else lm,
                         k=k,
@@ -212,8 +222,13 @@ def run(args: argparse.Namespace) -> None:
                         semantic_factory=profile_factory(memory, case, method),
                         progress=False,
                         keep_memory=True,  # the next method on this case embeds nothing
+                        personas={case.query.id: reused["persona"]} if reused else None,
                     )
                     row = report.cases[0].model_dump()
+                    if reused:  # the stored compile's cost and outcome, under the aligned method's name
+                        row.update(method=MAIN, promoted=reused["promoted"], compile=reused["compile"])
+                        for key in ("lm_calls", "tokens", "seconds"):
+                            row[key] += reused[key]
                     row.update(
                         dataset=name,
                         spec=spec,

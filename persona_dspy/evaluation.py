@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dspy
@@ -198,6 +198,7 @@ def evaluate(
     mode: Mode = "pipeline",
     recent: int = 0,
     episode_chars: int = MAX_EPISODE_CHARS,
+    personas: Mapping[str, str] | None = None,
 ) -> EvaluationReport:
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
 
@@ -207,13 +208,17 @@ def evaluate(
     ``mode="react"``: the agent chooses its personalized actions (``dspy.ReAct``) instead of running the
     method's fixed ones; several LM calls per answer, so an aligning method needs a larger ``max_lm_calls``.
     ``recent=N``: ``trivial`` answers from the N latest past answers only (``trivial_answer``).
-    ``episode_chars``: where a past interaction's text is cut in the agent's prompt."""
+    ``episode_chars``: where a past interaction's text is cut in the agent's prompt.
+    ``personas``: query id -> the persona that answers that case instead of the default (one compiled
+    elsewhere, e.g. an aligned run's stored persona served in another ``mode``); not with an aligning method."""
     from persona_dspy.optimizers import usage_totals
 
     if method not in METHODS:
         raise ConfigurationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not cases:
         raise ConfigurationError("no cases to evaluate")
+    if personas and method in ("persona+align", "gepa", "trivial"):
+        raise ConfigurationError(f"personas= gives a compiled persona to answer with; {method!r} makes or needs none")
     task = get_task(cases[0].task)
     results: list[CaseResult] = []
     for case in tqdm(cases, desc=f"{task.name} {method}", disable=not progress):
@@ -248,6 +253,8 @@ def evaluate(
                     mode=mode,
                     episode_chars=episode_chars,
                 )
+                if personas and q.id in personas:
+                    agent.persona = personas[q.id]
                 if method in ("persona+align", "gepa"):
                     agent = _compiled(
                         agent,

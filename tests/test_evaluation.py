@@ -162,6 +162,23 @@ def test_react_mode_is_a_method_option_and_its_tools_stay_before_the_query(memor
         assert case.compile is not None and case.compile["lm_calls"] > 0
 
 
+def test_a_given_persona_answers_its_case_in_react_mode_and_an_aligning_method_refuses_one(memory):
+    """``personas=``: an aligned run's stored persona served in another mode answers its case only."""
+    cases = free_text_cases(2)
+    given = "You answer on behalf of one specific user. This user is harsh."
+    lm = ScriptedLM(react_rule("recent_interactions", {}, lambda system: "harsh" if "harsh" in system else "kind"))
+    report = evaluate(cases, "persona", memory=memory, lm=lm, mode="react", personas={"q": given}, progress=False)
+    assert [c.persona for c in report.cases] == [given, given]  # both cases' query id is "q"
+    assert [c.prediction for c in report.cases] == ["harsh", "harsh"]
+    plain = evaluate(
+        cases[:1], "persona", memory=memory, lm=lm, mode="react", personas={"other": given}, progress=False
+    )
+    assert plain.cases[0].persona != given and plain.cases[0].prediction == "kind"
+    for method in ("persona+align", "gepa", "trivial"):
+        with pytest.raises(ConfigurationError, match="personas="):
+            evaluate(cases, method, memory=memory, lm=lm, personas={"q": given}, progress=False)
+
+
 def test_gepa_is_a_method_compiled_under_the_same_split_and_budget(memory):
     """``gepa`` (dspy.GEPA on the persona) runs through ``evaluate`` with the aligned method's budget."""
     from scripted import rule_with_dspy_optimizers

@@ -108,6 +108,7 @@ def test_an_arm_with_several_options_is_one_method_of_the_list():
     methods = split_methods("trivial:recent=20,persona+align:gate_replayed=1,n_val=1,gepa")
     assert methods == ["trivial:recent=20", "persona+align:gate_replayed=1,n_val=1", "gepa"]
     assert parse_spec(methods[1]) == ("persona+align", {"gate_replayed": True, "n_val": 1})
+    assert parse_spec("persona+align:mode=react,reuse=1") == ("persona+align", {"mode": "react", "reuse": True})
 
 
 def test_run_to_run_noise_counts_unpromoted_answers_that_differ_from_the_same_prompts_persona_answer():
