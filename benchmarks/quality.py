@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> None:
                 for spec, method, spec_options in specs:
                     if (name, spec, case.query.id) in done:
                         continue
-                    if spec_options.get("reuse") and (name, case.query.id) not in aligned:
+                    reused = aligned.get((name, case.query.id)) if spec_options.get("reuse") else None
+                    if spec_options.get("reuse") and reused is None:
                         print(f"  {case.user_id:<14} {spec:<22.22} skipped: no stored {MAIN} run to reuse", flush=True)
                         continue
                     if method != "trivial" and lm is None:
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> None:
                     max_lm_calls = options.pop("max_lm_calls", args.max_lm_calls)
                     opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
                     recent = options.pop("recent", 0) if method == "trivial" else 0
-                    reused = aligned.get((name, case.query.id)) if options.pop("reuse", False) else None
+                    options.pop("reuse", None)
                     report = evaluate(
                         [case],
                         "persona" if reused else method,
