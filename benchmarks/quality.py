@@ -103,6 +103,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             options[key] = value.lower() in ("1", "true", "yes")
         else:
             raise SystemExit(f"unknown option {key!r} in {spec!r}")
+    if options.get("reuse") and name != MAIN:  # it serves the stored aligned persona: only under that name
+        raise SystemExit(f"reuse=1 serves the stored {MAIN} persona: write {MAIN}:reuse=1,... (got {spec!r})")
     return name, options
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from quality import compile_checks, parse_spec, recheck, rerun_noise, split_methods, summarize, verdict
 
@@ -109,6 +111,8 @@ def test_an_arm_with_several_options_is_one_method_of_the_list():
     assert methods == ["trivial:recent=20", "persona+align:gate_replayed=1,n_val=1", "gepa"]
     assert parse_spec(methods[1]) == ("persona+align", {"gate_replayed": True, "n_val": 1})
     assert parse_spec("persona+align:mode=react,reuse=1") == ("persona+align", {"mode": "react", "reuse": True})
+    with pytest.raises(SystemExit, match="serves the stored persona\\+align persona"):
+        parse_spec("persona:mode=react,reuse=1")  # it would serve the aligned persona under another name
 
 
 def test_run_to_run_noise_counts_unpromoted_answers_that_differ_from_the_same_prompts_persona_answer():
