@@ -1,5 +1,9 @@
 """Shared fixtures: expensive objects are built once per test session."""
 
+import contextlib
+import sqlite3
+from pathlib import Path
+
 import pytest
 
 import persona_dspy  # noqa: F401  (sets the offline environment guards first)
@@ -16,6 +20,36 @@ def embedder() -> OnnxEmbedder:
 def mlflow_uri(tmp_path_factory) -> str:
     """One real sqlite MLflow store for the whole run (creating one costs ~7 s of migrations)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, migrated once per session by MLflow itself (its tables and its
+    ``Default`` experiment; no persona_dspy experiment, whose artifact location is set where it is created)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("mlflow_template")
+    store = SqlAlchemyStore(f"sqlite:///{folder / 'mlflow.db'}", str(folder / "artifacts"))
+    store.engine.dispose()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def seed_store(migrated_db):
+    """``seed_store(state_dir, name="mlflow.db")`` copies the migrated store to where ``Settings(state_dir=...)``
+    (or a ``sqlite:///<state_dir>/<name>`` URI) finds it: a real store, without the seconds of migrations a
+    new one spends. Tests of what a store's creation does leave it out. Copied by sqlite, not as a file."""
+
+    def seed(state_dir: Path, name: str = "mlflow.db") -> Path:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with (
+            contextlib.closing(sqlite3.connect(migrated_db)) as source,
+            contextlib.closing(sqlite3.connect(state_dir / name)) as target,
+        ):
+            source.backup(target)
+        return state_dir
+
+    return seed
 
 
 @pytest.fixture(scope="session")

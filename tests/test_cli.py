@@ -128,7 +128,8 @@ def test_a_bad_environment_setting_is_one_line_naming_the_variable(
     assert variable in err and repr(value) in err
 
 
-def test_a_persona_dspy_error_is_one_line_with_its_own_exit_code(tmp_path, capsys):
+def test_a_persona_dspy_error_is_one_line_with_its_own_exit_code(tmp_path, capsys, seed_store):
+    seed_store(tmp_path)
     code, err = run(["rollback", "nobody", "--state-dir", str(tmp_path)], capsys)
     assert code == PersonaNotFoundError.exit_code == EXIT_CODES["PersonaNotFoundError"]
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -192,7 +193,8 @@ def test_a_negative_min_facts_is_a_one_line_usage_error(tmp_path, capsys):
     assert exc.value.code == 2 and "min-facts" in capsys.readouterr().err
 
 
-def test_ask_with_an_unreachable_lm_is_one_lm_output_error_line(tmp_path, monkeypatch, capsys):
+def test_ask_with_an_unreachable_lm_is_one_lm_output_error_line(tmp_path, monkeypatch, capsys, seed_store):
+    seed_store(tmp_path)
     from persona_dspy.tracking.server import free_port
 
     data = tmp_path / "ana.jsonl"
@@ -222,7 +224,8 @@ def test_compile_users_are_stripped_and_all_is_every_user():
     assert parse(["compile"]).users == parse(["compile", "--users", "all"]).users == "all"
 
 
-def test_runs_compare_of_a_missing_experiment_says_so_and_creates_nothing(tmp_path, capsys):
+def test_runs_compare_of_a_missing_experiment_says_so_and_creates_nothing(tmp_path, capsys, seed_store):
+    seed_store(tmp_path)
     from persona_dspy import Settings
     from persona_dspy.tracking import Tracking
 

@@ -10,11 +10,11 @@ from persona_dspy.tracking import Tracking
 from scripted import rule
 
 
-def test_demo_records_one_run_and_one_version_per_user(tmp_path, embedder, monkeypatch):
+def test_demo_records_one_run_and_one_version_per_user(tmp_path, embedder, monkeypatch, seed_store):
     from persona_dspy.memory import episodic
 
     monkeypatch.setattr(episodic, "OnnxEmbedder", lambda: embedder)  # reuse the session's loaded model
-    settings = Settings(state_dir=tmp_path)
+    settings = Settings(state_dir=seed_store(tmp_path))
     lines: list[str] = []
     rows = run_demo(settings, users=2, lm=ScriptedLM(rule), echo=lines.append)
     assert [r.user_id for r in rows] == ["517", "481"]

@@ -57,7 +57,8 @@ def test_ingest_of_a_bad_file_writes_nothing(tmp_path, capsys):
         assert mem.count() == 0
 
 
-def test_unknown_user_is_a_one_line_cli_error(tmp_path, capsys):
+def test_unknown_user_is_a_one_line_cli_error(tmp_path, capsys, seed_store):
+    seed_store(tmp_path)
     code = main(["rollback", "nobody", "--state-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -105,7 +106,8 @@ def test_empty_lm_output_gives_invalid_answers_then_lm_output_error(memory, trac
     assert tracking.history("empty") == []
 
 
-def test_secrets_never_reach_the_tracking_store_or_logs(memory, tmp_path, caplog):
+def test_secrets_never_reach_the_tracking_store_or_logs(memory, tmp_path, caplog, seed_store):
+    seed_store(tmp_path, "secret.db")
     secret_key, secret_pw = "sk-TOPSECRET-123456", "hunter2pw"
     settings = Settings(
         state_dir=tmp_path,

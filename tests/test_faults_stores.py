@@ -95,8 +95,8 @@ def compile_one(user: str, settings: Settings, memory) -> Tracking:
     return tracking
 
 
-def test_a_copied_state_dir_refuses_to_touch_the_originals_artifacts(tmp_path, memory, capsys):
-    original = tmp_path / "state"
+def test_a_copied_state_dir_refuses_to_touch_the_originals_artifacts(tmp_path, memory, capsys, seed_store):
+    original = seed_store(tmp_path / "state")
     compile_one("copied", Settings(state_dir=original), memory)
     before = sorted(p for p in (original / "mlartifacts").rglob("*") if p.is_file())
     assert before
@@ -137,13 +137,13 @@ def test_a_damaged_sqlite_registry_is_tracking_unavailable_naming_the_file(damag
 
 
 def test_forget_with_qdrant_held_elsewhere_reports_what_remains_and_a_second_forget_finishes(
-    tmp_path, embedder, monkeypatch, capsys
+    tmp_path, embedder, monkeypatch, capsys, seed_store
 ):
     from dspy.clients.cache import Cache
 
     from persona_dspy.memory import EpisodicMemory
 
-    state, user = tmp_path / "state", "forgetme"
+    state, user = seed_store(tmp_path / "state"), "forgetme"
     settings = Settings(state_dir=state)
     texts = [f"movie: Quuxbarian {user} {i}" for i in range(6)]
     with EpisodicMemory(settings, embedder=embedder) as memory:
@@ -312,11 +312,12 @@ def test_a_damaged_qdrant_edge_folder_is_store_unavailable_naming_the_file(damag
     assert "restore the folder from a backup" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_store_that_cannot_be_written_says_so_and_never_advises_starting_over(tmp_path, embedder, capsys):
+def test_a_store_that_cannot_be_written_says_so_and_never_advises_starting_over(tmp_path, embedder, capsys, seed_store):
     """The lock file or the sqlite journal cannot be opened for writing (as on a read-only mount, simulated
     here by a folder in their place: the tests may run as root, whom permissions do not stop)."""
     from persona_dspy.memory import EpisodicMemory
 
+    seed_store(tmp_path)
     with EpisodicMemory(Settings(state_dir=tmp_path), embedder=embedder) as memory:
         memory.add(history("ro"))
     lock = tmp_path / "qdrant" / "persona_episodes.lock"
@@ -337,7 +338,8 @@ def test_a_store_that_cannot_be_written_says_so_and_never_advises_starting_over(
     assert "mlflow.db" in err and "writable" in err and "backup" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_forget_says_when_it_found_nothing_of_the_user(tmp_path, capsys):
+def test_forget_says_when_it_found_nothing_of_the_user(tmp_path, capsys, seed_store):
+    seed_store(tmp_path)
     data = tmp_path / "u.jsonl"
     data.write_text(
         "".join(
