@@ -198,6 +198,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         interactions = [it for h in load_shared(args.file, check=record_problem) for it in h.interactions]
     else:
         interactions = load_interactions(args.file, check=record_problem)
+    if not interactions:  # a wrong or truncated file, most likely: say so rather than report "0 written"
+        raise ConfigurationError(
+            f"persona-dspy ingest: {args.file} holds no interactions (it is empty or has only blank lines); "
+            "nothing was written. Check the path, or the export that wrote it."
+        )
     with EpisodicMemory(settings) as memory:
         written = memory.add(interactions, progress=True)
         print(f"{len(interactions)} interactions read, {written} written, {memory.count()} in store")

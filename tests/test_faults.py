@@ -8,7 +8,7 @@ from pathlib import Path
 import dspy
 import pytest
 
-from persona_dspy import LMOutputError, MalformedInteractionError, Settings, UnknownUserError
+from persona_dspy import ConfigurationError, LMOutputError, MalformedInteractionError, Settings, UnknownUserError
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.cli import main
 from persona_dspy.data import Interaction, load_interactions
@@ -55,6 +55,18 @@ def test_ingest_of_a_bad_file_writes_nothing(tmp_path, capsys):
     assert "line 3" in capsys.readouterr().err
     with EpisodicMemory(Settings(state_dir=state)) as mem:
         assert mem.count() == 0
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"], ids=["empty", "blank lines"])
+def test_ingest_of_a_file_with_no_interactions_is_an_error_and_opens_no_store(content, tmp_path, capsys):
+    path = tmp_path / "f.jsonl"
+    path.write_text(content)
+    state = tmp_path / "state"
+    code = main(["ingest", str(path), "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    assert code == ConfigurationError.exit_code and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err and "no interactions" in err and "nothing was written" in err
+    assert not state.exists()
 
 
 def test_unknown_user_is_a_one_line_cli_error(tmp_path, capsys, seed_store):
