@@ -131,12 +131,22 @@ def _settings(args: argparse.Namespace) -> Settings:
         if v is not None
     }
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"PERSONA_DSPY_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+            (
+                f"--{str(e['loc'][0]).replace('_', '-')} {e.get('input')!s}"
+                if e["loc"] and e["loc"][0] in overrides  # the flag's value, not the variable's
+                else f"PERSONA_DSPY_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}"
+            )
+            + f": {e['msg']}"
+            for e in exc.errors()
         )
         raise ConfigurationError(f"invalid setting: {problems}") from exc
+    from persona_dspy.config import follow_state_dir
+
+    follow_state_dir(settings.state_dir)  # its LM caches too, not the default state dir's
+    return settings
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

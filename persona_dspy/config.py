@@ -131,4 +131,26 @@ def set_environment_guards(state_dir: Path | None = None) -> None:
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     }
     for key, value in defaults.items():
-        os.environ.setdefault(key, value)
+        if key not in os.environ:
+            os.environ[key] = value
+            if key in STATE_VARIABLES:
+                _GUARDED.add(key)
+
+
+STATE_VARIABLES = ("TEXTGRAD_LOG_DIR", "DSPY_CACHEDIR")
+"""The guards' variables that name a folder of the state dir."""
+
+_GUARDED: set[str] = set()
+"""The ``STATE_VARIABLES`` the guards set (the user had not): ``follow_state_dir`` may move them."""
+
+
+def follow_state_dir(state_dir: Path) -> None:
+    """Point the LM caches' folders (``STATE_VARIABLES``) at ``state_dir`` when the guards set them at import
+    (from ``PERSONA_DSPY_STATE_DIR`` or the default) and the state dir was then given otherwise (the CLI's
+    ``--state-dir``): a command's DSPy cache and TextGrad logs belong to its own state dir, and ``forget``
+    must clear those, not another state dir's. Values the user set stay. Effective before DSPy and TextGrad
+    are imported (they read them once); the CLI calls it before any command imports them."""
+    state = Path(state_dir)
+    for key, folder in (("TEXTGRAD_LOG_DIR", "textgrad_logs"), ("DSPY_CACHEDIR", "dspy_cache")):
+        if key in _GUARDED:
+            os.environ[key] = str(state / folder)

@@ -4,6 +4,7 @@ state dir, an interrupted fleet. Each is a specific error with its exit code, an
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import sqlite3
@@ -14,8 +15,9 @@ from pathlib import Path
 import dspy
 import pytest
 
-from persona_dspy import Settings
+from persona_dspy import Settings, config
 from persona_dspy.cli import main
+from persona_dspy.config import STATE_VARIABLES
 from persona_dspy.data import Interaction
 from persona_dspy.errors import PersonaNotFoundError, StoreUnavailableError, TrackingUnavailableError
 from persona_dspy.fleet import compile_users
@@ -352,3 +354,29 @@ def test_forget_says_when_it_found_nothing_of_the_user(tmp_path, capsys, seed_st
         assert main(["forget", user, "--state-dir", str(tmp_path)]) == 0
         out = capsys.readouterr().out
         assert ("points 3" in out) is found and ("nothing of user" in out) is not found, out
+
+
+def test_forget_with_state_dir_clears_that_state_dirs_lm_caches_not_the_default_ones(tmp_path, seed_store):
+    """The guards point the LM caches at the state dir known at import (``PERSONA_DSPY_STATE_DIR``); a
+    command given ``--state-dir`` moves them there first, so ``forget`` never empties another state dir's."""
+    other, mine = tmp_path / "other", seed_store(tmp_path / "mine")
+    for state in (other, mine):
+        (state / "textgrad_logs").mkdir(parents=True)
+        (state / "textgrad_logs" / "calls.jsonl").write_text("{}\n")
+    env = {k: v for k, v in os.environ.items() if k not in STATE_VARIABLES} | {"PERSONA_DSPY_STATE_DIR": str(other)}
+    code = "import sys; from persona_dspy.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["forget", "zed", "--state-dir", str(mine), "--qdrant", ":memory:"]
+    command = [sys.executable, "-c", code, *argv]
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "textgrad logs 1" in done.stdout
+    assert not (mine / "textgrad_logs" / "calls.jsonl").exists() and (other / "textgrad_logs" / "calls.jsonl").exists()
+
+
+def test_a_cache_folder_the_user_set_stays_where_they_set_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "_GUARDED", {"DSPY_CACHEDIR"})  # as if the user had set TEXTGRAD_LOG_DIR
+    monkeypatch.setenv("TEXTGRAD_LOG_DIR", str(tmp_path / "theirs"))
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "default"))
+    config.follow_state_dir(tmp_path / "state")
+    assert os.environ["TEXTGRAD_LOG_DIR"] == str(tmp_path / "theirs")
+    assert os.environ["DSPY_CACHEDIR"] == str(tmp_path / "state" / "dspy_cache")
