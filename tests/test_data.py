@@ -77,3 +77,38 @@ def test_lamp_profiles_get_positional_time():
 def test_bundled_sample_users_load():
     users = load_sample_users()
     assert len(users) == 6 and all(len(u) >= 10 for u in users)
+
+
+def shared_line(**kw) -> str:
+    """One line of the shared schema (a MovieLens user with two past ratings), with fields replaced."""
+    profile = [{"movie": f"Film {i}", "genres": "Drama", "rating": 4.0, "timestamp": 100 + i} for i in range(2)]
+    base = {"id": "q1", "task": "movielens_rating", "user_id": "u1", "input": "movie: Heat", "output": "4.0"}
+    return json.dumps({**base, "timestamp": 200, "profile": profile, **kw})
+
+
+@pytest.mark.parametrize(
+    "fields, field, says",
+    [
+        ({"timestamp": "abc"}, "timestamp", "must be a number"),
+        ({"timestamp": None}, "timestamp", "must be a number"),
+        ({"timestamp": True}, "timestamp", "must be a number"),
+        ({"user_id": True}, "user_id", "must be a string"),
+        ({"user_id": ["a", "b"]}, "user_id", "must be a string"),
+        ({"user_id": None}, "user_id", "must be a string"),
+        ({"task": 7}, "task", "must be a string"),
+    ],
+)
+def test_a_shared_line_with_a_bad_query_field_names_it(tmp_path, fields, field, says):
+    """Never coerced (``True`` would have become the user "True") nor a bare ``ValueError``."""
+    with pytest.raises(MalformedInteractionError, match=says) as exc:
+        load_shared(write(tmp_path, [shared_line(), shared_line(id="q2", **fields)]))
+    assert exc.value.line == 2 and exc.value.field == field
+
+
+def test_a_shared_profile_item_over_the_field_limit_is_rejected_not_truncated(tmp_path):
+    from persona_dspy.data.records import MAX_FIELD_CHARS
+
+    long = {"movie": "x" * MAX_FIELD_CHARS, "genres": "Drama", "rating": 4.0, "timestamp": 1}
+    with pytest.raises(MalformedInteractionError, match="input") as exc:
+        load_shared(write(tmp_path, [shared_line(profile=[long])]))
+    assert exc.value.line == 1

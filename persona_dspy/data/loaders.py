@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from persona_dspy.data.records import MAX_FIELD_CHARS, Interaction, UserHistory
+from persona_dspy.data.records import Interaction, UserHistory
 from persona_dspy.errors import MalformedInteractionError
 
 MAX_LINE_BYTES = 4 * 1024 * 1024
@@ -180,7 +180,16 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
             raise MalformedInteractionError(
                 "profile must be a list", source=str(path), line=lineno, record_id=str(obj["id"]), field="profile"
             )
-        user_id, task = str(obj["user_id"]), str(obj["task"])
+        for key in ("user_id", "task"):  # as the plain loader: never a number or a list turned into a name
+            if not isinstance(obj[key], str):
+                raise MalformedInteractionError(
+                    f"must be a string (got {type(obj[key]).__name__})",
+                    source=str(path),
+                    line=lineno,
+                    record_id=str(obj["id"]),
+                    field=key,
+                )
+        user_id, task = obj["user_id"], obj["task"]
         if limit_users is not None and user_id not in users and len(users) >= limit_users:
             continue
         past: list[Interaction] = []
@@ -200,7 +209,7 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
                     {
                         "user_id": user_id,
                         "id": pid,
-                        "input": text[:MAX_FIELD_CHARS],
+                        "input": text,  # over MAX_FIELD_CHARS: rejected by the record, as everywhere
                         "output": output,
                         "timestamp": ts,
                         "task": task,
@@ -212,7 +221,16 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
                 )
             )
         synthetic = any(p.metadata.get("synthetic_time") for p in past) or "timestamp" not in obj
-        q_ts = float(len(past)) if synthetic else float(obj["timestamp"])
+        stamp = obj.get("timestamp")
+        if not synthetic and (isinstance(stamp, bool) or not isinstance(stamp, int | float)):
+            raise MalformedInteractionError(
+                f"must be a number (seconds since the epoch), got {stamp!r}"[:200],
+                source=str(path),
+                line=lineno,
+                record_id=str(obj["id"]),
+                field="timestamp",
+            )
+        q_ts = float(len(past)) if synthetic else float(stamp)
         if past and q_ts <= max(p.timestamp for p in past):
             q_ts = max(p.timestamp for p in past) + 1.0
         query = _interaction(
