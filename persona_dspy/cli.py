@@ -11,10 +11,11 @@ import argparse
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -26,7 +27,14 @@ PROG = "persona-dspy"
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (no usage block) with ConfigurationError's code."""
+    """argparse that reports a bad argument as one line (no usage block) with ConfigurationError's code.
+
+    A value written in exponent form (``--timestamp -1e5``) is a value, as ``-1`` and ``-1.5`` are to argparse
+    (no option of ours looks like a negative number); argparse reads it as an unknown option otherwise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str) -> NoReturn:
         self.exit(ConfigurationError.exit_code, f"{PROG}: ConfigurationError: {self.prog}: {message} (see --help)\n")
@@ -40,11 +48,16 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > MAX_INT:
+            raise argparse.ArgumentTypeError(f"must be <= {MAX_INT} (a 64-bit integer), got {text}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
 
+
+MAX_INT = 2**63 - 1
+"""The largest count or version number accepted (the stores keep 64-bit integers)."""
 
 positive = _int_at_least(1)
 non_negative = _int_at_least(0)
@@ -446,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     common = ArgumentParser(add_help=False)
+    # --debug after the command too ("rerun with --debug"); SUPPRESS: absent, it leaves the top-level value
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     common.add_argument("--lm", help="LiteLLM model string (default: the embedded local model)")
     common.add_argument("--state-dir", type=Path, help="where the embedded stores live")
     common.add_argument("--qdrant", help="':memory:', a folder or a URL")
@@ -593,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = memory.add_subparsers(dest="memory_command", required=True)
     migrate = msub.add_parser("migrate", help="convert a folder of the previous embedded engine to Qdrant Edge")
     migrate.add_argument("folder", type=existing_folder, help="a folder written by qdrant-client's local mode")
+    migrate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     migrate.set_defaults(func=cmd_memory_migrate)
     return parser
 

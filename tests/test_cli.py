@@ -73,6 +73,7 @@ BAD_ARGUMENTS = {
     "ingest DIR": ["ingest", "{tmp}"],
     "ingest MISSING": ["ingest", "{tmp}/missing.jsonl"],
     "rollback --to 0": ["rollback", "u", "--to", "0"],
+    "rollback --to beyond 64 bits": ["rollback", "u", "--to", "9" * 23],
     "rollback without a user": ["rollback"],
     "personas history without a user": ["personas", "history"],
     "personas unknown": ["personas", "list"],
@@ -241,3 +242,14 @@ def test_a_state_dir_that_is_a_file_is_one_configuration_error_everywhere(comman
     state.write_text("not a folder")
     code, err = run([a.format(data=data_file) for a in command] + ["--state-dir", str(state)], capsys)
     assert code == BAD and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_value_in_exponent_form_is_a_value_and_debug_goes_after_the_command_too(data_file):
+    from persona_dspy.cli import build_parser
+
+    args = build_parser().parse_args(["observe", "u", "--input", "x", "--output", "4", "--timestamp", "-1e5"])
+    assert args.timestamp == -1e5 and args.debug is False
+    assert build_parser().parse_args(["personas", "history", "-2.5e3"]).user == "-2.5e3"
+    assert build_parser().parse_args(["ingest", str(data_file), "--debug"]).debug is True
+    assert build_parser().parse_args(["--debug", "ingest", str(data_file)]).debug is True
+    assert build_parser().parse_args(["memory", "migrate", ".", "--debug"]).debug is True

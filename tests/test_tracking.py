@@ -195,6 +195,8 @@ def test_rollback_to_missing_version_moves_nothing(tracking):
     with pytest.raises(PersonaNotFoundError):
         tracking.rollback("reg-u4", 99)
     assert tracking.load_persona("reg-u4").version == v
+    too_big = "9" * 23  # beyond any store's 64-bit version: not there, not a store failure
+    assert tracking.registry.get("reg-u4", too_big) is None and tracking.registry.get("reg-u4", "0") is None
 
 
 def test_forget_leaves_nothing_of_the_user_and_everything_of_others(tracking):

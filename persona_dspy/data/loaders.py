@@ -230,7 +230,7 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
                 record_id=str(obj["id"]),
                 field="timestamp",
             )
-        q_ts = float(len(past)) if synthetic else float(stamp)
+        q_ts = float(len(past)) if synthetic or stamp is None else float(stamp)
         if past and q_ts <= max(p.timestamp for p in past):
             q_ts = max(p.timestamp for p in past) + 1.0
         query = _interaction(

@@ -45,6 +45,10 @@ class PersonaVersion:
         return f"prompts:/{self.name}/{self.version}"
 
 
+MAX_VERSION = 2**63 - 1
+"""The largest version number a store can hold (a 64-bit integer column): a larger one is not there."""
+
+
 def _is_missing(exc: MlflowException) -> bool:
     """The store answered "no such prompt / version / alias" (an alias or a model that is not a prompt is
     INVALID_PARAMETER_VALUE). Anything else (a refused connection is INTERNAL_ERROR) is a failure:
@@ -72,8 +76,11 @@ class PersonaRegistry:
     def get(self, user_id: str, alias_or_version: str | int = PRODUCTION) -> PersonaVersion | None:
         """The version, or None when the store says it does not exist; a store failure raises."""
         name, store = prompt_name(user_id), registry_store(self.client)
+        numbered = isinstance(alias_or_version, int) or str(alias_or_version).isdigit()
+        if numbered and not 1 <= int(alias_or_version) <= MAX_VERSION:  # no store holds it (sqlite: 64-bit ids)
+            return None
         try:
-            if isinstance(alias_or_version, int) or str(alias_or_version).isdigit():
+            if numbered:
                 mv = store.get_model_version(name, int(alias_or_version))
             else:
                 mv = store.get_model_version_by_alias(name, str(alias_or_version))
