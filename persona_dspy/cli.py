@@ -337,7 +337,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with EpisodicMemory(settings) as memory:
         if args.file is not None:
-            interactions = load_interactions(args.file, check=record_problem)
+            interactions = _with_stored_tasks(memory, load_interactions(args.file, check=record_problem), args.file)
         else:
             fields = {"input": args.input, "output": args.output}
             fields.update({k: v for k, v in (("timestamp", args.timestamp), ("id", args.id)) if v is not None})
@@ -348,6 +348,31 @@ def cmd_observe(args: argparse.Namespace) -> int:
     for status in result.users:
         print(status.line())
     return 0
+
+
+def _with_stored_tasks(memory: Any, interactions: list[Any], source: Path) -> list[Any]:
+    """A line of ``observe --file`` without a ``task`` is of the user's latest stored task, as a single
+    ``observe`` without ``--task`` is (not ``generic``: that would switch the user's task and skip the check of
+    the answer against the task's scale). Users with nothing stored are left to ``observe``'s error."""
+    from persona_dspy.errors import MalformedInteractionError, UnknownUserError
+    from persona_dspy.signatures.tasks import record_problem
+
+    latest: dict[str, str | None] = {}
+    out = []
+    for it in interactions:
+        if "task" not in it.model_fields_set:
+            if it.user_id not in latest:
+                try:
+                    latest[it.user_id] = memory.recent(it.user_id, 1)[-1].task
+                except UnknownUserError:
+                    latest[it.user_id] = None
+            if latest[it.user_id] is not None:
+                it = it.model_copy(update={"task": latest[it.user_id]})
+                problem = record_problem(it)
+                if problem:
+                    raise MalformedInteractionError(problem[1], source=str(source), record_id=it.id, field=problem[0])
+        out.append(it)
+    return out
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -142,3 +142,25 @@ def test_evaluate_names_the_line_of_a_true_answer_off_the_scale(tmp_path, capsys
     code, err = run(["evaluate", "--data", str(data), "--method", "trivial", "--state-dir", str(tmp_path)], capsys)
     assert code == MalformedInteractionError.exit_code, err
     assert "line 2" in err and "field 'output'" in err and "banana" in err and len(err.strip().splitlines()) == 1
+
+
+def test_observe_file_lines_without_a_task_take_the_users_stored_task(tmp_path, capsys):
+    """As a single ``observe`` without ``--task``: not ``generic``, which would switch the user's task and let
+    an answer off the task's scale in."""
+    from persona_dspy import Settings
+    from persona_dspy.memory import EpisodicMemory
+
+    def line(i: int, output: str, **extra) -> str:
+        return json.dumps({"user_id": "u", "id": f"r{i}", "input": f"movie: Film {i}", "output": output,
+                           "timestamp": i, **extra}) + "\n"  # fmt: skip
+
+    (tmp_path / "past.jsonl").write_text(line(1, "4.0", task="movielens_rating"))
+    assert run(["ingest", str(tmp_path / "past.jsonl"), "--state-dir", str(tmp_path)], capsys)[0] == 0
+    (tmp_path / "new.jsonl").write_text(line(2, "banana"))
+    code, err = run(["observe", "--file", str(tmp_path / "new.jsonl"), "--state-dir", str(tmp_path)], capsys)
+    assert code == MalformedInteractionError.exit_code and "field 'output'" in err and "'r2'" in err, err
+    (tmp_path / "new.jsonl").write_text(line(2, "3.5"))
+    code, err = run(["observe", "--file", str(tmp_path / "new.jsonl"), "--state-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    with EpisodicMemory(Settings(state_dir=tmp_path)) as memory:
+        assert [it.task for it in memory.history("u")] == ["movielens_rating", "movielens_rating"]
