@@ -213,12 +213,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from persona_dspy.data import load_interactions, load_shared
+    from persona_dspy.errors import MalformedInteractionError
     from persona_dspy.memory import EpisodicMemory
     from persona_dspy.signatures.tasks import record_problem
 
     settings = _settings(args)
     if args.shared:
-        interactions = [it for h in load_shared(args.file, check=record_problem) for it in h.interactions]
+        # several queries of one user (LaMP) repeat its profile items: one record per user and id, the last line's
+        unique = {
+            (it.user_id, it.id): it for h in load_shared(args.file, check=record_problem) for it in h.interactions
+        }
+        interactions = list(unique.values())
     else:
         interactions = load_interactions(args.file, check=record_problem)
     if not interactions:  # a wrong or truncated file, most likely: say so rather than report "0 written"
@@ -227,6 +232,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             "nothing was written. Check the path, or the export that wrote it."
         )
     with EpisodicMemory(settings) as memory:
+        changed = [] if args.replace else memory.changed(interactions)
+        if changed:  # an interaction is a fact of the past: replacing one must be asked for
+            first = changed[0]
+            raise MalformedInteractionError(
+                f"{len(changed)} record(s) are stored under the same user and id with other content (first: user "
+                f"{first.user_id!r}); ingest does not overwrite them silently: pass --replace to overwrite, or give "
+                "them new ids. Nothing was written.",
+                source=str(args.file),
+                record_id=first.id,
+                field="id",
+            )
         written = memory.add(interactions, progress=True)
         print(f"{len(interactions)} interactions read, {written} written, {memory.count()} in store")
     return 0
@@ -522,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", parents=[common], help="add interactions (JSONL) to episodic memory")
     ingest.add_argument("file", type=input_file)
     ingest.add_argument("--shared", action="store_true", help="the file is in the shared LaMP-style schema")
+    ingest.add_argument(
+        "--replace", action="store_true", help="overwrite records stored under the same user and id with other content"
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     fleet = sub.add_parser(

@@ -57,6 +57,32 @@ def test_ingest_of_a_bad_file_writes_nothing(tmp_path, capsys):
         assert mem.count() == 0
 
 
+def test_ingest_never_overwrites_a_stored_record_silently(tmp_path, capsys):
+    """A record stored under the same user and id with other content is refused (nothing written) unless
+    ``--replace``; the same content again is idempotent."""
+    path, state = tmp_path / "f.jsonl", tmp_path / "state"
+    path.write_text(line(1, 1.0) + "\n" + line(2, 2.0) + "\n")
+    assert main(["ingest", str(path), "--state-dir", str(state)]) == 0
+    path.write_text(line(1, 1.0) + "\n" + line(2, 2.0, output="changed") + "\n" + line(3, 3.0) + "\n")
+    code = main(["ingest", str(path), "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    assert code == MalformedInteractionError.exit_code and "'i2'" in err and "--replace" in err, err
+    with EpisodicMemory(Settings(state_dir=state)) as mem:
+        assert [it.output for it in mem.history("u")] == ["x", "x"]
+    assert main(["ingest", str(path), "--state-dir", str(state), "--replace"]) == 0
+    assert "3 interactions read, 2 written" in capsys.readouterr().out
+    with EpisodicMemory(Settings(state_dir=state)) as mem:
+        assert [it.output for it in mem.history("u")] == ["x", "changed", "x"]
+
+
+def test_a_shared_file_with_several_queries_of_one_user_ingests_once_and_again_writes_nothing(tmp_path, capsys):
+    data, state = Path(__file__).parent / "data" / "lamp2n.jsonl", tmp_path / "state"
+    assert main(["ingest", str(data), "--shared", "--state-dir", str(state)]) == 0  # 3 lines of one user
+    first = capsys.readouterr().out
+    assert main(["ingest", str(data), "--shared", "--state-dir", str(state)]) == 0
+    assert " 0 written" in capsys.readouterr().out and " 0 written" not in first
+
+
 @pytest.mark.parametrize("content", ["", "\n  \n"], ids=["empty", "blank lines"])
 def test_ingest_of_a_file_with_no_interactions_is_an_error_and_opens_no_store(content, tmp_path, capsys):
     path = tmp_path / "f.jsonl"

@@ -187,6 +187,18 @@ class EpisodicMemory:
                 bar.update(len(batch))
         return written
 
+    def changed(self, interactions: Iterable[Interaction], *, batch_size: int = 256) -> list[Interaction]:
+        """The ``interactions`` stored under the same user and id with other content: the ones ``add``
+        would overwrite (a read; new and unchanged ones are not listed)."""
+        items = list(interactions)
+        engine, out = self.engine(), []
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            ids = [point_id(it) for it in batch]
+            known = engine.content_hashes(ids, [it.user_id for it in batch])
+            out += [it for pid, it in zip(ids, batch) if known.get(pid) not in (None, it.content_hash)]
+        return out
+
     def forget(self, user_id: str) -> int:
         """Delete every interaction of one user; returns how many were deleted."""
         return self.engine().delete_user(user_id)
