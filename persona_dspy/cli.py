@@ -63,6 +63,15 @@ positive = _int_at_least(1)
 non_negative = _int_at_least(0)
 
 
+def user_arg(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"a user id must not be blank, got {text!r}")
+    return text
+
+
+user_arg.__name__ = "user id"
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -586,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_arguments(fleet)
 
     ask = sub.add_parser("ask", parents=[common], help="answer a task as a user's agent (production persona)")
-    ask.add_argument("user")
+    ask.add_argument("user", type=user_arg)
     ask.add_argument("text", type=task_text, help="the task text")
     ask.add_argument("--alias", default="production", help="alias or version number (default: production)")
     ask.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
@@ -596,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     obs = sub.add_parser("observe", parents=[common], help="store what a user really did (idempotent, in time order)")
     add_policy_arguments(obs)
-    obs.add_argument("user", nargs="?", help="the user (with --input/--output)")
+    obs.add_argument("user", type=user_arg, nargs="?", help="the user (with --input/--output)")
     obs.add_argument("--input", help="the task the user saw")
     obs.add_argument("--output", help="what the user really answered")
     obs.add_argument(
@@ -612,10 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     personas = sub.add_parser("personas", help="persona versions in the registry")
     psub = personas.add_subparsers(dest="personas_command", required=True)
     hist = psub.add_parser("history", parents=[common], help="a user's persona versions and aliases")
-    hist.add_argument("user")
+    hist.add_argument("user", type=user_arg)
     hist.set_defaults(func=cmd_history)
     export = psub.add_parser("export", parents=[common], help="a user's persona as a self-contained chat prompt")
-    export.add_argument("user")
+    export.add_argument("user", type=user_arg)
     export.add_argument("--alias", default="production", help="alias or version number (default: production)")
     export.add_argument(
         "--format",
@@ -629,13 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     rollback = sub.add_parser("rollback", parents=[common], help="move a user's production alias back")
-    rollback.add_argument("user")
+    rollback.add_argument("user", type=user_arg)
     rollback.add_argument("--to", type=positive, help="version (default: the previous production)")
     rollback.add_argument("--reason")
     rollback.set_defaults(func=cmd_rollback)
 
     forget = sub.add_parser("forget", parents=[common], help="delete a user's points, persona versions and runs")
-    forget.add_argument("user")
+    forget.add_argument("user", type=user_arg)
     forget.set_defaults(func=cmd_forget)
 
     runs = sub.add_parser("runs", help="compile runs in MLflow")

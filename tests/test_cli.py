@@ -74,6 +74,8 @@ BAD_ARGUMENTS = {
     "ingest MISSING": ["ingest", "{tmp}/missing.jsonl"],
     "rollback --to 0": ["rollback", "u", "--to", "0"],
     "rollback --to beyond 64 bits": ["rollback", "u", "--to", "9" * 23],
+    "forget a blank user": ["forget", "  "],
+    "personas history of an empty user id": ["personas", "history", ""],
     "rollback without a user": ["rollback"],
     "personas history without a user": ["personas", "history"],
     "personas unknown": ["personas", "list"],

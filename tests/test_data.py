@@ -112,3 +112,11 @@ def test_a_shared_profile_item_over_the_field_limit_is_rejected_not_truncated(tm
     with pytest.raises(MalformedInteractionError, match="input") as exc:
         load_shared(write(tmp_path, [shared_line(profile=[long])]))
     assert exc.value.line == 1
+
+
+def test_a_blank_user_id_is_rejected_and_a_numeric_one_is_read_as_text(tmp_path):
+    with pytest.raises(MalformedInteractionError, match="blank") as exc:
+        load_interactions(write(tmp_path, [rec(1), rec(2, user_id="   ")]))
+    assert exc.value.line == 2 and exc.value.field == "user_id"
+    assert load_interactions(write(tmp_path, [rec(1, user_id=37)]))[0].user_id == "37"
+    assert load_shared(write(tmp_path, [shared_line(user_id=37)]))[0].user_id == "37"  # as in a plain file

@@ -180,8 +180,9 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
             raise MalformedInteractionError(
                 "profile must be a list", source=str(path), line=lineno, record_id=str(obj["id"]), field="profile"
             )
-        for key in ("user_id", "task"):  # as the plain loader: never a number or a list turned into a name
-            if not isinstance(obj[key], str):
+        for key in ("user_id", "task"):  # as the plain loader: never a bool, a list or null turned into a name
+            allowed = str | int if key == "user_id" else str  # a user id may be a number, as in plain files
+            if isinstance(obj[key], bool) or not isinstance(obj[key], allowed):
                 raise MalformedInteractionError(
                     f"must be a string (got {type(obj[key]).__name__})",
                     source=str(path),
@@ -189,7 +190,7 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
                     record_id=str(obj["id"]),
                     field=key,
                 )
-        user_id, task = obj["user_id"], obj["task"]
+        user_id, task = str(obj["user_id"]), obj["task"]
         if limit_users is not None and user_id not in users and len(users) >= limit_users:
             continue
         past: list[Interaction] = []

@@ -33,6 +33,8 @@ class Interaction(BaseModel):
     def _ids_are_strings(cls, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (str, int)):
             raise ValueError("must be a string (or an integer)")  # noqa: TRY004 -- pydantic reports only ValueError
+        if not str(v).strip():
+            raise ValueError("must not be blank")
         return str(v)
 
     @field_validator("timestamp", mode="before")
