@@ -120,3 +120,10 @@ def test_a_blank_user_id_is_rejected_and_a_numeric_one_is_read_as_text(tmp_path)
     assert exc.value.line == 2 and exc.value.field == "user_id"
     assert load_interactions(write(tmp_path, [rec(1, user_id=37)]))[0].user_id == "37"
     assert load_shared(write(tmp_path, [shared_line(user_id=37)]))[0].user_id == "37"  # as in a plain file
+
+
+def test_a_file_of_the_other_schema_says_which_loader_reads_it(tmp_path):
+    with pytest.raises(MalformedInteractionError, match="ingest --shared"):
+        load_interactions(write(tmp_path, [shared_line()]))
+    with pytest.raises(MalformedInteractionError, match="without --shared"):
+        load_shared(write(tmp_path, [rec(1)]))

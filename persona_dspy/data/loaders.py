@@ -93,6 +93,15 @@ def load_interactions(
     seen: dict[str, int] = {}
     last: dict[str, tuple[float, int]] = {}
     for lineno, obj in _lines(Path(path)):
+        if isinstance(obj.get("profile"), list):
+            raise MalformedInteractionError(
+                "a line of the shared schema (a query with its 'profile'), not an interaction: read it with "
+                "load_shared (`persona-dspy ingest --shared`)",
+                source=str(path),
+                line=lineno,
+                record_id=str(obj.get("id")),
+                field="profile",
+            )
         it = _interaction(obj, source=str(path), line=lineno, check=check)
         if it.key in seen:
             raise MalformedInteractionError(
@@ -168,9 +177,12 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
     users: list[str] = []
     for lineno, obj in _lines(path):
         missing = [k for k in _SHARED_REQUIRED if k not in obj]
+        if "profile" in missing and "timestamp" in obj:  # a line of a plain interactions file
+            missing = ["profile"]
         if missing:
             raise MalformedInteractionError(
-                f"missing required field {missing[0]!r}",
+                f"missing required field {missing[0]!r}"
+                + (" (a plain interactions file? ingest it without --shared)" if missing == ["profile"] else ""),
                 source=str(path),
                 line=lineno,
                 record_id=str(obj.get("id")),
