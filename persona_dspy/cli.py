@@ -77,8 +77,8 @@ def positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -505,9 +505,16 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from persona_dspy import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     common = ArgumentParser(add_help=False)
     # --debug after the command too ("rerun with --debug"); SUPPRESS: absent, it leaves the top-level value
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
@@ -518,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--trace", action="store_true", help="record every LM call of a compile as an MLflow trace under its run"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", parents=[common], help="run the offline end-to-end demo on the bundled users")
     demo.add_argument("--users", type=positive, default=3)
@@ -619,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     obs.set_defaults(func=cmd_observe)
 
     personas = sub.add_parser("personas", help="persona versions in the registry")
-    psub = personas.add_subparsers(dest="personas_command", required=True)
+    psub = personas.add_subparsers(dest="personas_command", required=True, metavar="COMMAND")
     hist = psub.add_parser("history", parents=[common], help="a user's persona versions and aliases")
     hist.add_argument("user", type=user_arg)
     hist.set_defaults(func=cmd_history)
@@ -648,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     forget.set_defaults(func=cmd_forget)
 
     runs = sub.add_parser("runs", help="compile runs in MLflow")
-    rsub = runs.add_subparsers(dest="runs_command", required=True)
+    rsub = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
     compare = rsub.add_parser("compare", parents=[common], help="a table of compile runs: params, scores, cost")
     compare.add_argument("--user")
     compare.add_argument("--experiment", help="MLflow experiment (default: the configured one)")
@@ -658,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=cmd_sync)
 
     memory = sub.add_parser("memory", help="the episodic store")
-    msub = memory.add_subparsers(dest="memory_command", required=True)
+    msub = memory.add_subparsers(dest="memory_command", required=True, metavar="COMMAND")
     migrate = msub.add_parser("migrate", help="convert a folder of the previous embedded engine to Qdrant Edge")
     migrate.add_argument("folder", type=existing_folder, help="a folder written by qdrant-client's local mode")
     migrate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

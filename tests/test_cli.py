@@ -75,6 +75,8 @@ BAD_ARGUMENTS = {
     "rollback --to 0": ["rollback", "u", "--to", "0"],
     "rollback --to beyond 64 bits": ["rollback", "u", "--to", "9" * 23],
     "forget a blank user": ["forget", "  "],
+    "compile --max-age infinite": ["compile", "--due", "--max-age", "1e400"],
+    "personas without its command": ["personas"],
     "personas history of an empty user id": ["personas", "history", ""],
     "rollback without a user": ["rollback"],
     "personas history without a user": ["personas", "history"],
@@ -255,3 +257,13 @@ def test_a_value_in_exponent_form_is_a_value_and_debug_goes_after_the_command_to
     assert build_parser().parse_args(["ingest", str(data_file), "--debug"]).debug is True
     assert build_parser().parse_args(["--debug", "ingest", str(data_file)]).debug is True
     assert build_parser().parse_args(["memory", "migrate", ".", "--debug"]).debug is True
+
+
+def test_version_and_a_missing_command_named_as_the_help_names_it(capsys):
+    import persona_dspy
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"persona-dspy {persona_dspy.__version__}"
+    code, err = run(["runs"], capsys)
+    assert code == BAD and "required: COMMAND" in err and "runs_command" not in err
