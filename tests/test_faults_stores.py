@@ -356,20 +356,20 @@ def test_forget_says_when_it_found_nothing_of_the_user(tmp_path, capsys, seed_st
         assert ("points 3" in out) is found and ("nothing of user" in out) is not found, out
 
 
-def test_forget_with_state_dir_clears_that_state_dirs_lm_caches_not_the_default_ones(tmp_path, seed_store):
+def test_forget_with_state_dir_clears_that_state_dirs_lm_caches_not_the_default_ones(
+    tmp_path, seed_store, monkeypatch, capsys
+):
     """The guards point the LM caches at the state dir known at import (``PERSONA_DSPY_STATE_DIR``); a
     command given ``--state-dir`` moves them there first, so ``forget`` never empties another state dir's."""
     other, mine = tmp_path / "other", seed_store(tmp_path / "mine")
     for state in (other, mine):
         (state / "textgrad_logs").mkdir(parents=True)
         (state / "textgrad_logs" / "calls.jsonl").write_text("{}\n")
-    env = {k: v for k, v in os.environ.items() if k not in STATE_VARIABLES} | {"PERSONA_DSPY_STATE_DIR": str(other)}
-    code = "import sys; from persona_dspy.cli import main; sys.exit(main(sys.argv[1:]))"
-    argv = ["forget", "zed", "--state-dir", str(mine), "--qdrant", ":memory:"]
-    command = [sys.executable, "-c", code, *argv]
-    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "textgrad logs 1" in done.stdout
+    monkeypatch.setattr(config, "_GUARDED", set(STATE_VARIABLES))  # as the guards left them at import
+    monkeypatch.setenv("TEXTGRAD_LOG_DIR", str(other / "textgrad_logs"))
+    monkeypatch.setenv("DSPY_CACHEDIR", str(other / "dspy_cache"))
+    assert main(["forget", "zed", "--state-dir", str(mine), "--qdrant", ":memory:"]) == 0
+    assert "textgrad logs 1" in capsys.readouterr().out
     assert not (mine / "textgrad_logs" / "calls.jsonl").exists() and (other / "textgrad_logs" / "calls.jsonl").exists()
 
 
