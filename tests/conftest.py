@@ -1,6 +1,7 @@
 """Shared fixtures: expensive objects are built once per test session."""
 
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -8,6 +9,21 @@ import pytest
 
 import persona_dspy  # noqa: F401  (sets the offline environment guards first)
 from persona_dspy.memory.embedder import OnnxEmbedder
+
+
+@pytest.fixture(autouse=True)
+def _lm_cache_folders_restored():
+    """A CLI command run in-process with ``--state-dir`` points the LM caches' folders there
+    (``config.follow_state_dir``): the next test starts from the process's own again."""
+    from persona_dspy.config import STATE_VARIABLES
+
+    before = {key: os.environ.get(key) for key in STATE_VARIABLES}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
