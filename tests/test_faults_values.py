@@ -144,7 +144,7 @@ def test_evaluate_names_the_line_of_a_true_answer_off_the_scale(tmp_path, capsys
     assert "line 2" in err and "field 'output'" in err and "banana" in err and len(err.strip().splitlines()) == 1
 
 
-def test_observe_file_lines_without_a_task_take_the_users_stored_task(tmp_path, capsys):
+def test_observe_file_lines_without_a_task_take_the_users_stored_task(tmp_path, capsys, seed_store):
     """As a single ``observe`` without ``--task``: not ``generic``, which would switch the user's task and let
     an answer off the task's scale in."""
     from persona_dspy import Settings
@@ -154,6 +154,7 @@ def test_observe_file_lines_without_a_task_take_the_users_stored_task(tmp_path, 
         return json.dumps({"user_id": "u", "id": f"r{i}", "input": f"movie: Film {i}", "output": output,
                            "timestamp": i, **extra}) + "\n"  # fmt: skip
 
+    seed_store(tmp_path)  # observe reads each user's status from the MLflow store
     (tmp_path / "past.jsonl").write_text(line(1, "4.0", task="movielens_rating"))
     assert run(["ingest", str(tmp_path / "past.jsonl"), "--state-dir", str(tmp_path)], capsys)[0] == 0
     (tmp_path / "new.jsonl").write_text(line(2, "banana"))
