@@ -145,7 +145,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         k: v
         for k, v in {
-            "lm": args.lm,
+            "lm": getattr(args, "lm", None),  # only the commands that call an LM take --lm
             "state_dir": args.state_dir,
             "qdrant": args.qdrant,
             "mlflow_tracking_uri": args.mlflow_tracking_uri,
@@ -518,22 +518,28 @@ def build_parser() -> argparse.ArgumentParser:
     common = ArgumentParser(add_help=False)
     # --debug after the command too ("rerun with --debug"); SUPPRESS: absent, it leaves the top-level value
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    common.add_argument("--lm", help="LiteLLM model string (default: the embedded local model)")
     common.add_argument("--state-dir", type=Path, help="where the embedded stores live")
     common.add_argument("--qdrant", help="':memory:', a folder or a URL")
     common.add_argument("--mlflow-tracking-uri")
-    common.add_argument(
+    with_lm = ArgumentParser(add_help=False)  # the commands that call an LM
+    with_lm.add_argument("--lm", help="LiteLLM model string (default: the embedded local model)")
+    traced = ArgumentParser(add_help=False)  # the commands that compile
+    traced.add_argument(
         "--trace", action="store_true", help="record every LM call of a compile as an MLflow trace under its run"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", parents=[common], help="run the offline end-to-end demo on the bundled users")
+    demo = sub.add_parser(
+        "demo", parents=[common, with_lm, traced], help="run the offline end-to-end demo on the bundled users"
+    )
     demo.add_argument("--users", type=positive, default=3)
     demo.add_argument("--n-recent", type=positive, default=2)
     demo.add_argument("--iterations", type=positive, default=1)
     demo.set_defaults(func=cmd_demo)
 
-    evaluate = sub.add_parser("evaluate", parents=[common], help="run a method on a data file in the shared schema")
+    evaluate = sub.add_parser(
+        "evaluate", parents=[common, with_lm], help="run a method on a data file in the shared schema"
+    )
     evaluate.add_argument(
         "--data", type=input_file, required=True, help="JSONL with id, task, user_id, input, output, profile"
     )
@@ -560,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=cmd_ingest)
 
     fleet = sub.add_parser(
-        "compile", parents=[common], help="compile the persona of many users (concurrent, resumable)"
+        "compile", parents=[common, with_lm, traced], help="compile the persona of many users (concurrent, resumable)"
     )
     fleet.add_argument(
         "--users", type=user_list, default="all", help="'all' (every user in episodic memory) or u1,u2,..."
@@ -601,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policy_arguments(fleet)
 
-    ask = sub.add_parser("ask", parents=[common], help="answer a task as a user's agent (production persona)")
+    ask = sub.add_parser("ask", parents=[common, with_lm], help="answer a task as a user's agent (production persona)")
     ask.add_argument("user", type=user_arg)
     ask.add_argument("text", type=task_text, help="the task text")
     ask.add_argument("--alias", default="production", help="alias or version number (default: production)")
