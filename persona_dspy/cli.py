@@ -532,9 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[common, with_lm, traced], help="run the offline end-to-end demo on the bundled users"
     )
-    demo.add_argument("--users", type=positive, default=3)
-    demo.add_argument("--n-recent", type=positive, default=2)
-    demo.add_argument("--iterations", type=positive, default=1)
+    demo.add_argument("--users", type=positive, default=3, help="bundled sample users to compile (default: 3)")
+    demo.add_argument("--n-recent", type=positive, default=2, help="latest interactions replayed (default: 2)")
+    demo.add_argument("--iterations", type=positive, default=1, help="alignment steps per user (default: 1)")
     demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser(
@@ -553,7 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--n-val", type=non_negative, default=4, help="held-back interactions the gate replays (aligning methods)"
     )
-    evaluate.add_argument("--max-lm-calls", type=positive, default=20, help="per-user budget of the aligning methods")
+    evaluate.add_argument(
+        "--max-lm-calls", type=positive, default=20, help="per-user budget of the aligning methods (default: 20)"
+    )
     evaluate.add_argument("--out", type=output_file, help="write per-case results as JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -600,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="narrow a short history's replay and gate windows so the facts keep this many interactions "
         "(an experiment; 0: the windows as given)",
     )
-    fleet.add_argument("--max-lm-calls", type=positive, default=40, help="per-user budget")
+    fleet.add_argument("--max-lm-calls", type=positive, default=40, help="per-user budget (default: 40)")
     fleet.add_argument("--verbose", action="store_true", help="a status line per user as it finishes")
     fleet.add_argument("--due", action="store_true", help="only the users the re-alignment policy says are due")
     fleet.set_defaults(func=cmd_compile)
