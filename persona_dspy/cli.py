@@ -171,6 +171,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _existing_state(settings: Settings, *, memory: bool = False) -> Settings:
+    """``settings``, refused when the command would only read stores kept in a state dir that does not exist
+    (its MLflow store; with ``memory``, its Qdrant folder too): a misspelled ``--state-dir`` would otherwise get
+    an empty registry created there and "no persona versions" for an answer. A state dir below a file is left
+    to the store's own error, which names the file."""
+    state = settings.state_dir
+    local = settings.mlflow_tracking_uri is None and (not memory or settings.qdrant is None)
+    if not local or state.exists():
+        return settings
+    ancestor = next((p for p in state.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        return settings
+    raise ConfigurationError(
+        f"the state dir {state} does not exist: nothing was ingested or compiled there, and nothing was created. "
+        "Check --state-dir (or PERSONA_DSPY_STATE_DIR)."
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from persona_dspy.demo import format_table, run_demo
 
@@ -407,7 +425,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from persona_dspy.memory import EpisodicMemory
 
     check_format(args.format, args.task_text)
-    settings = _settings(args)
+    settings = _existing_state(_settings(args), memory=True)
     with EpisodicMemory(settings) as memory:
         exported = export_prompt(
             args.user,
@@ -425,7 +443,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from persona_dspy.tracking import Tracking
 
-    versions = Tracking(_settings(args)).history(args.user)
+    versions = Tracking(_existing_state(_settings(args))).history(args.user)
     if not versions:
         print(f"user {args.user!r} has no persona versions")
         return 0
@@ -441,7 +459,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from persona_dspy.tracking import Tracking
 
-    version = Tracking(_settings(args)).rollback(args.user, args.to, reason=args.reason or "")
+    version = Tracking(_existing_state(_settings(args))).rollback(args.user, args.to, reason=args.reason or "")
     print(f"production of {args.user!r} now points to v{version.version}")
     return 0
 
@@ -449,7 +467,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_forget(args: argparse.Namespace) -> int:
     from persona_dspy.forget import forget_user
 
-    report = forget_user(_settings(args), args.user)
+    report = forget_user(_existing_state(_settings(args), memory=True), args.user)
     print(report.format())
     report.raise_if_incomplete()
     return 0
@@ -458,7 +476,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 def cmd_runs_compare(args: argparse.Namespace) -> int:
     from persona_dspy.tracking import Tracking, compare_runs, format_runs
 
-    tracking = Tracking(_settings(args), experiment=args.experiment)
+    tracking = Tracking(_existing_state(_settings(args)), experiment=args.experiment)
     rows = compare_runs(tracking, args.user)
     if not rows and args.experiment and tracking.store.existing_experiment_id() is None:
         raise ConfigurationError(

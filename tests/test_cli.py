@@ -267,3 +267,22 @@ def test_version_and_a_missing_command_named_as_the_help_names_it(capsys):
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"persona-dspy {persona_dspy.__version__}"
     code, err = run(["runs"], capsys)
     assert code == BAD and "required: COMMAND" in err and "runs_command" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["personas", "history", "u"],
+        ["personas", "export", "u"],
+        ["rollback", "u"],
+        ["forget", "u"],
+        ["runs", "compare"],
+    ],
+    ids=["history", "export", "rollback", "forget", "runs compare"],
+)
+def test_a_read_of_a_state_dir_that_does_not_exist_creates_nothing_and_says_so(argv, tmp_path, capsys):
+    """A misspelled --state-dir: not an empty registry created there and "no persona versions"."""
+    missing = tmp_path / "stat-dir"
+    code, err = run([*argv, "--state-dir", str(missing)], capsys)
+    assert code == BAD and "does not exist" in err and str(missing) in err and len(err.strip().splitlines()) == 1
+    assert not missing.exists()
