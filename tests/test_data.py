@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,17 @@ def test_a_file_of_the_other_schema_says_which_loader_reads_it(tmp_path):
         load_interactions(write(tmp_path, [shared_line()]))
     with pytest.raises(MalformedInteractionError, match="without --shared"):
         load_shared(write(tmp_path, [rec(1)]))
+
+
+@pytest.mark.parametrize(
+    "item, says",
+    [
+        ({"movie": "Heat", "genres": "Drama", "rating": 4.0}, "profile item 0: missing field 'timestamp'"),
+        (7, "profile item 0: must be a JSON object, got int"),
+        ({"title": "x"}, "profile item 0: unrecognised profile item with keys ['title']: expected"),
+    ],
+)
+def test_a_bad_profile_item_says_what_is_wrong_with_it(tmp_path, item, says):
+    with pytest.raises(MalformedInteractionError, match=re.escape(says)) as exc:
+        load_shared(write(tmp_path, [shared_line(profile=[item])]))
+    assert exc.value.field == "profile.0"

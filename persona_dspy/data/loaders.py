@@ -162,7 +162,10 @@ def _profile_item(task: str, item: dict[str, Any], position: int) -> tuple[str, 
         ts = float(item["time"])
         text = f"review summary: {item['summary']} review: {item['text']}"
         return _stable_id(ts, text), text, str(int(float(item["rating"]))), ts, {}
-    raise KeyError(f"unrecognised profile item with keys {sorted(item)}")
+    raise ValueError(
+        f"unrecognised profile item with keys {sorted(item)}: expected an article (category), a paper (abstract), "
+        "a movie rating (movie) or a review (summary)"
+    )
 
 
 def load_shared(path: str | Path, *, limit_users: int | None = None, check: Check | None = None) -> list[UserHistory]:
@@ -208,10 +211,13 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
         past: list[Interaction] = []
         for pos, item in enumerate(obj["profile"]):
             try:
+                if not isinstance(item, dict):
+                    raise ValueError(f"must be a JSON object, got {type(item).__name__}")  # noqa: TRY004 (reported as one)
                 pid, text, output, ts, meta = _profile_item(task, item, pos)
             except (KeyError, TypeError, ValueError) as exc:
+                problem = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
                 raise MalformedInteractionError(
-                    f"profile item {pos}: {exc}",
+                    f"profile item {pos}: {problem}",
                     source=str(path),
                     line=lineno,
                     record_id=str(obj["id"]),
