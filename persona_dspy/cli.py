@@ -72,6 +72,15 @@ def user_arg(text: str) -> str:
 user_arg.__name__ = "user id"
 
 
+def state_dir_arg(text: str) -> Path:
+    if not text.strip():  # Path("") is the working directory: stores would land wherever the command ran
+        raise argparse.ArgumentTypeError("must not be empty (for the working directory, write .)")
+    return Path(text)
+
+
+state_dir_arg.__name__ = "state dir"
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -536,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = ArgumentParser(add_help=False)
     # --debug after the command too ("rerun with --debug"); SUPPRESS: absent, it leaves the top-level value
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    common.add_argument("--state-dir", type=Path, help="where the embedded stores live")
+    common.add_argument("--state-dir", type=state_dir_arg, help="where the embedded stores live")
     common.add_argument("--qdrant", help="':memory:', a folder or a URL")
     common.add_argument("--mlflow-tracking-uri")
     with_lm = ArgumentParser(add_help=False)  # the commands that call an LM

@@ -6,6 +6,8 @@ class; ``EXIT_CODES`` lists them). Every error persona_dspy raises on purpose is
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PersonaDSPyError(Exception):
     """Base class of every error persona_dspy raises on purpose."""
@@ -123,6 +125,10 @@ class OutOfOrderObservationError(MalformedInteractionError):
     """An observation is older than what is already stored for its user; nothing was written."""
 
     exit_code = 14
+
+    def __init__(self, message: str, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.args = (str(self.args[0]).replace("malformed interaction", "out-of-order observation", 1),)
 
 
 class TaskMetricError(PersonaDSPyError):

@@ -75,6 +75,7 @@ BAD_ARGUMENTS = {
     "rollback --to 0": ["rollback", "u", "--to", "0"],
     "rollback --to beyond 64 bits": ["rollback", "u", "--to", "9" * 23],
     "forget a blank user": ["forget", "  "],
+    "history --state-dir empty": ["personas", "history", "u", "--state-dir", ""],
     "compile --max-age infinite": ["compile", "--due", "--max-age", "1e400"],
     "personas without its command": ["personas"],
     "personas history of an empty user id": ["personas", "history", ""],
