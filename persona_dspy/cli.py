@@ -185,8 +185,10 @@ def _existing_state(settings: Settings, *, memory: bool = False) -> Settings:
     (its MLflow store; with ``memory``, its Qdrant folder too): a misspelled ``--state-dir`` would otherwise get
     an empty registry created there and "no persona versions" for an answer. A state dir below a file is left
     to the store's own error, which names the file."""
-    state = settings.state_dir
-    local = settings.mlflow_tracking_uri is None and (not memory or settings.qdrant is None)
+    state, location = settings.state_dir, settings.qdrant_location
+    folder = Path(location.split(":", 1)[1] if location.startswith(("edge:", "local:")) else location)
+    no_points = location == ":memory:" or (not settings.qdrant_is_server and not folder.exists())
+    local = settings.mlflow_tracking_uri is None and (not memory or no_points)
     if not local or state.exists():
         return settings
     ancestor = next((p for p in state.parents if p.exists()), None)
@@ -264,9 +266,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         interactions = load_interactions(args.file, check=record_problem)
     if not interactions:  # a wrong or truncated file, most likely: say so rather than report "0 written"
         raise ConfigurationError(
-            f"persona-dspy ingest: {args.file} holds no interactions (it is empty or has only blank lines); "
-            "nothing was written. Check the path, or the export that wrote it."
+            f"persona-dspy ingest: {args.file} holds no interactions (it is empty or has only blank lines"
+            + (", or its profiles are empty" if args.shared else "")
+            + "); nothing was written. Check the path, or the export that wrote it."
         )
+    from persona_dspy.serving import refuse_future
+
+    refuse_future(interactions, source=str(args.file))  # stored, it would put every later observation out of order
     with EpisodicMemory(settings) as memory:
         changed = [] if args.replace else memory.changed(interactions)
         if changed:  # an interaction is a fact of the past: replacing one must be asked for

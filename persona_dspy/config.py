@@ -82,6 +82,13 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():  # Path("") is the working directory, wherever a command runs
+            raise ValueError("must not be empty (for the working directory, write .)")
+        return v
+
     @field_validator("state_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:
@@ -117,7 +124,7 @@ def set_environment_guards(state_dir: Path | None = None) -> None:
     Must run before litellm / textgrad / mlflow are imported; ``persona_dspy/__init__`` calls it.
     Values already set by the user win.
     """
-    state = Path(state_dir) if state_dir else Path(os.environ.get("PERSONA_DSPY_STATE_DIR", default_state_dir()))
+    state = Path(state_dir) if state_dir else Path(os.environ.get("PERSONA_DSPY_STATE_DIR") or default_state_dir())
     defaults = {
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "TEXTGRAD_LOG_DIR": str(state / "textgrad_logs"),

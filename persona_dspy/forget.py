@@ -86,7 +86,8 @@ def forget_user(settings: Settings, user_id: str, *, lm_cache_dir: Path | None =
     An embedded Qdrant Edge folder is rewritten on every call (its cost grows with the store), so a
     forget interrupted after the delete still ends with no deleted payload on disk.
 
-    ``lm_cache_dir``: DSPy's disk cache (default ``DSPY_CACHEDIR``).
+    ``lm_cache_dir``: DSPy's disk cache (default ``DSPY_CACHEDIR``, this process's). The state dir's own
+    ``dspy_cache`` and ``textgrad_logs`` are cleared too when they are other folders.
     """
     from persona_dspy.memory import EpisodicMemory, SemanticMemory
     from persona_dspy.tracking import Tracking
@@ -126,10 +127,15 @@ def forget_user(settings: Settings, user_id: str, *, lm_cache_dir: Path | None =
 
     step("qdrant", qdrant)
     step("mlflow", lambda: forget_tracked(tracking.store, user_id))
-    cache = lm_cache_dir or Path(os.environ.get("DSPY_CACHEDIR", state / "dspy_cache"))
-    logs = Path(os.environ.get("TEXTGRAD_LOG_DIR", state / "textgrad_logs"))
+    # this process's LM caches (where its calls were cached) and the state dir's own, when they differ
+    caches = {lm_cache_dir or Path(os.environ.get("DSPY_CACHEDIR", state / "dspy_cache")), state / "dspy_cache"}
+    logs = {Path(os.environ.get("TEXTGRAD_LOG_DIR", state / "textgrad_logs")), state / "textgrad_logs"}
     step(
-        "lm caches", lambda: {"cache entries": _clear_dspy_cache(cache), "textgrad logs": _drop_files(logs, "*.jsonl")}
+        "lm caches",
+        lambda: {
+            "cache entries": sum(_clear_dspy_cache(folder) for folder in sorted(caches)),
+            "textgrad logs": sum(_drop_files(folder, "*.jsonl") for folder in sorted(logs)),
+        },
     )
     return report
 

@@ -96,6 +96,23 @@ MAX_FUTURE_SECONDS = 86_400.0
 """How far ahead of this machine's clock an observation may be (clock skew between hosts); later is refused."""
 
 
+def refuse_future(items: Iterable[Interaction], *, source: str | None = None) -> None:
+    """``MalformedInteractionError`` for the first interaction more than ``MAX_FUTURE_SECONDS`` ahead of the
+    clock: stored, it would be its user's "latest" for good, and every later observation out of order."""
+    now = time.time()
+    for it in items:
+        ahead = it.timestamp - now
+        if ahead > MAX_FUTURE_SECONDS:
+            hint = " (a milliseconds value is 1000 times too large)" if it.timestamp > 100 * now else ""
+            raise MalformedInteractionError(
+                f"user {it.user_id!r} has timestamp {it.timestamp:.6g}, {ahead / 86400:,.1f} days ahead of this "
+                f"machine's clock: timestamps are seconds since the epoch{hint}. Nothing was written.",
+                source=source,
+                record_id=it.id,
+                field="timestamp",
+            )
+
+
 def interaction_from(fields: Mapping[str, Any], *, user_id: str, task: str) -> Interaction:
     """An ``Interaction`` from what a caller knows (``input``, ``output``, maybe ``timestamp``/``id``):
     the user and task default to the agent's, the time to now, the id to a hash of the content and the
@@ -126,16 +143,7 @@ def observe(
     ``tracking`` the result holds each user's status against ``policy``.
     """
     items = validate_batch(interactions)
-    now = time.time()
-    for it in items:  # stored, it would be every later observation's "latest": each one would be out of order
-        if it.timestamp > now + MAX_FUTURE_SECONDS:
-            raise MalformedInteractionError(
-                f"observation of user {it.user_id!r} has timestamp {it.timestamp:.0f}, "
-                f"{(it.timestamp - now) / 86400:,.0f} days in the future: timestamps are seconds since the epoch "
-                "(a milliseconds value is 1000 times too large). Nothing was written.",
-                record_id=it.id,
-                field="timestamp",
-            )
+    refuse_future(items)
     by_user: dict[str, list[Interaction]] = {}
     for it in items:
         by_user.setdefault(it.user_id, []).append(it)

@@ -287,3 +287,9 @@ def test_a_read_of_a_state_dir_that_does_not_exist_creates_nothing_and_says_so(a
     code, err = run([*argv, "--state-dir", str(missing)], capsys)
     assert code == BAD and "does not exist" in err and str(missing) in err and len(err.strip().splitlines()) == 1
     assert not missing.exists()
+
+
+def test_forget_on_a_missing_state_dir_with_an_empty_qdrant_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    code, err = run(["forget", "u", "--qdrant", ":memory:", "--state-dir", str(missing)], capsys)
+    assert code == BAD and "does not exist" in err and not missing.exists()

@@ -97,12 +97,13 @@ def shared_line(**kw) -> str:
         ({"user_id": ["a", "b"]}, "user_id", "must be a string"),
         ({"user_id": None}, "user_id", "must be a string"),
         ({"task": 7}, "task", "must be a string"),
+        ({"id": None}, "id", "must be a string"),
     ],
 )
 def test_a_shared_line_with_a_bad_query_field_names_it(tmp_path, fields, field, says):
     """Never coerced (``True`` would have become the user "True") nor a bare ``ValueError``."""
     with pytest.raises(MalformedInteractionError, match=says) as exc:
-        load_shared(write(tmp_path, [shared_line(), shared_line(id="q2", **fields)]))
+        load_shared(write(tmp_path, [shared_line(), shared_line(**{"id": "q2", **fields})]))
     assert exc.value.line == 2 and exc.value.field == field
 
 
@@ -142,3 +143,10 @@ def test_a_bad_profile_item_says_what_is_wrong_with_it(tmp_path, item, says):
     with pytest.raises(MalformedInteractionError, match=re.escape(says)) as exc:
         load_shared(write(tmp_path, [shared_line(profile=[item])]))
     assert exc.value.field == "profile.0"
+
+
+def test_a_lamp_query_timestamp_is_checked_though_lamp_time_is_positional(tmp_path):
+    line = json.loads((DATA / "lamp2n.jsonl").read_text().splitlines()[0])
+    with pytest.raises(MalformedInteractionError, match="must be a number") as exc:
+        load_shared(write(tmp_path, [json.dumps({**line, "timestamp": "abc"})]))
+    assert exc.value.field == "timestamp"

@@ -75,6 +75,16 @@ def test_ingest_never_overwrites_a_stored_record_silently(tmp_path, capsys):
         assert [it.output for it in mem.history("u")] == ["x", "changed", "x"]
 
 
+def test_ingest_refuses_a_milliseconds_timestamp_as_observe_does(tmp_path, capsys):
+    path, state = tmp_path / "f.jsonl", tmp_path / "state"
+    path.write_text(line(1, 1.0) + "\n" + line(2, 1.7e12) + "\n")
+    code = main(["ingest", str(path), "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    assert code == MalformedInteractionError.exit_code and "milliseconds" in err and "'i2'" in err, err
+    with EpisodicMemory(Settings(state_dir=state)) as mem:
+        assert mem.count() == 0
+
+
 def test_a_shared_file_with_several_queries_of_one_user_ingests_once_and_again_writes_nothing(tmp_path, capsys):
     data, state = Path(__file__).parent / "data" / "lamp2n.jsonl", tmp_path / "state"
     assert main(["ingest", str(data), "--shared", "--state-dir", str(state)]) == 0  # 3 lines of one user

@@ -380,3 +380,18 @@ def test_a_cache_folder_the_user_set_stays_where_they_set_it(tmp_path, monkeypat
     config.follow_state_dir(tmp_path / "state")
     assert os.environ["TEXTGRAD_LOG_DIR"] == str(tmp_path / "theirs")
     assert os.environ["DSPY_CACHEDIR"] == str(tmp_path / "state" / "dspy_cache")
+
+
+def test_forget_user_in_python_clears_the_state_dirs_own_lm_caches_too(tmp_path, seed_store, monkeypatch):
+    from persona_dspy.forget import forget_user
+
+    process, state = tmp_path / "process", seed_store(tmp_path / "state")
+    for folder in (process, state):
+        (folder / "textgrad_logs").mkdir(parents=True)
+        (folder / "textgrad_logs" / "calls.jsonl").write_text("{}\n")
+    monkeypatch.setenv("TEXTGRAD_LOG_DIR", str(process / "textgrad_logs"))  # where this process logs
+    monkeypatch.setenv("DSPY_CACHEDIR", str(process / "dspy_cache"))
+    report = forget_user(Settings(state_dir=state, qdrant=":memory:"), "zed")
+    assert report.removed["lm caches"]["textgrad logs"] == 2
+    assert not (state / "textgrad_logs" / "calls.jsonl").exists()
+    assert not (process / "textgrad_logs" / "calls.jsonl").exists()

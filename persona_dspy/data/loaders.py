@@ -195,8 +195,8 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
             raise MalformedInteractionError(
                 "profile must be a list", source=str(path), line=lineno, record_id=str(obj["id"]), field="profile"
             )
-        for key in ("user_id", "task"):  # as the plain loader: never a bool, a list or null turned into a name
-            allowed = str | int if key == "user_id" else str  # a user id may be a number, as in plain files
+        for key in ("id", "user_id", "task"):  # as the plain loader: never a bool, a list or null turned into a name
+            allowed = str if key == "task" else str | int  # an id may be a number, as in plain files
             if isinstance(obj[key], bool) or not isinstance(obj[key], allowed):
                 raise MalformedInteractionError(
                     f"must be a string (got {type(obj[key]).__name__})",
@@ -241,7 +241,7 @@ def load_shared(path: str | Path, *, limit_users: int | None = None, check: Chec
             )
         synthetic = any(p.metadata.get("synthetic_time") for p in past) or "timestamp" not in obj
         stamp = obj.get("timestamp")
-        if not synthetic and (isinstance(stamp, bool) or not isinstance(stamp, int | float)):
+        if "timestamp" in obj and (isinstance(stamp, bool) or not isinstance(stamp, int | float)):
             raise MalformedInteractionError(
                 f"must be a number (seconds since the epoch), got {stamp!r}"[:200],
                 source=str(path),
