@@ -539,9 +539,12 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _version() -> str:
-    from persona_dspy import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("persona-dspy")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
