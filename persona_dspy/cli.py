@@ -185,9 +185,8 @@ def _existing_state(settings: Settings, *, memory: bool = False) -> Settings:
     (its MLflow store; with ``memory``, its Qdrant folder too): a misspelled ``--state-dir`` would otherwise get
     an empty registry created there and "no persona versions" for an answer. A state dir below a file is left
     to the store's own error, which names the file."""
-    state, location = settings.state_dir, settings.qdrant_location
-    folder = Path(location.split(":", 1)[1] if location.startswith(("edge:", "local:")) else location)
-    no_points = location == ":memory:" or (not settings.qdrant_is_server and not folder.exists())
+    state, folder = settings.state_dir, settings.qdrant_folder
+    no_points = settings.qdrant_location == ":memory:" or (folder is not None and not folder.exists())
     local = settings.mlflow_tracking_uri is None and (not memory or no_points)
     if not local or state.exists():
         return settings

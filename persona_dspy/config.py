@@ -110,6 +110,14 @@ class Settings(BaseSettings):
         return self.qdrant_location.startswith(("http://", "https://"))
 
     @property
+    def qdrant_folder(self) -> Path | None:
+        """The folder of an embedded store (Qdrant Edge, ``edge:`` or ``local:``); ``None`` for ``:memory:`` or a server."""
+        location = self.qdrant_location
+        if location == ":memory:" or self.qdrant_is_server:
+            return None
+        return Path(location.split(":", 1)[1] if location.startswith(("edge:", "local:")) else location)
+
+    @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
 

@@ -116,13 +116,11 @@ def forget_user(settings: Settings, user_id: str, *, lm_cache_dir: Path | None =
         with EpisodicMemory(settings) as memory:
             points = memory.forget(user_id)
         counts = {"points": points}
-        location = settings.qdrant_location
-        if location != ":memory:" and not settings.qdrant_is_server and not location.startswith("local:"):
+        folder = settings.qdrant_folder
+        if folder is not None and not settings.qdrant_location.startswith("local:"):  # a Qdrant Edge folder
             from persona_dspy.memory.compact import rewrite_shard
 
-            counts["points kept in the rewritten shard"] = rewrite_shard(
-                location.removeprefix("edge:"), settings.collection
-            )
+            counts["points kept in the rewritten shard"] = rewrite_shard(folder, settings.collection)
         return counts
 
     step("qdrant", qdrant)
