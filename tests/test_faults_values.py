@@ -44,7 +44,7 @@ def test_an_unknown_task_is_rejected_at_ingest_not_at_compile(tmp_path, capsys):
     assert not (tmp_path / "qdrant").exists()
 
 
-@pytest.mark.parametrize("answer", ["banana", "17", "-1", ""])
+@pytest.mark.parametrize("answer", ["banana", "17", "-1", "", "3.3"])  # 3.3: between two half stars
 def test_a_rating_off_the_tasks_scale_is_rejected_at_ingest_and_observe(answer, tmp_path, capsys):
     def record(i: int, output: str) -> dict:
         return {"user_id": "u", "id": f"r{i}", "input": f"movie: Film {i}", "output": output, "timestamp": i,
@@ -165,3 +165,12 @@ def test_observe_file_lines_without_a_task_take_the_users_stored_task(tmp_path, 
     assert code == 0, err
     with EpisodicMemory(Settings(state_dir=tmp_path)) as memory:
         assert [it.task for it in memory.history("u")] == ["movielens_rating", "movielens_rating"]
+
+
+def test_a_rating_must_sit_on_one_of_the_tasks_steps():
+    from persona_dspy.signatures.tasks import answer_problem
+
+    assert answer_problem("movielens_rating", "3.5") is None and answer_problem("movielens_rating", "5") is None
+    assert "in steps of 0.5" in answer_problem("movielens_rating", "3.3")
+    assert answer_problem("amazon_mi_rating", "4.0") is None
+    assert "in steps of 1" in answer_problem("amazon_mi_rating", "4.5")

@@ -280,7 +280,7 @@ def _import_task_modules() -> None:
 
 def answer_problem(task: str | TaskSpec, output: str) -> str | None:
     """Why ``output`` cannot be stored as a user's answer to ``task`` (``None``: it can). A rating task's
-    answers are ratings on its scale, past and held out alike. A label task's past interactions may hold
+    answers are ratings on its scale and its steps, past and held out alike. A label task's past interactions may hold
     other text than a label (LaMP-1's are the user's own papers), and free text is free: neither is checked.
     Raises ``UnknownTaskError`` for an unregistered task."""
     spec = get_task(task)
@@ -291,8 +291,9 @@ def answer_problem(task: str | TaskSpec, output: str) -> str | None:
     except ValueError:
         value = float("nan")
     lo, hi = spec.scale
-    if not lo <= value <= hi:
-        return f"the answer {output!r} is not a {spec.name} rating: {spec.contract()}"
+    off_step = abs(value / spec.step - round(value / spec.step)) > 1e-6 if lo <= value <= hi else True
+    if off_step:  # out of range, not a number, or between two steps (3.3 on a half-star scale)
+        return f"the answer {output!r} is not a {spec.name} rating: a number from {lo:g} to {hi:g} in steps of {spec.step:g}"
     return None
 
 
