@@ -294,6 +294,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from persona_dspy.optimizers import PersonaOptimizer
     from persona_dspy.tracking import Tracking
 
+    if not args.due and (args.realign_after is not None or args.max_age is not None):
+        raise ConfigurationError("--realign-after and --max-age choose which users are due: use them with --due")
     settings = _settings(args)
     users = args.users
     if args.due:
@@ -328,7 +330,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _policy(args: argparse.Namespace):
     from persona_dspy.serving import RealignPolicy
 
-    return RealignPolicy(realign_after=args.realign_after, max_age=args.max_age)
+    chosen = {"realign_after": args.realign_after, "max_age": args.max_age}
+    return RealignPolicy(**{k: v for k, v in chosen.items() if v is not None})
 
 
 def _due_users(args: argparse.Namespace, settings: Settings, users) -> list[str]:
@@ -530,7 +533,9 @@ def cmd_memory_migrate(args: argparse.Namespace) -> int:
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     """The re-alignment policy's flags (``serving.RealignPolicy``)."""
     parser.add_argument(
-        "--realign-after", type=positive, default=5, help="due after this many interactions since the last compile"
+        "--realign-after",
+        type=positive,
+        help="due after this many interactions since the last compile (default: 5)",
     )
     parser.add_argument(
         "--max-age", type=positive_seconds, help="or due this many seconds after the last compile (with news)"
@@ -669,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     obs.set_defaults(func=cmd_observe)
 
     personas = sub.add_parser("personas", help="persona versions in the registry")
+    personas.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     psub = personas.add_subparsers(dest="personas_command", required=True, metavar="COMMAND")
     hist = psub.add_parser("history", parents=[common], help="a user's persona versions and aliases")
     hist.add_argument("user", type=user_arg)
@@ -698,9 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     forget.set_defaults(func=cmd_forget)
 
     runs = sub.add_parser("runs", help="compile runs in MLflow")
+    runs.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     rsub = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
     compare = rsub.add_parser("compare", parents=[common], help="a table of compile runs: params, scores, cost")
-    compare.add_argument("--user")
+    compare.add_argument("--user", type=user_arg, help="only this user's runs (default: every user's)")
     compare.add_argument("--experiment", help="MLflow experiment (default: the configured one)")
     compare.set_defaults(func=cmd_runs_compare)
 
@@ -708,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=cmd_sync)
 
     memory = sub.add_parser("memory", help="the episodic store")
+    memory.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     msub = memory.add_subparsers(dest="memory_command", required=True, metavar="COMMAND")
     migrate = msub.add_parser("migrate", help="convert a folder of the previous embedded engine to Qdrant Edge")
     migrate.add_argument("folder", type=existing_folder, help="a folder written by qdrant-client's local mode")

@@ -77,6 +77,9 @@ BAD_ARGUMENTS = {
     "forget a blank user": ["forget", "  "],
     "history --state-dir empty": ["personas", "history", "u", "--state-dir", ""],
     "compile --max-age infinite": ["compile", "--due", "--max-age", "1e400"],
+    "compile --realign-after without --due": ["compile", "--realign-after", "3"],
+    "compile --max-age without --due": ["compile", "--max-age", "60"],
+    "runs compare --user blank": ["runs", "compare", "--user", "  "],
     "personas without its command": ["personas"],
     "personas history of an empty user id": ["personas", "history", ""],
     "rollback without a user": ["rollback"],
@@ -258,6 +261,13 @@ def test_a_value_in_exponent_form_is_a_value_and_debug_goes_after_the_command_to
     assert build_parser().parse_args(["ingest", str(data_file), "--debug"]).debug is True
     assert build_parser().parse_args(["--debug", "ingest", str(data_file)]).debug is True
     assert build_parser().parse_args(["memory", "migrate", ".", "--debug"]).debug is True
+    for argv in (
+        ["personas", "--debug", "history", "u"],
+        ["runs", "--debug", "compare"],
+        ["memory", "--debug", "migrate", "."],
+    ):
+        assert build_parser().parse_args(argv).debug is True, argv
+    assert build_parser().parse_args(["personas", "history", "u"]).debug is False
 
 
 def test_version_and_a_missing_command_named_as_the_help_names_it(capsys):
