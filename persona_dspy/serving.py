@@ -195,7 +195,7 @@ def user_status(
     new = sum(1 for it in history if watermark is None or it.timestamp > watermark)
     compiled_at = None
     if last is not None and policy.max_age is not None:
-        with tracking.store.guard("reading the last compile's time") as client:
+        with tracking.store.guard("reading the last compile's time", read=True) as client:
             info = client.get_run(last["run_id"]).info
         compiled_at = (info.end_time or info.start_time) / 1000
     age = None if compiled_at is None else (now or time.time()) - compiled_at

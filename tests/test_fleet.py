@@ -215,7 +215,7 @@ def test_threads_keep_every_persona_and_run_with_its_own_user(memory, tracking):
 
 def test_resume_after_a_kill_compiles_only_the_rest(tmp_path, mlflow_uri, embedder):
     """A fleet process is SIGKILLed mid-fleet; ``resume=True`` finishes it: one run and one version per user."""
-    users = [f"crash-{i}" for i in range(8)]
+    users = [f"crash-{i}" for i in range(5)]
     settings = Settings(state_dir=tmp_path, qdrant=str(tmp_path / "qdrant"), mlflow_tracking_uri=mlflow_uri)
     with EpisodicMemory(settings, embedder=embedder) as memory:
         memory.add([it for u in users for it in history(u)])

@@ -61,7 +61,7 @@ def compare_runs(tracking: Tracking, user_id: str | None = None, *, max_runs: in
     where = "attributes.status = 'FINISHED'"
     if user_id is not None:
         where += f" and tags.persona_prompt = '{prompt_name(user_id)}'"
-    with tracking.store.guard("searching runs") as client:
+    with tracking.store.guard("searching runs", read=True) as client:
         runs = client.search_runs(
             [exp_id], filter_string=where, max_results=max_runs, order_by=["attributes.start_time ASC"]
         )

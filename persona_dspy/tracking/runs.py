@@ -128,7 +128,7 @@ def last_compile(store: MlflowStore, user_id: str) -> dict[str, Any] | None:
     """The user's latest recorded compile: ``optimizer``, ``data_watermark`` (as logged), ``params``
     (str values, as logged), ``persona_version``, ``promoted``, ``run_id``; None if never recorded."""
     exp_id = store.experiment_id()
-    with store.guard("reading the last compile") as client:
+    with store.guard("reading the last compile", read=True) as client:
         runs = client.search_runs(
             [exp_id],
             filter_string=f"tags.persona_prompt = '{prompt_name(user_id)}' and attributes.status = 'FINISHED'",

@@ -94,8 +94,9 @@ class MlflowStore:
         self._lock = threading.Lock()
 
     @contextmanager
-    def guard(self, doing: str) -> Iterator[MlflowClient]:
-        """The client, under the store's writer lock (sqlite); store failures become ours."""
+    def guard(self, doing: str, *, read: bool = False) -> Iterator[MlflowClient]:
+        """The client, under the store's writer lock (sqlite); store failures become ours (``read``: the
+        operation writes nothing, and its error says so)."""
         try:
             with _writer_lock(self.tracking_uri):
                 yield self.client
@@ -106,7 +107,7 @@ class MlflowStore:
             detail = redact_uri(first if len(first) <= 300 else first[:300].rsplit(" ", 1)[0] + " ...")
             raise TrackingUnavailableError(
                 f"MLflow store {redact_uri(self.tracking_uri)} failed while {doing}: {type(exc).__name__}: "
-                f"{detail}. No persona alias was moved. Check that the tracking server is up (or the sqlite path "
+                f"{detail}. {'Nothing was changed' if read else 'No persona alias was moved'}. Check that the tracking server is up (or the sqlite path "
                 "is writable) and retry; set PERSONA_DSPY_MLFLOW_TRACKING_URI to change stores."
             ) from exc
 
@@ -124,7 +125,7 @@ class MlflowStore:
         with self._lock:
             if self._experiment_id:
                 return self._experiment_id
-        with self.guard("looking up the experiment") as client:
+        with self.guard("looking up the experiment", read=True) as client:
             exp = client.get_experiment_by_name(self.experiment)
         return None if exp is None else exp.experiment_id
 

@@ -61,12 +61,12 @@ class Tracking:
 
     # -- personas -----------------------------------------------------------------------------
     def production_persona(self, user_id: str) -> str | None:
-        with self.store.guard("reading the production persona"):
+        with self.store.guard("reading the production persona", read=True):
             version = self.registry.get(user_id, PRODUCTION)
         return version.text if version else None
 
     def load_persona(self, user_id: str, alias_or_version: str | int = PRODUCTION) -> PersonaVersion:
-        with self.store.guard("loading a persona"):
+        with self.store.guard("loading a persona", read=True):
             version = self.registry.get(user_id, alias_or_version)
         if version is None:
             raise PersonaNotFoundError(
@@ -76,7 +76,7 @@ class Tracking:
         return version
 
     def history(self, user_id: str) -> list[PersonaVersion]:
-        with self.store.guard("listing persona versions"):
+        with self.store.guard("listing persona versions", read=True):
             return self.registry.history(user_id)
 
     def rollback(self, user_id: str, to_version: int | None = None, *, reason: str = "") -> PersonaVersion:
