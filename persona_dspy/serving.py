@@ -33,6 +33,7 @@ from persona_dspy.agent import PersonaAgent
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import (
+    ConfigurationError,
     LMOutputError,
     MalformedInteractionError,
     OutOfOrderObservationError,
@@ -349,7 +350,8 @@ def load_agent(
     ``task`` defaults to the task of the user's latest interaction. A user with no compiled persona
     gets the default persona when asking for ``production`` (``agent.persona_version is None``).
     Unknown user: ``UnknownUserError``; an alias or version the user does not have:
-    ``PersonaNotFoundError``. Reads only; no LM call.
+    ``PersonaNotFoundError``; a ``task`` of which the user has no interaction: ``ConfigurationError``.
+    Reads only; no LM call.
     """
     settings = settings or (
         memory.settings if memory is not None else tracking.settings if tracking is not None else Settings()
@@ -358,6 +360,11 @@ def load_agent(
     tracking = tracking or Tracking(settings)
     latest = memory.recent(user_id, 1)  # UnknownUserError for a user with no interactions
     spec = get_task(task if task is not None else latest[-1].task)
+    if spec.name != latest[-1].task and spec.name not in (tasks := {it.task for it in memory.history(user_id)}):
+        raise ConfigurationError(  # the persona, profile and episodes would all be of another task
+            f"user {user_id!r} has no interactions of task {spec.name!r} (theirs: {', '.join(sorted(tasks))}); "
+            "leave the task out to serve their latest one"
+        )
     try:
         version = tracking.load_persona(user_id, alias)
     except PersonaNotFoundError as exc:

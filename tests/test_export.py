@@ -254,6 +254,8 @@ def test_the_export_benchmark_runs_on_the_scripted_lm(tmp_path):
         ),
         (("personas", "export", "USER", "--format", "messages"), ConfigurationError),
         (("observe", "USER", "--input", "movie: Only input"), ConfigurationError),
+        (("ask", "USER", "some article", "--task", "LaMP-2N"), ConfigurationError),  # not a task of theirs
+        (("personas", "export", "USER", "--task", "LaMP-2N"), ConfigurationError),
     ],
 )
 def test_cli_bad_serving_input_is_one_line_and_its_exit_code(persona_cli, argv, error):

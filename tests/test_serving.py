@@ -14,6 +14,7 @@ import pytest
 
 from persona_dspy.data import Interaction
 from persona_dspy.errors import (
+    ConfigurationError,
     MalformedInteractionError,
     OutOfOrderObservationError,
     PersonaNotFoundError,
@@ -195,3 +196,13 @@ def test_compile_due_compiles_only_the_due_users(memory, tracking):
     statuses, report = compile_now(["due-a", "due-b"], memory, tracking, realign_after=5)
     assert {s.user_id: s.due for s in statuses} == {"due-a": True, "due-b": False}
     assert [u.user_id for u in report.users] == ["due-a"]
+
+
+def test_a_user_of_two_tasks_is_served_either_and_not_a_third(memory, tracking):
+    article = Interaction(user_id="two", id="a1", input="article: Dinner", output="food & drink", timestamp=2000.0,
+                          task="LaMP-2N")  # fmt: skip
+    memory.add([rating("two", i) for i in range(3)] + [article])
+    assert served("two", memory, tracking).task.name == "LaMP-2N"  # the latest interaction's
+    assert served("two", memory, tracking, task="movielens_rating").task.name == "movielens_rating"
+    with pytest.raises(ConfigurationError, match="no interactions of task 'amazon_mi_rating'.*LaMP-2N, movielens"):
+        served("two", memory, tracking, task="amazon_mi_rating")
