@@ -222,4 +222,6 @@ def test_legacy_local_folder_is_detected_and_migrated(
         assert m.history("u1") == old[1::4]
         assert [e.interaction for e in m.recall("u1", "episode 13 of user 1", k=3)] == before
         assert m.add(old) == 0  # same ids: the migrated points are the same points
+    capsys.readouterr()
     assert main(["memory", "migrate", str(folder)]) == 7  # StoreUnavailableError: nothing to migrate
+    assert "is already a Qdrant Edge folder" in capsys.readouterr().err

@@ -49,6 +49,8 @@ def migrate_local_folder(
             f"a migration of {folder} stopped after its verified copy: finish it with mv {staging} {folder}"
         )
     if not is_local_folder(folder):
+        if any(lock.with_suffix("").is_dir() for lock in folder.glob("*.lock")):  # <collection>/ + its .lock
+            raise StoreUnavailableError(f"{folder} is already a Qdrant Edge folder: nothing to migrate.")
         raise StoreUnavailableError(
             f"{folder} is not a qdrant-client local-mode folder (no meta.json and collection/): nothing to migrate."
         )
