@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from persona_dspy.agent import PersonaAgent
+from persona_dspy.data.records import data_digest
 from persona_dspy.errors import EmptyHistoryError
 from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.results import CompileResult
@@ -51,11 +52,14 @@ class Alignment:
 
 
 def unchanged_since_last_compile(
-    last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer, watermark: float
+    last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer, watermark: float, digest: str | None = None
 ) -> bool:
     """True when the last recorded compile used the same optimizer, params and data watermark
-    (compared as MLflow logged them: strings)."""
+    (compared as MLflow logged them: strings) and, given a ``digest`` (``data_digest`` of the history),
+    the same data: an older interaction added or one rewritten since leaves the watermark as it was."""
     if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
+        return False
+    if digest is not None and last.get("data_digest") != digest:
         return False
     return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
 
@@ -80,7 +84,7 @@ def align_user(
     persona is replaced by the production persona when ``tracking`` holds one.
 
     With ``tracking``: a user whose last recorded compile had the same optimizer, params and data
-    watermark is ``skipped`` (``skip_unchanged``); ``discard_unfinished`` first deletes the user's
+    (watermark and ``data_digest``) is ``skipped`` (``skip_unchanged``); ``discard_unfinished`` first deletes the user's
     runs a killed process left unfinished (call it only when no other process compiles this user);
     ``Tracking(trace=True)`` traces the compile's LM calls under its run. Errors propagate; nothing
     is recorded for a compile that raised.
@@ -103,6 +107,7 @@ def align_user(
     if not history:
         raise EmptyHistoryError(f"user {user_id!r} has no interactions in memory; ingest its history first")
     watermark = max(it.timestamp for it in history)
+    digest = data_digest(history)
     timings["memory"] += time.perf_counter() - started
 
     production = None
@@ -111,12 +116,12 @@ def align_user(
         if discard_unfinished:
             tracking.discard_unfinished(user_id)
         last = tracking.last_compile(user_id) if skip_unchanged else None
-        if last is not None and unchanged_since_last_compile(last, optimizer, watermark):
+        if last is not None and unchanged_since_last_compile(last, optimizer, watermark, digest):
             timings["tracking"] = time.perf_counter() - mark
             outcome = "promoted" if last["promoted"] else "kept"
             return done(
                 "skipped",
-                f"unchanged since its last compile (same data watermark and optimizer params): "
+                f"unchanged since its last compile (same data and optimizer params): "
                 f"v{last['persona_version']} {outcome}, run {last['run_id']}",
             )
         production = tracking.production_persona(user_id)
@@ -134,6 +139,7 @@ def align_user(
         mark = time.perf_counter()
         agent = optimizer.compile(student, trainset=history, valset=valset, production=production)
         result: CompileResult = agent.compile_result
+        result.data_digest, result.data_count = digest, len(history)
         timings["compile"] = time.perf_counter() - mark
         if tracking is not None:
             mark = time.perf_counter()

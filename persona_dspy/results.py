@@ -56,4 +56,10 @@ class CompileResult(BaseModel):
     tokens: int = 0
     wall_time: float = 0.0
     data_watermark: float | None = None
+    data_digest: str | None = Field(
+        None,
+        description="``data_digest`` of the user's whole history at compile time (set by ``align_user``): with "
+        "``data_count``, what tells an older interaction added or one rewritten since, which the watermark misses",
+    )
+    data_count: int | None = Field(None, description="how many interactions the user had at compile time")
     version: int | None = None

@@ -14,8 +14,9 @@ The PersonaAgent loop: actions refine memory, memory refines the persona.
   those users through the fleet (its journal, resume and skip logic apply).
 
 What arrived since the last compile is read from the stores, not counted on the side: the episodes
-later than the data watermark of the user's last recorded compile. There is no counter to reset or
-to drift when a compile, an ingest or a crash happens elsewhere.
+later than the data watermark of the user's last recorded compile, plus older ones added since (the
+compile's ``data_count``), or one when an older one was rewritten (its ``data_digest``). There is no
+counter to reset or to drift when a compile, an ingest or a crash happens elsewhere.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.config import Settings
-from persona_dspy.data.records import Interaction
+from persona_dspy.data.records import Interaction, data_digest
 from persona_dspy.errors import (
     ConfigurationError,
     LMOutputError,
@@ -76,7 +77,10 @@ class UserStatus(BaseModel):
     latest: float = Field(description="timestamp of the user's latest stored interaction")
     compiled_watermark: float | None = Field(None, description="data watermark of the last recorded compile")
     last_compile_at: float | None = Field(None, description="unix time the last compile was recorded")
-    new_since_compile: int
+    new_since_compile: int = Field(
+        description="interactions later than the compile's watermark, plus older ones added since (at least 1 when "
+        "an older one was rewritten)"
+    )
     due: bool
     reason: str
 
@@ -194,11 +198,12 @@ def user_status(
     last = tracking.last_compile(user_id)
     watermark = float(last["data_watermark"]) if last and last.get("data_watermark") not in (None, "None") else None
     new = sum(1 for it in history if watermark is None or it.timestamp > watermark)
-    compiled_at = None
-    if last is not None and policy.max_age is not None:
-        with tracking.store.guard("reading the last compile's time", read=True) as client:
-            info = client.get_run(last["run_id"]).info
-        compiled_at = (info.end_time or info.start_time) / 1000
+    if last is not None and watermark is not None and last.get("data_count") is not None:
+        # an older interaction added since (a backfill), or one rewritten: news the watermark cannot see
+        seen = [it for it in history if it.timestamp <= watermark]
+        backfilled = max(0, len(seen) - last["data_count"])
+        new += backfilled or int(last.get("data_digest") not in (None, data_digest(seen)))
+    compiled_at = last["recorded_at"] if last is not None else None
     age = None if compiled_at is None else (now or time.time()) - compiled_at
     due, reason = policy.verdict(new, age)
     if last is None:
@@ -315,7 +320,11 @@ class ServedAgent(PersonaAgent):
             return False
         profile = self.semantic.get(self.user_id)
         latest = self.memory.recent(self.user_id, 1)
-        return bool(latest) and (profile is None or profile.watermark < latest[-1].timestamp)
+        return bool(latest) and (
+            profile is None
+            or profile.watermark < latest[-1].timestamp
+            or self.memory.count(self.user_id) > profile.n_episodes  # older episodes added since
+        )
 
     def refresh_profile(self) -> None:
         """Re-distill the semantic profile if newer episodes exist; an LM failure keeps the old one."""

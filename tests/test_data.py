@@ -124,6 +124,14 @@ def test_a_blank_user_id_is_rejected_and_a_numeric_one_is_read_as_text(tmp_path)
     assert load_shared(write(tmp_path, [shared_line(user_id=37)]))[0].user_id == "37"  # as in a plain file
 
 
+@pytest.mark.parametrize("field", ["user_id", "id"])
+def test_an_id_with_a_control_character_is_rejected(tmp_path, field):
+    """The store keys a record by user and id joined with \\x1f: ("a\\x1fb", "1") and ("a", "b\\x1f1") would collide."""
+    with pytest.raises(MalformedInteractionError, match="control characters") as exc:
+        load_interactions(write(tmp_path, [rec(1, **{field: "a\x1fb"})]))
+    assert exc.value.field == field
+
+
 def test_a_file_of_the_other_schema_says_which_loader_reads_it(tmp_path):
     with pytest.raises(MalformedInteractionError, match="ingest --shared"):
         load_interactions(write(tmp_path, [shared_line()]))

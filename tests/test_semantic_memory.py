@@ -95,6 +95,17 @@ def test_incremental_update_sends_only_new_episodes_and_the_previous_profile(epi
     assert semantic.get("alice", before=9.0).version == 1 and semantic.get("alice").version == 2
 
 
+def test_an_older_episode_added_since_the_profile_is_news(episodic: EpisodicMemory) -> None:
+    lm = ProfileLM(FIRST, SECOND)
+    semantic = SemanticMemory(episodic)
+    with dspy.context(lm=lm):
+        semantic.update("bob")  # episodes 0-2: watermark 2.0
+        episodic.add([episode("bob", i) for i in (-2, -1)])  # a backfill: older than the watermark
+        second = semantic.update("bob")
+    assert len(lm.prompts) == 2 and "film--1" in lm.user_text(1)
+    assert (second.version, second.watermark, second.n_episodes) == (2, 2.0, 5)
+
+
 def test_versions_and_watermarks_persist_in_store_dir(episodic: EpisodicMemory, tmp_path: Path) -> None:
     store = tmp_path / "profiles"
     with dspy.context(lm=ProfileLM(FIRST, SECOND)):

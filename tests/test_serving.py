@@ -206,3 +206,30 @@ def test_a_user_of_two_tasks_is_served_either_and_not_a_third(memory, tracking):
     assert served("two", memory, tracking, task="movielens_rating").task.name == "movielens_rating"
     with pytest.raises(ConfigurationError, match="no interactions of task 'amazon_mi_rating'.*LaMP-2N, movielens"):
         served("two", memory, tracking, task="amazon_mi_rating")
+
+
+def test_an_older_interaction_added_or_rewritten_since_a_compile_is_news(memory, tracking):
+    """The watermark (latest time) misses a backfill and a rewrite; the compile's data count and digest see them."""
+    from persona_dspy.pipeline import align_user
+
+    memory.add([rating("backfill", i) for i in range(8) if i != 3])
+    with dspy.context(lm=ScriptedLM(rule)):
+        first = align_user("backfill", OPTIMIZER, memory=memory, tracking=tracking)
+        assert align_user("backfill", OPTIMIZER, memory=memory, tracking=tracking).status == "skipped"
+    policy = RealignPolicy(realign_after=1)
+    status = user_status("backfill", memory=memory, tracking=tracking, policy=policy)
+    assert (status.new_since_compile, status.due) == (0, False)
+    assert status.last_compile_at is not None  # read with the last compile, with or without max_age
+
+    memory.add([rating("backfill", 3)])  # older than the watermark
+    assert user_status("backfill", memory=memory, tracking=tracking, policy=policy).new_since_compile == 1
+    with dspy.context(lm=ScriptedLM(rule)):
+        second = align_user("backfill", OPTIMIZER, memory=memory, tracking=tracking)
+    assert second.status != "skipped" and second.result.data_count == 8 != first.result.data_count
+    assert user_status("backfill", memory=memory, tracking=tracking, policy=policy).new_since_compile == 0
+
+    memory.add([rating("backfill", 2, output="4.5")])  # same id, other answer: rewritten in place
+    status = user_status("backfill", memory=memory, tracking=tracking, policy=policy)
+    assert (status.new_since_compile, status.due) == (1, True)
+    with dspy.context(lm=ScriptedLM(rule)):
+        assert align_user("backfill", OPTIMIZER, memory=memory, tracking=tracking).status != "skipped"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -35,6 +36,8 @@ class Interaction(BaseModel):
             raise ValueError("must be a string (or an integer)")  # noqa: TRY004 -- pydantic reports only ValueError
         if not str(v).strip():
             raise ValueError("must not be blank")
+        if any(ord(c) < 32 or ord(c) == 127 for c in str(v)):  # the store keys user and id with a \x1f between
+            raise ValueError("must not contain control characters")
         return str(v)
 
     @field_validator("timestamp", mode="before")
@@ -63,6 +66,13 @@ class Interaction(BaseModel):
         """Changes whenever anything the agent could read changes (used for idempotent writes)."""
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def data_digest(interactions: Iterable[Interaction]) -> str:
+    """One hash of a set of interactions (ids and contents, in any order): it changes when one is added,
+    removed or rewritten, wherever its time falls; what a compile's watermark alone would miss."""
+    hashes = sorted(f"{it.key}\x1e{it.content_hash}" for it in interactions)
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
 
 
 class UserHistory(BaseModel):

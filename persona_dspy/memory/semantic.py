@@ -2,7 +2,8 @@
 
 Each profile version records the *watermark* (latest episode time it was built from), so a read
 bounded by ``before`` only sees profiles built from episodes strictly earlier (no leakage).
-Updates are incremental: the previous profile plus the episodes since its watermark.
+Updates are incremental: the previous profile plus the episodes since its watermark (all of them when
+older episodes were added since: its `n_episodes` tells).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class SemanticMemory:
         previous = self.get(user_id, before)
         history = self.episodic.history(user_id, before=before)
         new = [it for it in history if previous is None or it.timestamp > previous.watermark]
+        if previous is not None and len(history) - len(new) > previous.n_episodes:
+            new = history  # older episodes were added since it was distilled: all of them are news
         if not history:
             raise EmptyHistoryError(f"user {user_id!r} has no interactions before {before}; nothing to distill")
         if not new and previous is not None:

@@ -125,7 +125,8 @@ def _mark_failed(client: MlflowClient, run_id: str) -> None:
 
 
 def last_compile(store: MlflowStore, user_id: str) -> dict[str, Any] | None:
-    """The user's latest recorded compile: ``optimizer``, ``data_watermark`` (as logged), ``params``
+    """The user's latest recorded compile: ``optimizer``, ``data_watermark`` (as logged), ``data_digest``
+    and ``data_count`` (None when not recorded), ``recorded_at`` (unix time), ``params``
     (str values, as logged), ``persona_version``, ``promoted``, ``run_id``; None if never recorded."""
     exp_id = store.experiment_id()
     with store.guard("reading the last compile", read=True) as client:
@@ -142,9 +143,12 @@ def last_compile(store: MlflowStore, user_id: str) -> dict[str, Any] | None:
                 "run_id": run.info.run_id,
                 "optimizer": tags.get("optimizer"),
                 "data_watermark": tags.get("data_watermark"),
+                "data_digest": tags.get("data_digest"),
+                "data_count": int(tags["data_count"]) if tags.get("data_count", "").isdigit() else None,
                 "params": dict(run.data.params),
                 "persona_version": int(tags["persona_version"]),
                 "promoted": tags.get("promoted") == "true",
+                "recorded_at": (run.info.end_time or run.info.start_time) / 1000,
             }
     return None
 
@@ -176,6 +180,8 @@ def _run_tags(result: CompileResult, cid: str) -> dict[str, str]:
         "optimizer": result.optimizer,
         "compile_id": cid,
         "data_watermark": str(result.data_watermark),
+        **({"data_digest": result.data_digest} if result.data_digest else {}),
+        **({"data_count": str(result.data_count)} if result.data_count is not None else {}),
         "gate": redact(result.reason)[:5000],
         "stopped": redact(result.stopped)[:5000],
         "mlflow.runName": f"{result.optimizer}:{result.user_id}",
