@@ -26,7 +26,9 @@ def default_state_dir() -> Path:
 class Settings(BaseSettings):
     """Where the LM, the memory store and the tracking store live."""
 
-    model_config = SettingsConfigDict(env_prefix="PERSONA_DSPY_", extra="ignore")
+    # extra="forbid": Settings(qdrnt=...) is an error, not the default store; unknown PERSONA_DSPY_* variables
+    # in the environment stay ignored (pydantic-settings checks extras of the init arguments only)
+    model_config = SettingsConfigDict(env_prefix="PERSONA_DSPY_", extra="forbid")
 
     lm: str = Field(
         EMBEDDED_LM,
@@ -68,6 +70,10 @@ class Settings(BaseSettings):
                 f"{v!r} looks like a server address without a scheme: write http://{v} for a Qdrant server, "
                 f"or ./{v} for a folder"
             )
+        if v is not None and (
+            not v.strip() or v.split(":", 1)[0] in ("edge", "local") and not v.split(":", 1)[1].strip()
+        ):
+            raise ValueError(f"{v!r} names no folder (it would be the working directory): write edge:<folder>")
         return v
 
     @field_validator("mlflow_tracking_uri", mode="after")

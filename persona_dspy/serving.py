@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.config import Settings
-from persona_dspy.data.records import Interaction, data_digest
+from persona_dspy.data.records import Interaction, data_digest, user_ids
 from persona_dspy.errors import (
     ConfigurationError,
     LMOutputError,
@@ -228,8 +228,9 @@ def due_users(
     policy: RealignPolicy | None = None,
 ) -> list[UserStatus]:
     """The status of every user in ``users`` (``"all"``: every user in episodic memory); filter on ``.due``."""
-    user_ids = memory.users() if users == "all" else sorted(set(users))
-    return [user_status(u, memory=memory, tracking=tracking, policy=policy) for u in user_ids]
+    chosen = user_ids(users)
+    ids = memory.users() if chosen == "all" else sorted(set(chosen))
+    return [user_status(u, memory=memory, tracking=tracking, policy=policy) for u in ids]
 
 
 def compile_due(

@@ -86,12 +86,20 @@ def test_a_literal_output_makes_a_label_task_scored_by_exact_match(registered):
         (lambda example, prediction: "good", "returned 'good'"),
         (lambda example, prediction: float("nan"), "returned nan"),
         (lambda example, prediction: None, "returned None"),
+        (lambda example, prediction: 5.0, r"returned 5.0, outside \[0, 1\]"),
+        (lambda example, prediction: -3, r"returned -3, outside \[0, 1\]"),
     ],
 )
 def test_a_metric_that_raises_or_returns_a_non_number_is_refused_and_nothing_is_registered(metric, problem):
     with pytest.raises(TaskMetricError, match=problem):
         register_task("bad-metric", Reply, metric)
     assert "bad-metric" not in TASKS
+
+
+def test_a_metric_returning_a_bool_is_scored_0_or_1(registered):
+    spec = register_task("boolean", Reply, lambda example, prediction: prediction.reply == example.reply)
+    registered.append("boolean")
+    assert (spec.score("same", "same"), spec.score("same", "other")) == (1.0, 0.0)
 
 
 def test_a_metric_failing_later_is_a_task_metric_error_not_a_silent_zero(registered):

@@ -146,6 +146,30 @@ def test_malformed_batch_writes_nothing(mem: EpisodicMemory) -> None:
     assert mem.count() == 0
 
 
+def test_bad_read_arguments_are_configuration_errors_before_the_engine(mem: EpisodicMemory) -> None:
+    """A NaN ``before`` made Qdrant Edge panic (a BaseException, past ``except Exception``)."""
+    from persona_dspy.errors import ConfigurationError
+
+    mem.add([rec("u", i) for i in range(3)])
+    reads = {
+        "nan": lambda: mem.history("u", before=math.nan),
+        "nan recent": lambda: mem.recent("u", 2, before=math.nan),
+        "nan recall": lambda: mem.recall("u", "x", before=math.nan),
+        "str before": lambda: mem.history("u", before="100"),
+        "int user": lambda: mem.recall(5, "x"),  # type: ignore[arg-type]
+        "no query": lambda: mem.recall("u", None),  # type: ignore[arg-type]
+        "str n": lambda: mem.recent("u", "3"),  # type: ignore[arg-type]
+    }
+    for name, read in reads.items():
+        with pytest.raises(ConfigurationError):
+            read()
+            pytest.fail(name)
+    assert len(mem.history("u", before=math.inf)) == 3 and len(mem.recent("u", 2, before=2)) == 2
+    for bad in (rec("u", 9), None, {"user_id": "u"}):
+        with pytest.raises(MalformedInteractionError, match="list of interactions"):
+            mem.add(bad)  # type: ignore[arg-type]
+
+
 def test_unknown_user(mem: EpisodicMemory) -> None:
     mem.add([rec("alice", 0)])
     for call in (

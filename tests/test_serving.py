@@ -22,7 +22,7 @@ from persona_dspy.errors import (
 )
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import PersonaOptimizer
-from persona_dspy.serving import RealignPolicy, compile_due, load_agent, observe, user_status
+from persona_dspy.serving import RealignPolicy, compile_due, due_users, load_agent, observe, user_status
 from persona_dspy.signatures import DEFAULT_PERSONA
 
 from scripted import HIGH, LOW, rule
@@ -233,3 +233,14 @@ def test_an_older_interaction_added_or_rewritten_since_a_compile_is_news(memory,
     assert (status.new_since_compile, status.due) == (1, True)
     with dspy.context(lm=ScriptedLM(rule)):
         assert align_user("backfill", OPTIMIZER, memory=memory, tracking=tracking).status != "skipped"
+
+
+@pytest.mark.parametrize("users", ["43", [43], ["ok", "  "], 7])
+def test_users_is_a_list_of_ids_not_a_lone_string(users, memory, tracking):
+    """Iterated, the string "43" was the users "4" and "3": compiled and recorded without a word."""
+    from persona_dspy.fleet import compile_users
+
+    with pytest.raises(ConfigurationError, match="user"):
+        due_users(users, memory=memory, tracking=tracking)
+    with pytest.raises(ConfigurationError, match="user"):
+        compile_users(users, memory=memory, tracking=tracking, lm=ScriptedLM(rule), progress=False)

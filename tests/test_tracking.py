@@ -182,12 +182,35 @@ def test_run_holds_tags_params_metrics_and_persona_artifacts(tracking):
 
 def test_rollback_moves_production_to_previous_promoted_version(tracking):
     v1 = tracking.record(result("reg-u3", "first", promoted=True))
-    tracking.record(result("reg-u3", "unpromoted", promoted=False))
-    v3 = tracking.record(result("reg-u3", "third", promoted=True))
+    tracking.record(result("reg-u3", "unpromoted", promoted=False, production="first"))
+    v3 = tracking.record(result("reg-u3", "third", promoted=True, production="first"))
     assert tracking.load_persona("reg-u3").version == v3
     back = tracking.rollback("reg-u3", reason="got worse")
     assert back.version == v1 and tracking.load_persona("reg-u3").text == "first"
     assert back.tags["rollback_reason"] == "got worse"
+
+
+def test_a_result_gated_against_another_persona_than_production_is_not_promoted(tracking):
+    """A compile against the default persona recorded after another compile promoted v1 (or any stale
+    result): its gate never compared with v1, so v1 stays production and the run says why."""
+    v1 = tracking.record(result("reg-stale", "first", promoted=True))
+    stale = tracking.record(result("reg-stale", "stale", promoted=True, production="base"))
+    assert tracking.load_persona("reg-stale").version == v1 and stale != v1
+    version = next(v for v in tracking.history("reg-stale") if v.version == stale)
+    assert version.tags["promoted"] == "false"  # so rollback never goes back to it
+    run = tracking.client.get_run(version.tags["run_id"])
+    assert "promotion_skipped" in run.data.tags and run.data.tags["promoted"] == "false"
+
+
+def test_a_promotion_of_the_latest_versions_text_marks_that_version_promoted(tracking):
+    """The same text as the latest version reuses it: promoted by a later compile (another margin),
+    it is production in the history and the rollback of a later version returns to it."""
+    v1 = tracking.record(result("reg-same", "same", promoted=False))
+    assert tracking.record(result("reg-same", "same", promoted=True)) == v1
+    assert next(v for v in tracking.history("reg-same") if v.version == v1).tags["promoted"] == "true"
+    v2 = tracking.record(result("reg-same", "next", promoted=True, production="same"))
+    assert tracking.load_persona("reg-same").version == v2
+    assert tracking.rollback("reg-same").version == v1
 
 
 def test_rollback_to_missing_version_moves_nothing(tracking):

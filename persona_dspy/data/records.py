@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from persona_dspy.errors import ConfigurationError
 
 MAX_FIELD_CHARS = 20_000
 """Largest `input` or `output` accepted; longer records are rejected, not truncated silently."""
@@ -66,6 +68,24 @@ class Interaction(BaseModel):
         """Changes whenever anything the agent could read changes (used for idempotent writes)."""
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def user_ids(users: object) -> list[str] | Literal["all"]:
+    """``users`` as the fleet and serving functions take it: ``"all"`` or a collection of user ids. A lone
+    string is refused (iterated, ``"43"`` would be the users ``"4"`` and ``"3"``), and so is an id that is
+    not a non-blank string."""
+    if users == "all":
+        return "all"
+    if isinstance(users, (str, bytes)):
+        raise ConfigurationError(f"users is a list of user ids or 'all', not the string {users!r}: write [{users!r}]")
+    try:
+        ids = list(users)  # type: ignore[call-overload]
+    except TypeError:
+        raise ConfigurationError(f"users is a list of user ids or 'all', not {type(users).__name__}") from None
+    bad = next((u for u in ids if not isinstance(u, str) or not u.strip()), None)
+    if bad is not None:
+        raise ConfigurationError(f"a user id is a non-blank string, got {bad!r} ({type(bad).__name__})")
+    return ids
 
 
 def data_digest(interactions: Iterable[Interaction]) -> str:

@@ -10,6 +10,7 @@ import dspy
 from tqdm.auto import tqdm
 
 from persona_dspy.config import Settings
+from persona_dspy.data.records import user_ids as checked_users
 from persona_dspy.errors import ConfigurationError
 from persona_dspy.fleet.executors.ray import run_ray
 from persona_dspy.fleet.executors.threads import run_threads
@@ -51,6 +52,7 @@ def compile_users(
     """
     from persona_dspy.optimizers import PersonaOptimizer
 
+    users = checked_users(users)
     if backend not in ("threads", "ray"):
         raise ConfigurationError(f"backend must be 'threads' or 'ray', not {backend!r}")
     if workers < 1:

@@ -14,6 +14,8 @@ never sees another user's data nor the future of the interaction it is answering
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
-from persona_dspy.errors import MalformedInteractionError, UnknownUserError
+from persona_dspy.errors import ConfigurationError, MalformedInteractionError, UnknownUserError
 from persona_dspy.memory.client_engine import ClientEngine
 from persona_dspy.memory.edge_engine import EdgeEngine
 from persona_dspy.memory.embedder import OnnxEmbedder
@@ -56,6 +58,10 @@ def to_interaction(payload: Mapping[str, Any] | None) -> Interaction:
 
 def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[Interaction]:
     """Validate a whole batch before any write: bad records or duplicate keys reject it all."""
+    if isinstance(records, (Interaction, Mapping, str, bytes)) or not isinstance(records, Iterable):
+        raise MalformedInteractionError(
+            f"expected a list of interactions, got one {type(records).__name__}: wrap a single one in a list"
+        )
     items: list[Interaction] = []
     seen: dict[str, int] = {}
     for pos, rec in enumerate(records):
@@ -85,6 +91,20 @@ def validate_batch(records: Iterable[Interaction | Mapping[str, Any]]) -> list[I
         if found:
             raise MalformedInteractionError(f"item {pos}: {found[1]}", record_id=it.id, field=found[0])
     return items
+
+
+def _check_read(user_id: object, before: object, *, n: object = 0, k: object = 0, query: object = "") -> None:
+    """A read's arguments, checked before they reach the engine: a NaN ``before`` panics inside Qdrant Edge
+    (a Rust panic, past ``except Exception``), and other types fail deep in it with a bare TypeError."""
+    if not isinstance(user_id, str):
+        raise ConfigurationError(f"user_id is a string, got {type(user_id).__name__} {user_id!r}")
+    if before is not None and (isinstance(before, bool) or not isinstance(before, numbers.Real) or math.isnan(before)):
+        raise ConfigurationError(f"before is a time in seconds (a number, not NaN) or None, got {before!r}")
+    for name, value in (("n", n), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigurationError(f"{name} is a whole number, got {type(value).__name__} {value!r}")
+    if not isinstance(query, str):
+        raise ConfigurationError(f"query is a text, got {type(query).__name__}")
 
 
 def open_engine(settings: Settings, client: QdrantClient | None = None) -> Engine:
@@ -210,6 +230,7 @@ class EpisodicMemory:
 
         Only interactions with ``timestamp < before`` are considered when ``before`` is given.
         """
+        _check_read(user_id, before, k=k, query=query)
         vector = self.embedder.embed_one(query)
         hits = self.engine().search(user_id, vector, k, before) if k > 0 else []
         if not hits:
@@ -218,6 +239,7 @@ class EpisodicMemory:
 
     def recent(self, user_id: str, n: int, before: float | None = None) -> list[Interaction]:
         """The ``n`` latest interactions of ``user_id`` (before ``before``), oldest first."""
+        _check_read(user_id, before, n=n)
         records = self.engine().latest(user_id, n, before) if n > 0 else []
         if not records:
             self._require_user(user_id)
@@ -225,6 +247,7 @@ class EpisodicMemory:
 
     def history(self, user_id: str, before: float | None = None) -> list[Interaction]:
         """All interactions of ``user_id`` (before ``before``) in time order."""
+        _check_read(user_id, before)
         out = [to_interaction(payload) for payload, _ in self.engine().scan([user_id], before, with_vectors=False)]
         if not out:
             self._require_user(user_id)

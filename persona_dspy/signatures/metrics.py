@@ -41,7 +41,8 @@ def rouge_l(predicted: str, reference: str) -> float:
 
 
 def call_metric(metric: Metric, task_name: str, example: dspy.Example, prediction: dspy.Prediction) -> float:
-    """``metric(example, prediction)`` as a float; a raise or a non-number is a ``TaskMetricError``."""
+    """``metric(example, prediction)`` as a float; a raise, a non-number or a number outside [0, 1] is a
+    ``TaskMetricError`` (a bool counts as 0 or 1, as DSPy's own metrics return)."""
     where = f"the metric of task {task_name!r} ({getattr(metric, '__name__', type(metric).__name__)})"
     try:
         value = metric(example, prediction)
@@ -54,6 +55,11 @@ def call_metric(metric: Metric, task_name: str, example: dspy.Example, predictio
         raise TaskMetricError(
             f"{where} returned {value!r} ({type(value).__name__}), not a finite number. "
             "Return a float in [0, 1] (1 = the user's real answer)."
+        )
+    if not 0.0 <= float(value) <= 1.0:  # the gate averages scores: one of 5.0 would outweigh the rest
+        raise TaskMetricError(
+            f"{where} returned {value!r}, outside [0, 1]. Scale it to [0, 1] (1 = the user's real answer); "
+            "a bool is fine."
         )
     return float(value)
 

@@ -47,15 +47,15 @@ def user_runs(
     return [r for r in runs if r.data.tags.get("user_id") == user_id]
 
 
-def record_run(
-    store: MlflowStore, result: CompileResult, cid: str, *, open_run_id: str | None = None, recheck_gate: bool = False
-) -> int:
+def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_id: str | None = None) -> int:
     """Write the compile as a finished run (into ``open_run_id`` when tracing opened it), register its
     candidate, promote it if the gate passed; returns the version. A compile already recorded (same
     ``compile_id`` on a finished run) returns its version without writing.
 
-    ``recheck_gate`` (a pending compile recorded later): promote only if production is still the
-    persona the gate compared against; otherwise tag the run ``promotion_skipped``.
+    The gate holds only against the persona it compared with: when production is no longer
+    ``result.production_persona`` (another compile or a rollback moved it meanwhile, a pending compile
+    recorded late, a result compiled against another persona), the candidate is registered but not
+    promoted, and the run is tagged ``promotion_skipped``.
     """
     exp_id = store.experiment_id()
     with store.guard("logging the compile run") as client:
@@ -76,28 +76,34 @@ def record_run(
                     client.log_artifacts(run_id, tmp)
                 else:  # what log_artifacts does, minus the get_run it needs to learn the run's artifact URI
                     get_artifact_repository(artifact_uri, tracking_uri=store.tracking_uri).log_artifacts(tmp)
+            promote = result.promoted
+            if promote:
+                current = registry.get(result.user_id, PRODUCTION)
+                if current is not None and current.text != result.production_persona:
+                    promote = False
+                    client.set_tag(
+                        run_id, "promotion_skipped", "production is no longer the persona the gate compared with"
+                    )
+            version_tags = {
+                "run_id": run_id,
+                "compile_id": cid,
+                "promoted": str(promote).lower(),
+                "val_score_candidate": str(result.val_score_candidate),
+                "val_score_production": str(result.val_score_production),
+            }
             version = registry.register(
                 result.user_id,
                 result.candidate_persona,
                 commit_message=redact(result.reason)[:500] or f"{result.optimizer} compile",
-                tags={
-                    "run_id": run_id,
-                    "compile_id": cid,
-                    "promoted": str(result.promoted).lower(),
-                    "val_score_candidate": str(result.val_score_candidate),
-                    "val_score_production": str(result.val_score_production),
-                },
+                tags=version_tags,
                 experiment_id=exp_id,
             )
-            if version.tags.get("run_id") != run_id:  # the text was registered by an earlier, failed attempt
-                for key, value in {"run_id": run_id, "compile_id": cid}.items():
-                    client.set_prompt_version_tag(version.name, str(version.version), key, value)
-            promote = result.promoted
-            if promote and recheck_gate:
-                current = registry.get(result.user_id, PRODUCTION)
-                if current is not None and current.text != result.production_persona:
-                    promote = False
-                    client.set_tag(run_id, "promotion_skipped", "production moved while the result was pending")
+            if version.tags.get("run_id") != run_id:  # the same text as the latest version: this run's now
+                if version.tags.get("promoted") == "true" and not promote:  # once production, stays so
+                    version_tags.pop("promoted")
+                for key, value in version_tags.items():
+                    if version.tags.get(key) != value:
+                        client.set_prompt_version_tag(version.name, str(version.version), key, value)
             if promote:
                 registry.promote(result.user_id, version.version, exists=True)
             # one batch for everything the run shows; persona_version marks the run as recorded

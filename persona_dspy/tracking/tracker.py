@@ -97,8 +97,9 @@ class Tracking:
             yield run_id
 
     def record(self, result: CompileResult) -> int:
-        """Log the compile as a run, register its candidate, and promote it if the gate passed; returns
-        the persona version.
+        """Log the compile as a run, register its candidate, and promote it if the gate passed and
+        production is still the persona the gate compared with (``result.production_persona``; else the
+        run is tagged ``promotion_skipped``); returns the persona version.
 
         Idempotent: a compile already recorded (same ``compile_id`` tag on a finished run) returns its
         version without writing. When the store fails, the result is kept in ``<state_dir>/pending/``
@@ -129,7 +130,7 @@ class Tracking:
         """
         synced = []
         for path, result in self.pending_compiles:
-            synced.append((result.user_id, record_run(self.store, result, path.stem, recheck_gate=True)))
+            synced.append((result.user_id, record_run(self.store, result, path.stem)))
             path.unlink()
         return synced
 
