@@ -13,6 +13,9 @@ from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
         ("I'd say politics", "politics"),
         ("culture & arts or politics", None),
         ("cooking", None),
+        ("Category: healthy living.", "healthy living"),
+        ("businesswomen", None),  # a label inside a longer word is not that label
+
         ("", None),
     ],
 )

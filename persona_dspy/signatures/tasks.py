@@ -7,6 +7,7 @@ scale) lives in the fields, so a persona rewrite can never break the output cont
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -52,6 +53,12 @@ LAMP2N_LABELS = (
 )
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@functools.lru_cache(maxsize=4096)
+def _as_word(label: str) -> re.Pattern[str]:
+    """``label`` (lowercased) as a whole word or phrase of a text: not inside a longer word."""
+    return re.compile(rf"(?<![a-z0-9]){re.escape(label.lower())}(?![a-z0-9])")
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ class TaskSpec:
             for label in sorted(self.labels, key=len, reverse=True):
                 if low == label.lower():
                     return label
-            hits = [lab for lab in self.labels if lab.lower() in low]
+            hits = [lab for lab in self.labels if _as_word(lab).search(low)]  # "unhappy" is not "happy"
             maximal = [h for h in hits if not any(h != o and h.lower() in o.lower() for o in hits)]
             return maximal[0] if len(maximal) == 1 else None
         if self.kind == "rating":
