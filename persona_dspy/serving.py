@@ -144,8 +144,10 @@ def observe(
     Per user: an interaction already stored with the same content is skipped (idempotent); one
     stored with the same id but other content is a ``MalformedInteractionError`` (observations are
     immutable: give it a new id); one older than the user's latest stored interaction is an
-    ``OutOfOrderObservationError``; an unknown user is an ``UnknownUserError`` (ingest first). With
-    ``tracking`` the result holds each user's status against ``policy``.
+    ``OutOfOrderObservationError``; an unknown user is an ``UnknownUserError`` (ingest first). The order
+    is checked against what is stored, not within the batch: one batch is stored as one, in any order
+    (two calls with the same observations in descending time refuse the second). With ``tracking`` the
+    result holds each user's status against ``policy``.
     """
     items = validate_batch(interactions)
     refuse_future(items)
@@ -300,6 +302,11 @@ class ServedAgent(PersonaAgent):
     def observe(self, interaction: Interaction | Mapping[str, Any]) -> Observation:
         """Store what this user really did (``Interaction``, or a mapping with at least ``input`` and
         ``output``; ``timestamp`` defaults to now); see ``serving.observe``."""
+        if not isinstance(interaction, (Interaction, Mapping)):
+            raise MalformedInteractionError(
+                f"observe takes one interaction (an Interaction or a mapping), got {type(interaction).__name__}; "
+                "for several, call persona_dspy.serving.observe"
+            )
         if not isinstance(interaction, Interaction):
             interaction = interaction_from(interaction, user_id=self.user_id, task=self.task.name)
         if interaction.user_id != self.user_id:

@@ -834,3 +834,16 @@ def test_a_lean_measured_candidate_gated_on_its_replay_costs_the_same_calls_in_f
     assert (result.reason, result.promoted, result.lm_calls) == (full.reason, full.promoted, 3 + 4 + 1)
     assert "3 of the 4 were replayed first" in result.reason and result.tokens < full.tokens
     assert prompts.FACTS_HEADER not in result.candidate_persona
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"n_recent": "3"}, {"n_val": 2.5}, {"iterations": True}, {"max_lm_calls": "40"}, {"margin": float("nan")}],
+)
+def test_an_option_of_the_wrong_type_is_a_configuration_error_naming_it(options):
+    from persona_dspy.errors import ConfigurationError
+
+    name = next(iter(options))
+    with pytest.raises(ConfigurationError, match=f"^{name} must be"):
+        PersonaOptimizer(**options)
+    assert PersonaOptimizer(max_lm_calls=None, max_tokens=None).max_lm_calls is None

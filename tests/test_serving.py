@@ -130,6 +130,9 @@ def test_observing_the_same_interaction_twice_stores_it_once(memory, tracking):
     assert agent.observe(truth).written == 1
     repeat = agent.observe(truth)
     assert (repeat.written, repeat.already_stored) == (0, 1) and memory.count("twice") == 4
+    for several in ([truth], "hello"):
+        with pytest.raises(MalformedInteractionError, match="observe takes one interaction"):
+            agent.observe(several)
 
 
 def test_an_observation_older_than_the_stored_history_writes_nothing_of_its_batch(memory, tracking):

@@ -15,7 +15,6 @@ from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
         ("cooking", None),
         ("Category: healthy living.", "healthy living"),
         ("businesswomen", None),  # a label inside a longer word is not that label
-
         ("", None),
     ],
 )

@@ -11,7 +11,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 
 from persona_dspy import Settings, TrackingUnavailableError
 from persona_dspy.cli import main
-from persona_dspy.errors import PersonaNotFoundError
+from persona_dspy.errors import ConfigurationError, PersonaNotFoundError
 from persona_dspy.results import CompileResult, Step
 from persona_dspy.tracking import CANDIDATE, PRODUCTION, Tracking, compare_runs, compile_id, prompt_name
 
@@ -218,6 +218,11 @@ def test_rollback_to_missing_version_moves_nothing(tracking):
     with pytest.raises(PersonaNotFoundError):
         tracking.rollback("reg-u4", 99)
     assert tracking.load_persona("reg-u4").version == v
+    for bad in (True, 1.0):  # True was version 1, 1.0 an alias named "1.0"
+        with pytest.raises(ConfigurationError, match="alias .* or a version number"):
+            tracking.load_persona("reg-u4", bad)
+        with pytest.raises(ConfigurationError):
+            tracking.rollback("reg-u4", bad)
     too_big = "9" * 23  # beyond any store's 64-bit version: not there, not a store failure
     assert tracking.registry.get("reg-u4", too_big) is None and tracking.registry.get("reg-u4", "0") is None
 

@@ -11,6 +11,8 @@ production persona it gates against is an argument; recording the result (regist
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -66,6 +68,24 @@ class Budget:
             )
 
 
+def check_numbers(
+    *,
+    whole: dict[str, Any] | None = None,
+    whole_or_none: dict[str, Any] | None = None,
+    real: dict[str, Any] | None = None,
+) -> None:
+    """Options of the wrong type are a ``ConfigurationError`` naming them (``n_recent="3"`` was a bare
+    TypeError from a comparison; ``True`` is not a count)."""
+    checks = [(whole or {}, numbers.Integral, "a whole number"), (real or {}, numbers.Real, "a number")]
+    checks.append(
+        ({k: v for k, v in (whole_or_none or {}).items() if v is not None}, numbers.Integral, "a whole number or None")
+    )
+    for values, kind, what in checks:
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, kind) or (kind is numbers.Real and math.isnan(value)):
+                raise ConfigurationError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+
+
 class GatedPersonaOptimizer(Teleprompter, ABC):
     """``compile(agent, trainset=history, production=text) -> PersonaAgent``: align on the latest
     ``n_recent`` interactions, gate the candidate against ``production`` on the ``n_val`` before them
@@ -92,6 +112,11 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         progress: bool = False,
     ) -> None:
         super().__init__()
+        check_numbers(
+            whole={"n_recent": n_recent, "n_val": n_val, "max_persona_chars": max_persona_chars},
+            whole_or_none={"max_lm_calls": max_lm_calls, "max_tokens": max_tokens},
+            real={"margin": margin},
+        )
         if n_recent < 1 or n_val < 0:
             raise ConfigurationError(f"n_recent must be >= 1 and n_val >= 0 (got n_recent={n_recent}, n_val={n_val})")
         if max_lm_calls is not None and max_lm_calls < 1:

@@ -33,7 +33,7 @@ from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import ConfigurationError, LMOutputError, UnknownUserError
 from persona_dspy.optimizers import prompts
-from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer
+from persona_dspy.optimizers.base import Budget, GatedPersonaOptimizer, check_numbers
 from persona_dspy.optimizers.grounding import (
     LABEL_ANCHOR,
     RECENT_N,
@@ -130,6 +130,10 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         n_val: int = 4,
         **kwargs: Any,
     ) -> None:
+        check_numbers(
+            whole={"iterations": iterations, "candidates": candidates, "recent": recent, "min_facts": min_facts},
+            real={"min_gain": min_gain},
+        )
         super().__init__(n_recent, n_val=n_val, **kwargs)
         if iterations < 1:
             raise ConfigurationError(f"iterations must be >= 1 (got {iterations})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import numbers
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from persona_dspy.compat.mlflow import (
     model_version_to_prompt_version,
     registry_store,
 )
-from persona_dspy.errors import PersonaNotFoundError
+from persona_dspy.errors import ConfigurationError, PersonaNotFoundError
 
 CANDIDATE, PRODUCTION = "candidate", "production"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -76,7 +77,12 @@ class PersonaRegistry:
     def get(self, user_id: str, alias_or_version: str | int = PRODUCTION) -> PersonaVersion | None:
         """The version, or None when the store says it does not exist; a store failure raises."""
         name, store = prompt_name(user_id), registry_store(self.client)
-        numbered = isinstance(alias_or_version, int) or str(alias_or_version).isdigit()
+        if isinstance(alias_or_version, bool) or not isinstance(alias_or_version, (str, numbers.Integral)):
+            raise ConfigurationError(  # True was version 1, 1.0 an alias named "1.0"
+                f"a persona is named by an alias (str) or a version number (int), got "
+                f"{type(alias_or_version).__name__} {alias_or_version!r}"
+            )
+        numbered = isinstance(alias_or_version, numbers.Integral) or str(alias_or_version).isdigit()
         if numbered and not 1 <= int(alias_or_version) <= MAX_VERSION:  # no store holds it (sqlite: 64-bit ids)
             return None
         try:
