@@ -213,7 +213,8 @@ def test_a_user_of_two_tasks_is_served_either_and_not_a_third(memory, tracking):
 
 def test_an_older_interaction_added_or_rewritten_since_a_compile_is_news(memory, tracking):
     """The watermark (latest time) misses a backfill and a rewrite; the compile's data count and digest see them."""
-    from persona_dspy.pipeline import align_user
+    from persona_dspy.data.records import data_digest
+    from persona_dspy.pipeline import align_user, unchanged_since_last_compile
 
     memory.add([rating("backfill", i) for i in range(8) if i != 3])
     with dspy.context(lm=ScriptedLM(rule)):
@@ -234,8 +235,9 @@ def test_an_older_interaction_added_or_rewritten_since_a_compile_is_news(memory,
     memory.add([rating("backfill", 2, output="4.5")])  # same id, other answer: rewritten in place
     status = user_status("backfill", memory=memory, tracking=tracking, policy=policy)
     assert (status.new_since_compile, status.due) == (1, True)
-    with dspy.context(lm=ScriptedLM(rule)):
-        assert align_user("backfill", OPTIMIZER, memory=memory, tracking=tracking).status != "skipped"
+    history, last = memory.history("backfill"), tracking.last_compile("backfill")
+    assert not unchanged_since_last_compile(last, OPTIMIZER, history[-1].timestamp, data_digest(history))
+    assert unchanged_since_last_compile(last, OPTIMIZER, history[-1].timestamp)  # what the watermark alone saw
 
 
 @pytest.mark.parametrize("users", ["43", [43], ["ok", "  "], 7])
