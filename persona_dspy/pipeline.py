@@ -56,10 +56,12 @@ def unchanged_since_last_compile(
 ) -> bool:
     """True when the last recorded compile used the same optimizer, params and data watermark
     (compared as MLflow logged them: strings) and, given a ``digest`` (``data_digest`` of the history),
-    the same data: an older interaction added or one rewritten since leaves the watermark as it was."""
+    the same data: an older interaction added or one rewritten since leaves the watermark as it was. A
+    compile recorded before digests were (no ``data_digest`` tag) is compared on its watermark alone, so
+    an upgrade does not recompile every user once."""
     if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
         return False
-    if digest is not None and last.get("data_digest") != digest:
+    if digest is not None and last.get("data_digest") not in (None, digest):
         return False
     return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
 
