@@ -23,14 +23,14 @@ from persona_dspy.tracking import Tracking
 from persona_dspy.tracking.server import LocalMlflowServer, migrated_sqlite
 
 
-def compile_result(user: str, i: int, steps: int) -> CompileResult:
+def compile_result(user: str, i: int, steps: int, production: str = "You are a helpful assistant.") -> CompileResult:
     persona = f"You answer for {user}. Version {i}. " + "They rate comedies high and long dramas low. " * 8
     return CompileResult(
         user_id=user,
         params={"n_recent": 3, "iterations": steps, "n_val": 2, "margin": 0.0},
         initial_persona="You are a helpful assistant.",
         candidate_persona=persona,
-        production_persona=f"previous persona {i - 1}",
+        production_persona=production,  # today's production: the gate compared with it, so a promotion stands
         promoted=i % 2 == 0,
         reason="gate: candidate not worse",
         lm_calls=5 * steps,
@@ -57,11 +57,15 @@ def compile_result(user: str, i: int, steps: int) -> CompileResult:
 def measure(tracking: Tracking, compiles: int, steps: int) -> list[float]:
     tracking.experiment_id()  # open the store once, as a long-running optimizer does
     tracking.record(compile_result("warmup", 0, steps))
-    times = []
+    times, production = [], {}
     for i in range(1, compiles + 1):
+        user = f"bench-{i % 3}"
+        result = compile_result(user, i, steps, production.get(user, "You are a helpful assistant."))
         started = time.perf_counter()
-        tracking.record(compile_result(f"bench-{i % 3}", i, steps))
+        tracking.record(result)
         times.append(time.perf_counter() - started)
+        if result.promoted:
+            production[user] = result.candidate_persona
     return times
 
 

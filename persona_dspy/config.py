@@ -70,9 +70,10 @@ class Settings(BaseSettings):
                 f"{v!r} looks like a server address without a scheme: write http://{v} for a Qdrant server, "
                 f"or ./{v} for a folder"
             )
-        if v is not None and (
-            not v.strip() or v.split(":", 1)[0] in ("edge", "local") and not v.split(":", 1)[1].strip()
-        ):
+        if v == "":  # PERSONA_DSPY_QDRANT= (an empty variable): the default store, as when it is unset
+            return None
+        scheme, colon, folder = (v or "").partition(":")
+        if v is not None and (not v.strip() or colon and scheme in ("edge", "local") and not folder.strip()):
             raise ValueError(f"{v!r} names no folder (it would be the working directory): write edge:<folder>")
         return v
 

@@ -145,10 +145,14 @@ def align_user(
         timings["compile"] = time.perf_counter() - mark
         if tracking is not None:
             mark = time.perf_counter()
+            gated = result.promoted
             result.version = tracking.record(result)
+            if gated and not result.promoted:  # production moved during the compile: serve what it is now
+                agent.persona = tracking.production_persona(user_id) or agent.persona
             timings["tracking"] += time.perf_counter() - mark
     agent.memory = memory  # the snapshot served the compile; the agent serves from what it was given
-    return done("promoted" if result.promoted else "kept", result.reason, agent=agent, result=result)
+    reason = "; ".join(filter(None, (result.reason, result.promotion_skipped)))
+    return done("promoted" if result.promoted else "kept", reason, agent=agent, result=result)
 
 
 __all__ = ["Alignment", "align_user", "unchanged_since_last_compile"]

@@ -50,6 +50,11 @@ class CompileResult(BaseModel):
         "(PersonaOptimizer); None when nothing was measured, and for other optimizers",
     )
     promoted: bool = False
+    promotion_skipped: str = Field(
+        "",
+        description="why recording did not promote a candidate the gate promoted (production had moved since the "
+        "compile read it); ``promoted`` is then False",
+    )
     reason: str = ""
     stopped: str = Field("", description="why the alignment loop ended (early stop or iterations done)")
     lm_calls: int = 0

@@ -203,8 +203,9 @@ def user_status(
     if last is not None and watermark is not None and last.get("data_count") is not None:
         # an older interaction added since (a backfill), or one rewritten: news the watermark cannot see
         seen = [it for it in history if it.timestamp <= watermark]
-        backfilled = max(0, len(seen) - last["data_count"])
-        new += backfilled or int(last.get("data_digest") not in (None, data_digest(seen)))
+        new += max(0, len(seen) - last["data_count"])
+        if not new and last.get("data_digest") not in (None, data_digest(seen)):  # hashed only when it decides
+            new = 1  # an interaction rewritten in place counts once
     compiled_at = last["recorded_at"] if last is not None else None
     age = None if compiled_at is None else (now or time.time()) - compiled_at
     due, reason = policy.verdict(new, age)

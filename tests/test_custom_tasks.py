@@ -97,9 +97,17 @@ def test_a_metric_that_raises_or_returns_a_non_number_is_refused_and_nothing_is_
 
 
 def test_a_metric_returning_a_bool_is_scored_0_or_1(registered):
+    import numpy as np
+
     spec = register_task("boolean", Reply, lambda example, prediction: prediction.reply == example.reply)
     registered.append("boolean")
     assert (spec.score("same", "same"), spec.score("same", "other")) == (1.0, 0.0)
+    numpy_bool = register_task("np-bool", Reply, lambda example, prediction: np.bool_(True))
+    registered.append("np-bool")
+    assert numpy_bool.score("a", "b") == 1.0
+    rounding = register_task("rounding", Reply, lambda example, prediction: 1.0000001)  # a cosine's rounding
+    registered.append("rounding")
+    assert rounding.score("a", "b") == 1.0
 
 
 def test_a_metric_failing_later_is_a_task_metric_error_not_a_silent_zero(registered):

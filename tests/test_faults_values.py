@@ -176,3 +176,17 @@ def test_a_rating_must_sit_on_one_of_the_tasks_steps():
     assert "in steps of 0.5" in answer_problem("movielens_rating", "3.3")
     assert answer_problem("amazon_mi_rating", "4.0") is None
     assert "in steps of 1" in answer_problem("amazon_mi_rating", "4.5")
+
+
+def test_settings_refuse_a_misspelt_argument_and_a_store_that_names_no_folder(monkeypatch):
+    from pydantic import ValidationError
+
+    from persona_dspy import Settings
+
+    with pytest.raises(ValidationError, match="qdrnt"):
+        Settings(qdrnt=":memory:")  # was ignored: the default store was used
+    for empty in ("edge:", "local: ", "  "):
+        with pytest.raises(ValidationError, match="names no folder"):
+            Settings(qdrant=empty)
+    monkeypatch.setenv("PERSONA_DSPY_QDRANT", "")  # an empty variable is the default store, as an unset one
+    assert Settings().qdrant is None and Settings(qdrant="edge").qdrant_folder.name == "edge"

@@ -44,6 +44,29 @@ def test_align_user_compiles_records_and_promotes_a_better_persona(memory, track
     assert result.lm_calls == len(lm.prompts) > 0  # every LM call of the compile is counted
 
 
+def test_a_promotion_skipped_because_production_moved_during_the_compile_is_kept_everywhere(memory, tracking):
+    """Another process promotes a persona while this compile runs: the gate never compared with it."""
+    from persona_dspy.tracking import compare_runs, compile_id
+
+    memory.add(harsh_history("racer").interactions)
+
+    class Raced(PersonaOptimizer):
+        def compile(self, student, **kwargs):
+            compiled = super().compile(student, **kwargs)
+            other = compiled.compile_result.model_copy(update={"candidate_persona": "Moved meanwhile.", "steps": []})
+            tracking.record(other)  # gated against the same default persona: promoted
+            return compiled
+
+    with dspy.context(lm=ScriptedLM(rule)):
+        aligned = align_user("racer", Raced(n_recent=3, iterations=1, n_val=2), memory=memory, tracking=tracking)
+    result = aligned.result
+    assert aligned.status == "kept" and "promotion skipped" in aligned.reason and not result.promoted
+    assert tracking.load_persona("racer").text == "Moved meanwhile." == aligned.agent.persona  # what serves
+    cid = compile_id(result)
+    assert tracking.record(result) == result.version and compile_id(result) == cid  # a retry finds its run
+    assert len(compare_runs(tracking, "racer")) == 2  # the other compile's and this one's, no third
+
+
 def test_replay_never_shows_the_replayed_answer(memory, tracking):
     history = harsh_history("bob")
     secret = "4.5"

@@ -103,6 +103,7 @@ def test_an_older_episode_added_since_the_profile_is_news(episodic: EpisodicMemo
         episodic.add([episode("bob", i) for i in (-2, -1)])  # a backfill: older than the watermark
         second = semantic.update("bob")
     assert len(lm.prompts) == 2 and "film--1" in lm.user_text(1)
+    assert FIRST["profile"] not in lm.user_text(1)  # rebuilt, not extended: which episodes are new is unknown
     assert (second.version, second.watermark, second.n_episodes) == (2, 2.0, 5)
 
 

@@ -242,6 +242,14 @@ def test_an_older_interaction_added_or_rewritten_since_a_compile_is_news(memory,
     assert unchanged_since_last_compile(before_digests, OPTIMIZER, history[-1].timestamp, data_digest(history))
 
 
+def test_users_may_be_any_collection_of_ids(memory, tracking):
+    import numpy as np
+
+    memory.add([rating("arr", i) for i in range(2)])
+    assert [s.user_id for s in due_users(np.array(["arr"]), memory=memory, tracking=tracking)] == ["arr"]
+    assert [s.user_id for s in due_users(("arr",), memory=memory, tracking=tracking)] == ["arr"]
+
+
 @pytest.mark.parametrize("users", ["43", [43], ["ok", "  "], 7])
 def test_users_is_a_list_of_ids_not_a_lone_string(users, memory, tracking):
     """Iterated, the string "43" was the users "4" and "3": compiled and recorded without a word."""

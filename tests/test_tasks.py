@@ -14,7 +14,9 @@ from persona_dspy.signatures import DEFAULT_PERSONA, TASKS
         ("culture & arts or politics", None),
         ("cooking", None),
         ("Category: healthy living.", "healthy living"),
-        ("businesswomen", None),  # a label inside a longer word is not that label
+        ("sportsmanship", None),  # a label inside a longer word is not that label
+        ("crimes", "crime"),  # a plural is
+        ("businesses", "business"),
         ("", None),
     ],
 )

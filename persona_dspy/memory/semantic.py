@@ -2,8 +2,9 @@
 
 Each profile version records the *watermark* (latest episode time it was built from), so a read
 bounded by ``before`` only sees profiles built from episodes strictly earlier (no leakage).
-Updates are incremental: the previous profile plus the episodes since its watermark (all of them when
-older episodes were added since: its `n_episodes` tells).
+Updates are incremental: the previous profile plus the episodes since its watermark. When older
+episodes were added since (its ``n_episodes`` tells), the profile is rebuilt from scratch on the latest
+``max_episodes``, as a user with that history would get it.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ class SemanticMemory:
         history = self.episodic.history(user_id, before=before)
         new = [it for it in history if previous is None or it.timestamp > previous.watermark]
         if previous is not None and len(history) - len(new) > previous.n_episodes:
-            new = history  # older episodes were added since it was distilled: all of them are news
+            # older episodes were added since it was distilled, which ones is not recorded: rebuilt from scratch
+            # on the latest episodes, as a user with this history would get it (its text is not carried over)
+            new, previous = history, None
         if not history:
             raise EmptyHistoryError(f"user {user_id!r} has no interactions before {before}; nothing to distill")
         if not new and previous is not None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dspy
+import numpy as np
 
 from persona_dspy.errors import TaskMetricError
 
@@ -51,17 +52,19 @@ def call_metric(metric: Metric, task_name: str, example: dspy.Example, predictio
             f"{where} raised {type(exc).__name__}: {str(exc)[:200]}. Fix it so that metric(example, prediction) "
             "returns a number in [0, 1] for any answer (prediction fields may be empty strings)."
         ) from exc
+    if isinstance(value, np.bool_):  # numpy's bool is no numbers.Real
+        value = bool(value)
     if not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         raise TaskMetricError(
             f"{where} returned {value!r} ({type(value).__name__}), not a finite number. "
             "Return a float in [0, 1] (1 = the user's real answer)."
         )
-    if not 0.0 <= float(value) <= 1.0:  # the gate averages scores: one of 5.0 would outweigh the rest
+    if not -1e-6 <= float(value) <= 1 + 1e-6:  # the gate averages scores: one of 5.0 would outweigh the rest
         raise TaskMetricError(
             f"{where} returned {value!r}, outside [0, 1]. Scale it to [0, 1] (1 = the user's real answer); "
             "a bool is fine."
         )
-    return float(value)
+    return min(1.0, max(0.0, float(value)))  # a rounding error's 1.0000001 counts as 1
 
 
 __all__ = ["Metric", "call_metric", "rouge_l"]

@@ -57,8 +57,9 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 @functools.lru_cache(maxsize=4096)
 def _as_word(label: str) -> re.Pattern[str]:
-    """``label`` (lowercased) as a whole word or phrase of a text: not inside a longer word."""
-    return re.compile(rf"(?<![a-z0-9]){re.escape(label.lower())}(?![a-z0-9])")
+    """``label`` (lowercased) as a whole word or phrase of a text, a plural allowed ("crimes"), not inside a
+    longer word ("unhappy" is not "happy", "sportsmanship" not "sports")."""
+    return re.compile(rf"(?<![a-z0-9]){re.escape(label.lower())}(?:e?s)?(?![a-z0-9])")
 
 
 @dataclass(frozen=True)

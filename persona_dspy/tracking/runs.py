@@ -26,8 +26,11 @@ from persona_dspy.tracking.store import STORE_ERRORS, MlflowStore
 
 
 def compile_id(result: CompileResult) -> str:
-    """A deterministic id of one compile's outcome: a retried ``record`` finds its earlier run by it."""
-    return hashlib.sha256(result.model_dump_json(exclude={"version"}).encode()).hexdigest()[:20]
+    """A deterministic id of one compile's outcome: a retried ``record`` finds its earlier run by it. What
+    ``record`` itself sets on the result (``version``; ``promoted`` and ``promotion_skipped`` when it skips a
+    promotion) is left out, so a retry of the same result object finds the same run."""
+    exclude = {"version", "promoted", "promotion_skipped"}
+    return hashlib.sha256(result.model_dump_json(exclude=exclude).encode()).hexdigest()[:20]
 
 
 def user_tags(user_id: str) -> dict[str, str]:
@@ -47,6 +50,9 @@ def user_runs(
     return [r for r in runs if r.data.tags.get("user_id") == user_id]
 
 
+SKIPPED = "promotion skipped: production is no longer the persona the gate compared with"
+
+
 def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_id: str | None = None) -> int:
     """Write the compile as a finished run (into ``open_run_id`` when tracing opened it), register its
     candidate, promote it if the gate passed; returns the version. A compile already recorded (same
@@ -55,7 +61,10 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
     The gate holds only against the persona it compared with: when production is no longer
     ``result.production_persona`` (another compile or a rollback moved it meanwhile, a pending compile
     recorded late, a result compiled against another persona), the candidate is registered but not
-    promoted, and the run is tagged ``promotion_skipped``.
+    promoted, the run is tagged ``promotion_skipped`` and so is the result (``promoted`` False,
+    ``promotion_skipped`` saying why). Two
+    processes recording the same user at the very same moment can still both pass this check (it is not
+    a transaction); a fleet compiles each user in one process.
     """
     exp_id = store.experiment_id()
     with store.guard("logging the compile run") as client:
@@ -70,20 +79,19 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
             ).info
             run_id, artifact_uri = info.run_id, info.artifact_uri
         try:
+            promote = result.promoted
+            if promote:
+                current = registry.get(result.user_id, PRODUCTION)
+                if current is not None and current.text != result.production_persona:
+                    promote = result.promoted = False  # the caller, the run and its artifacts all say kept
+                    result.promotion_skipped = SKIPPED
+                    client.set_tag(run_id, "promotion_skipped", SKIPPED)
             with tempfile.TemporaryDirectory(prefix="persona_dspy_run_") as tmp:
                 _write_artifacts(result, Path(tmp))
                 if artifact_uri is None:
                     client.log_artifacts(run_id, tmp)
                 else:  # what log_artifacts does, minus the get_run it needs to learn the run's artifact URI
                     get_artifact_repository(artifact_uri, tracking_uri=store.tracking_uri).log_artifacts(tmp)
-            promote = result.promoted
-            if promote:
-                current = registry.get(result.user_id, PRODUCTION)
-                if current is not None and current.text != result.production_persona:
-                    promote = False
-                    client.set_tag(
-                        run_id, "promotion_skipped", "production is no longer the persona the gate compared with"
-                    )
             version_tags = {
                 "run_id": run_id,
                 "compile_id": cid,
