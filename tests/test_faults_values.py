@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from persona_dspy import (
@@ -12,6 +13,7 @@ from persona_dspy import (
     StoreUnavailableError,
     TrackingUnavailableError,
 )
+from persona_dspy._values import is_number, is_whole
 from persona_dspy.cli import main
 
 
@@ -190,3 +192,22 @@ def test_settings_refuse_a_misspelt_argument_and_a_store_that_names_no_folder(mo
             Settings(qdrant=empty)
     monkeypatch.setenv("PERSONA_DSPY_QDRANT", "")  # an empty variable is the default store, as an unset one
     assert Settings().qdrant is None and Settings(qdrant="edge").qdrant_folder.name == "edge"
+
+
+@pytest.mark.parametrize(
+    ("value", "whole", "number"),
+    [
+        (3, True, True),
+        (np.int64(3), True, True),
+        (2.5, False, True),
+        (np.float32(2.5), False, True),
+        (float("inf"), False, True),
+        (float("nan"), False, False),
+        (True, False, False),
+        (np.bool_(True), False, False),
+        ("3", False, False),
+        (None, False, False),
+    ],
+)
+def test_one_rule_says_what_a_whole_number_and_a_number_are(value, whole, number):
+    assert (is_whole(value), is_number(value)) == (whole, number)

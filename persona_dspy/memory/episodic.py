@@ -14,8 +14,6 @@ never sees another user's data nor the future of the interaction it is answering
 
 from __future__ import annotations
 
-import math
-import numbers
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -27,6 +25,7 @@ from pydantic import ValidationError
 from qdrant_client import QdrantClient
 from tqdm.auto import tqdm
 
+from persona_dspy._values import is_number, is_whole
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction
 from persona_dspy.errors import ConfigurationError, MalformedInteractionError, UnknownUserError
@@ -98,10 +97,10 @@ def _check_read(user_id: object, before: object, *, n: object = 0, k: object = 0
     (a Rust panic, past ``except Exception``), and other types fail deep in it with a bare TypeError."""
     if not isinstance(user_id, str):
         raise ConfigurationError(f"user_id is a string, got {type(user_id).__name__} {user_id!r}")
-    if before is not None and (isinstance(before, bool) or not isinstance(before, numbers.Real) or math.isnan(before)):
+    if before is not None and not is_number(before):
         raise ConfigurationError(f"before is a time in seconds (a number, not NaN) or None, got {before!r}")
     for name, value in (("n", n), ("k", k)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_whole(value):
             raise ConfigurationError(f"{name} is a whole number, got {type(value).__name__} {value!r}")
     if not isinstance(query, str):
         raise ConfigurationError(f"query is a text, got {type(query).__name__}")

@@ -11,8 +11,6 @@ production persona it gates against is an argument; recording the result (regist
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,6 +19,7 @@ from typing import Any
 import dspy
 from dspy.teleprompt import Teleprompter
 
+from persona_dspy._values import is_number, is_whole
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data.records import Interaction, UserHistory
 from persona_dspy.errors import BudgetExceededError, ConfigurationError, EmptyHistoryError, UnknownUserError
@@ -76,13 +75,12 @@ def check_numbers(
 ) -> None:
     """Options of the wrong type are a ``ConfigurationError`` naming them (``n_recent="3"`` was a bare
     TypeError from a comparison; ``True`` is not a count)."""
-    checks = [(whole or {}, numbers.Integral, "a whole number"), (real or {}, numbers.Real, "a number")]
-    checks.append(
-        ({k: v for k, v in (whole_or_none or {}).items() if v is not None}, numbers.Integral, "a whole number or None")
-    )
-    for values, kind, what in checks:
+    some = {k: v for k, v in (whole_or_none or {}).items() if v is not None}
+    checks = [(whole or {}, is_whole, "a whole number"), (real or {}, is_number, "a number")]
+    checks.append((some, is_whole, "a whole number or None"))
+    for values, ok, what in checks:
         for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, kind) or (kind is numbers.Real and math.isnan(value)):
+            if not ok(value):
                 raise ConfigurationError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import numbers
 import re
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from persona_dspy._values import is_whole
 from persona_dspy.compat.mlflow import (
     IS_PROMPT_TAG_KEY,
     PROMPT_EXPERIMENT_IDS_TAG_KEY,
@@ -77,12 +77,12 @@ class PersonaRegistry:
     def get(self, user_id: str, alias_or_version: str | int = PRODUCTION) -> PersonaVersion | None:
         """The version, or None when the store says it does not exist; a store failure raises."""
         name, store = prompt_name(user_id), registry_store(self.client)
-        if isinstance(alias_or_version, bool) or not isinstance(alias_or_version, (str, numbers.Integral)):
+        if not (isinstance(alias_or_version, str) or is_whole(alias_or_version)):
             raise ConfigurationError(  # True was version 1, 1.0 an alias named "1.0"
                 f"a persona is named by an alias (str) or a version number (int), got "
                 f"{type(alias_or_version).__name__} {alias_or_version!r}"
             )
-        numbered = isinstance(alias_or_version, numbers.Integral) or str(alias_or_version).isdigit()
+        numbered = is_whole(alias_or_version) or str(alias_or_version).isdigit()
         if numbered and not 1 <= int(alias_or_version) <= MAX_VERSION:  # no store holds it (sqlite: 64-bit ids)
             return None
         try:
