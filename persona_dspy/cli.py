@@ -297,9 +297,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if not args.due and (args.realign_after is not None or args.max_age is not None):
         raise ConfigurationError("--realign-after and --max-age choose which users are due: use them with --due")
     settings = _settings(args)
-    users = args.users
+    users, state = args.users, ""
     if args.due:
-        users = _due_users(args, settings, users)
+        users, state = _due_users(args, settings, users)
         if not users:
             return 0
     optimizer = PersonaOptimizer(
@@ -322,6 +322,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         backend=args.backend,
         resume=args.resume,
         verbose=args.verbose,
+        state=state,
     )
     print(report.format(tracebacks=args.debug))
     return 1 if report.failed else 0
@@ -334,21 +335,24 @@ def _policy(args: argparse.Namespace):
     return RealignPolicy(**{k: v for k, v in chosen.items() if v is not None})
 
 
-def _due_users(args: argparse.Namespace, settings: Settings, users) -> list[str]:
+def _due_users(args: argparse.Namespace, settings: Settings, users) -> tuple[list[str], str]:
     """``compile --due``: the users of ``users`` the re-alignment policy says are due (a line for each due
-    user, for every user with ``--verbose``)."""
+    user, for every user with ``--verbose``), and the fleet ``state`` their data names (``due_fleet``). A
+    named id with nothing stored goes to the fleet, which reports it failed alone, as without ``--due``."""
     from persona_dspy.memory import EpisodicMemory
-    from persona_dspy.serving import due_users
+    from persona_dspy.serving import due_fleet, known_statuses
     from persona_dspy.tracking import Tracking
 
-    with EpisodicMemory(settings) as memory:
-        statuses = due_users(users, memory=memory, tracking=Tracking(settings), policy=_policy(args))
+    with EpisodicMemory(_existing_state(settings, memory=True)) as memory:
+        statuses, unknown = known_statuses(users, memory=memory, tracking=Tracking(settings), policy=_policy(args))
     for status in statuses:
         if status.due or args.verbose:
             print(status.line())
-    due = [s.user_id for s in statuses if s.due]
-    print(f"{len(due)} of {len(statuses)} user(s) due for a compile")
-    return due
+    for user_id in unknown:
+        print(f"{user_id}: unknown user (no interactions stored)")
+    due, state = due_fleet(statuses, unknown)
+    print(f"{len(due) - len(unknown)} of {len(statuses)} user(s) due for a compile")
+    return due, state
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -394,10 +398,22 @@ def cmd_observe(args: argparse.Namespace) -> int:
 
     if (args.file is None) == (args.input is None or args.output is None) or (args.file is not None) == bool(args.user):
         raise ConfigurationError("observe USER --input TEXT --output ANSWER, or observe --file FILE.jsonl (not both)")
+    if args.file is not None:
+        given = [f"--{k}" for k in ("timestamp", "id", "task") if getattr(args, k) is not None]
+        if given:
+            raise ConfigurationError(
+                f"observe --file: {', '.join(given)} describe one observation; each line of the file carries its own"
+            )
+        loaded = load_interactions(args.file, check=record_problem)
+        if not loaded:
+            raise ConfigurationError(
+                f"persona-dspy observe: {args.file} holds no interactions (it is empty or has only blank lines); "
+                "nothing was written. Check the path, or the export that wrote it."
+            )
     settings = _settings(args)
     with EpisodicMemory(settings) as memory:
         if args.file is not None:
-            interactions = _with_stored_tasks(memory, load_interactions(args.file, check=record_problem), args.file)
+            interactions = _with_stored_tasks(memory, loaded, args.file)
         else:
             fields = {"input": args.input, "output": args.output}
             fields.update({k: v for k, v in (("timestamp", args.timestamp), ("id", args.id)) if v is not None})
@@ -407,6 +423,8 @@ def cmd_observe(args: argparse.Namespace) -> int:
     print(f"{result.written} interaction(s) stored, {result.already_stored} already stored")
     for status in result.users:
         print(status.line())
+    if result.status_error:
+        print(f"persona-dspy: warning: {result.status_error}", file=sys.stderr)
     return 0
 
 

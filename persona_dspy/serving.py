@@ -22,6 +22,7 @@ counter to reset or to drift when a compile, an ingest or a crash happens elsewh
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +40,8 @@ from persona_dspy.errors import (
     MalformedInteractionError,
     OutOfOrderObservationError,
     PersonaNotFoundError,
+    TrackingUnavailableError,
+    UnknownUserError,
 )
 from persona_dspy.memory.episodic import EpisodicMemory, validate_batch
 from persona_dspy.memory.semantic import SemanticMemory
@@ -95,6 +98,9 @@ class Observation(BaseModel):
     written: int
     already_stored: int
     users: list[UserStatus] = Field(default_factory=list)
+    status_error: str | None = Field(
+        None, description="why the users' status is missing although the interactions were stored (tracking down)"
+    )
 
 
 MAX_FUTURE_SECONDS = 86_400.0
@@ -141,13 +147,15 @@ def observe(
 ) -> Observation:
     """Store what users really did; the whole batch is checked before anything is written.
 
-    Per user: an interaction already stored with the same content is skipped (idempotent); one
-    stored with the same id but other content is a ``MalformedInteractionError`` (observations are
-    immutable: give it a new id); one older than the user's latest stored interaction is an
+    Per user: an interaction already stored with the same content is skipped (idempotent), and so is one
+    stored under the same id with the same content at another time (a retry: its id names it, and a
+    time left out defaults to now); one stored with the same id but other content is a
+    ``MalformedInteractionError`` (observations are immutable: give it a new id); one older than the user's latest stored interaction is an
     ``OutOfOrderObservationError``; an unknown user is an ``UnknownUserError`` (ingest first). The order
     is checked against what is stored, not within the batch: one batch is stored as one, in any order
     (two calls with the same observations in descending time refuse the second). With ``tracking`` the
-    result holds each user's status against ``policy``.
+    result holds each user's status against ``policy``; when the tracking store fails after the write, the
+    interactions stay stored and ``status_error`` says so (no exception, which would invite a resend).
     """
     items = validate_batch(interactions)
     refuse_future(items)
@@ -160,8 +168,8 @@ def observe(
         latest = max(stored.values(), key=lambda it: (it.timestamp, it.id))
         for it in batch:
             known = stored.get(it.id)
-            if known is not None:
-                if known.content_hash != it.content_hash:
+            if known is not None:  # its id names the observation: a retry at another time is the same one
+                if known.model_copy(update={"timestamp": it.timestamp}).content_hash != it.content_hash:
                     raise MalformedInteractionError(
                         f"user {user_id!r} already has an interaction with this id and other content; an "
                         "observation is immutable: send it under a new id. Nothing was written.",
@@ -177,12 +185,20 @@ def observe(
                 )
             todo.append(it)
     written = memory.add(todo) if todo else 0
-    statuses = (
-        [user_status(u, memory=memory, tracking=tracking, policy=policy) for u in by_user]
-        if tracking is not None
-        else []
+    statuses: list[UserStatus] = []
+    status_error = None
+    try:
+        if tracking is not None:
+            statuses = [user_status(u, memory=memory, tracking=tracking, policy=policy) for u in by_user]
+    except TrackingUnavailableError as exc:  # stored already: a failure here would invite a retry
+        status_error = (
+            f"{written} interaction(s) stored, but their users' status could not be read "
+            f"({' '.join(str(exc).split())[:300]}); they need no resend"
+        )
+        logger.warning("%s", status_error)
+    return Observation(
+        written=written, already_stored=len(items) - len(todo), users=statuses, status_error=status_error
     )
-    return Observation(written=written, already_stored=len(items) - len(todo), users=statuses)
 
 
 def user_status(
@@ -230,10 +246,43 @@ def due_users(
     tracking: Tracking,
     policy: RealignPolicy | None = None,
 ) -> list[UserStatus]:
-    """The status of every user in ``users`` (``"all"``: every user in episodic memory); filter on ``.due``."""
+    """The status of every user in ``users`` (``"all"``: every user in episodic memory); filter on ``.due``.
+    A named user with nothing stored is an ``UnknownUserError`` (``known_statuses`` sets them apart)."""
+    statuses, unknown = known_statuses(users, memory=memory, tracking=tracking, policy=policy)
+    if unknown:
+        raise UnknownUserError(unknown[0])
+    return statuses
+
+
+def due_fleet(statuses: Sequence[UserStatus], unknown: Sequence[str] = ()) -> tuple[list[str], str]:
+    """The users to compile (the due ones, and ``unknown`` ids, which the fleet then reports failed one by
+    one, as it does without ``--due``) and the ``state`` that names their data for ``compile_users``: a
+    later fleet of the same users on newer data is another fleet, whose ``resume`` starts afresh."""
+    due = [s for s in statuses if s.due]
+    state = json.dumps(
+        [[s.user_id, s.interactions, s.latest, s.compiled_watermark, s.new_since_compile] for s in due]
+        + sorted(unknown)
+    )
+    return [s.user_id for s in due] + sorted(unknown), hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def known_statuses(
+    users: Sequence[str] | Literal["all"],
+    *,
+    memory: EpisodicMemory,
+    tracking: Tracking,
+    policy: RealignPolicy | None = None,
+) -> tuple[list[UserStatus], list[str]]:
+    """``due_users``, with the named ids that have nothing stored set apart instead of raising."""
     chosen = user_ids(users)
     ids = memory.users() if chosen == "all" else sorted(set(chosen))
-    return [user_status(u, memory=memory, tracking=tracking, policy=policy) for u in ids]
+    statuses, unknown = [], []
+    for u in ids:
+        try:
+            statuses.append(user_status(u, memory=memory, tracking=tracking, policy=policy))
+        except UnknownUserError:
+            unknown.append(u)
+    return statuses, unknown
 
 
 def compile_due(
@@ -248,17 +297,19 @@ def compile_due(
 ) -> tuple[list[UserStatus], FleetReport | None]:
     """Compile exactly the users the policy says are due, through ``compile_users`` (``fleet``: its
     other arguments: ``lm``, ``workers``, ``resume``...). Returns every status and the fleet report
-    (None when nobody is due)."""
+    (None when nobody is due). A named user with nothing stored fails alone in the report (no status)."""
     from persona_dspy.fleet.run import compile_users
 
     own = memory is None
     memory = memory or EpisodicMemory(settings)
     tracking = tracking or Tracking(settings)
     try:
-        statuses = due_users(users, memory=memory, tracking=tracking, policy=policy)
-        due = [s.user_id for s in statuses if s.due]
+        statuses, unknown = known_statuses(users, memory=memory, tracking=tracking, policy=policy)
+        due, state = due_fleet(statuses, unknown)
         report = (
-            compile_users(due, optimizer, settings=settings, memory=memory, tracking=tracking, **fleet) if due else None
+            compile_users(due, optimizer, settings=settings, memory=memory, tracking=tracking, state=state, **fleet)
+            if due
+            else None
         )
     finally:
         if own:
@@ -341,7 +392,7 @@ class ServedAgent(PersonaAgent):
             try:
                 self.semantic.update(self.user_id)
             except LMOutputError as exc:
-                logger.warning("serving user %r with its previous profile: %s", self.user_id, exc)
+                logger.warning("answering for user %r without a new profile: %s", self.user_id, exc)
 
     def forward(self, task: str, before: float | None = None) -> dspy.Prediction:
         if before is None:

@@ -89,6 +89,9 @@ BAD_ARGUMENTS = {
     "forget without a user": ["forget"],
     "sync with an extra argument": ["sync", "now"],
     "memory migrate without a folder": ["memory", "migrate"],
+    "observe --file of no interactions": ["observe", "--file", "{data}"],
+    "observe --file with --id": ["observe", "--file", "{data}", "--id", "x"],
+    "compile --due on a state dir that does not exist": ["compile", "--due", "--state-dir", "{tmp}/nowhere"],
 }
 
 

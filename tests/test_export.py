@@ -215,6 +215,14 @@ def test_cli_observe_then_compile_due_then_ask_serves_the_new_version(persona_cl
     assert code == 0 and "harsh" in json.loads(out)["persona"]["guidance"]
 
 
+def test_cli_observe_retried_under_its_id_is_stored_once_and_compile_due_isolates_an_unknown_id(persona_cli):
+    for stored in ("1 interaction(s) stored, 0", "0 interaction(s) stored, 1"):
+        code, out, _ = persona_cli("observe", "USER", "--input", "movie: Seen", "--output", "1.0", "--id", "seen-1")
+        assert code == 0 and stored in out
+    code, out, _ = persona_cli("compile", "--due", "--users", f"{persona_cli.user},nobody", "--realign-after", "99")
+    assert code == 1 and "nobody: unknown user" in out and "0 of 1 user(s) due" in out and "failed   nobody" in out
+
+
 def test_cli_observe_a_batch_from_a_jsonl_file_is_idempotent(persona_cli, tmp_path):
     batch = tmp_path / "outcomes.jsonl"
     user = persona_cli.user

@@ -259,3 +259,57 @@ def test_users_is_a_list_of_ids_not_a_lone_string(users, memory, tracking):
         due_users(users, memory=memory, tracking=tracking)
     with pytest.raises(ConfigurationError, match="user"):
         compile_users(users, memory=memory, tracking=tracking, lm=ScriptedLM(rule), progress=False)
+
+
+def test_an_observation_retried_under_its_id_at_another_time_is_stored_once(memory, tracking):
+    memory.add([rating("retry", i) for i in range(3)])
+    agent = served("retry", memory, tracking)
+    click = {"id": "click-1", "input": "movie: Clicked genres: Drama", "output": "2.0"}  # its time defaults to now
+    assert agent.observe(click).written == 1
+    again = agent.observe(click)
+    assert (again.written, again.already_stored) == (0, 1) and memory.count("retry") == 4
+    with pytest.raises(MalformedInteractionError, match="other content"):
+        agent.observe({**click, "output": "4.0"})
+
+
+def test_observe_keeps_what_it_stored_when_the_status_cannot_be_read(memory, tracking, monkeypatch):
+    from persona_dspy.errors import TrackingUnavailableError
+    from persona_dspy.tracking import Tracking
+
+    memory.add([rating("down", i) for i in range(3)])
+
+    def down(self, user_id):
+        raise TrackingUnavailableError("injected: the tracking store is down")
+
+    monkeypatch.setattr(Tracking, "last_compile", down)
+    seen = observe([rating("down", 5, ts=3000.0)], memory=memory, tracking=tracking)
+    assert seen.written == 1 and seen.users == [] and "could not be read" in seen.status_error
+    assert memory.count("down") == 4
+    assert observe([rating("down", 5, ts=3000.0)], memory=memory).already_stored == 1
+
+
+def test_a_user_due_again_is_compiled_again_by_a_resumed_due_fleet(memory, tracking):
+    memory.add([rating("again", i) for i in range(6)])
+    resumed = {"resume": True}
+    statuses, first = compile_due(
+        OPTIMIZER, settings=tracking.settings, policy=RealignPolicy(realign_after=1), users=["again"],
+        memory=memory, tracking=tracking, lm=ScriptedLM(rule), progress=False, **resumed,
+    )  # fmt: skip
+    assert [u.status for u in first.users] == ["promoted"] and not first.users[0].from_journal
+    observe([rating("again", 9, ts=3000.0)], memory=memory)
+    statuses, second = compile_due(
+        OPTIMIZER, settings=tracking.settings, policy=RealignPolicy(realign_after=1), users=["again"],
+        memory=memory, tracking=tracking, lm=ScriptedLM(rule), progress=False, **resumed,
+    )  # fmt: skip
+    assert statuses[0].due and second.fleet_id != first.fleet_id
+    assert not second.users[0].from_journal and second.users[0].lm_calls > 0  # compiled, not read back
+    assert not user_status("again", memory=memory, tracking=tracking).due
+
+
+def test_an_unknown_id_in_a_due_fleet_fails_alone(memory, tracking):
+    memory.add([rating("known", i) for i in range(6)])
+    with pytest.raises(UnknownUserError):
+        due_users(["known", "nobody"], memory=memory, tracking=tracking)
+    statuses, report = compile_now(["known", "nobody"], memory, tracking)
+    assert [s.user_id for s in statuses] == ["known"]
+    assert {u.user_id: u.status for u in report.users} == {"known": "promoted", "nobody": "failed"}

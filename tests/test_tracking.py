@@ -319,3 +319,45 @@ def test_a_re_grounded_promotion_keeps_the_gated_text_next_to_the_served_one(tra
     assert Path(gated).read_text() == "gated text"
     assert tracking.load_persona("reg-gated").version == version
     assert tracking.load_persona("reg-gated").text == "served text"
+
+
+def test_a_rollback_after_a_rollback_skips_the_version_rolled_back_from(local):
+    versions = {}
+    production = "base"
+    for text in ("first", "second", "third"):
+        versions[text] = local.record(result("reg-back", text, promoted=True, production=production))
+        production = text
+    assert local.rollback("reg-back").version == versions["second"]
+    fourth = local.record(result("reg-back", "fourth", promoted=True, production="second"))
+    assert local.load_persona("reg-back").version == fourth
+    assert local.rollback("reg-back").version == versions["second"]  # not third, which was rolled back
+    third = next(v for v in local.history("reg-back") if v.version == versions["third"])
+    assert "withdrawn_at" in third.tags
+    assert local.rollback("reg-back", versions["third"]).version == versions["third"]  # by hand, it may
+    assert "withdrawn_at" not in next(v for v in local.history("reg-back") if v.version == versions["third"]).tags
+
+
+def test_a_kept_compile_of_the_production_text_leaves_the_promotion_evidence_alone(local):
+    v1 = local.record(result("reg-evidence", "first", promoted=True))
+    promoted_by = local.history("reg-evidence")[0].tags["run_id"]
+    kept = result("reg-evidence", "first", promoted=False, production="first")
+    kept = kept.model_copy(update={"params": {**kept.params, "n_val": 9}, "val_score_candidate": None})
+    assert local.record(kept) == v1
+    [version] = local.history("reg-evidence")
+    assert version.tags["run_id"] == promoted_by and version.tags["val_score_candidate"] == "0.5"
+
+
+def test_a_record_whose_candidate_is_already_production_stays_promoted(local):
+    """An earlier attempt promoted it and failed after: the retry's promotion is the same alias move."""
+    v1 = local.record(result("reg-again", "first", promoted=True))
+    retry = result("reg-again", "first", promoted=True)
+    retry = retry.model_copy(update={"params": {**retry.params, "n_val": 9}})
+    assert local.record(retry) == v1 and retry.promoted and not retry.promotion_skipped
+
+
+def test_the_last_compile_is_the_one_on_the_newest_data_not_the_latest_recorded(local):
+    newer = result("reg-late", "newer", promoted=True).model_copy(update={"data_watermark": 5000.0})
+    local.record(newer)
+    stale = result("reg-late", "stale", promoted=False, production="newer")  # kept pending, synced late
+    local.record(stale.model_copy(update={"data_watermark": 1000.0}))
+    assert float(local.last_compile("reg-late")["data_watermark"]) == 5000.0

@@ -22,10 +22,11 @@ DONE: frozenset[str] = frozenset({"promoted", "kept", "skipped"})
 """Journal statuses that ``resume`` does not redo (a failure may be transient: it is tried again)."""
 
 
-def fleet_id(optimizer: GatedPersonaOptimizer, user_ids: Sequence[str]) -> str:
-    """Same optimizer, params and users -> same fleet (and journal)."""
+def fleet_id(optimizer: GatedPersonaOptimizer, user_ids: Sequence[str], state: str = "") -> str:
+    """Same optimizer, params, users (and ``state``: the data they were chosen on, if given) -> same fleet
+    (and journal)."""
     key = json.dumps(
-        {"optimizer": optimizer.name, "params": optimizer.params, "users": sorted(user_ids)},
+        {"optimizer": optimizer.name, "params": optimizer.params, "users": sorted(user_ids), "state": state},
         sort_keys=True,
         default=str,
     )

@@ -40,6 +40,7 @@ def compile_users(
     progress: bool = True,
     verbose: bool = False,
     ship_histories: bool = False,
+    state: str = "",
 ) -> FleetReport:
     """Compile the persona of every user in ``users`` (or ``"all"`` users in episodic memory).
 
@@ -49,6 +50,8 @@ def compile_users(
     recorded into ``tracking`` (default ``Tracking(settings)``). KeyboardInterrupt cancels the users
     not started; compiles in flight finish, and ``resume=True`` then does only the rest.
     Each user's episodes are read (one filtered read, vectors included) just ahead of its compile.
+    ``state`` names the data the users were chosen on (``compile_due`` passes their status): a fleet of
+    the same users on other data is another fleet, and ``resume`` never takes the earlier one's journal.
     """
     from persona_dspy.optimizers import PersonaOptimizer
 
@@ -82,7 +85,7 @@ def compile_users(
     started = time.perf_counter()
     try:
         user_ids = sorted(set(memory.users() if users == "all" else users))
-        fid = fleet_id(optimizer, user_ids)
+        fid = fleet_id(optimizer, user_ids, state)
         journal = FleetJournal(settings.state_dir / "fleet" / f"{fid}.jsonl")
         reports: dict[str, UserReport] = {}
         with journal.open(resume) as done:

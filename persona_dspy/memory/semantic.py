@@ -121,6 +121,7 @@ class SemanticMemory:
         shown = new[-self.max_episodes :]
         lines = "\n".join(render_episode(self.task, it) for it in shown)
         text = None
+        kept = "the previous profile is kept" if previous else "the user has no profile yet"
         for attempt in range(self.retries + 1):
             config = {"rollout_id": attempt, "temperature": 0.7} if attempt else {}
             try:
@@ -134,7 +135,7 @@ class SemanticMemory:
             except Exception as exc:  # the LM itself failed (unreachable, misconfigured)
                 raise LMOutputError(
                     f"the LM failed distilling the profile of user {user_id!r} ({type(exc).__name__}: "
-                    f"{' '.join(str(exc).split())[:200]}); the previous profile is kept. Check PERSONA_DSPY_LM."
+                    f"{' '.join(str(exc).split())[:200]}); {kept}. Check PERSONA_DSPY_LM."
                 ) from exc
             text = clean_profile(raw)
             if text:
@@ -142,7 +143,7 @@ class SemanticMemory:
         if text is None:
             raise LMOutputError(
                 f"the LM returned no usable profile for user {user_id!r} after {self.retries + 1} "
-                "attempts; the previous profile is kept. Try a stronger LM (PERSONA_DSPY_LM)."
+                f"attempts; {kept}. Try a stronger LM (PERSONA_DSPY_LM)."
             )
         return self._save(user_id, text, watermark=shown[-1].timestamp, n_episodes=len(history))
 

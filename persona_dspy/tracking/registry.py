@@ -22,6 +22,8 @@ from persona_dspy.compat.mlflow import (
 from persona_dspy.errors import ConfigurationError, PersonaNotFoundError
 
 CANDIDATE, PRODUCTION = "candidate", "production"
+WITHDRAWN = "withdrawn_at"
+"""Version tag: when a rollback moved production away from it (removed when it is production again)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -159,8 +161,9 @@ class PersonaRegistry:
         self._set_alias(prompt_name(user_id), PRODUCTION, version)
 
     def rollback(self, user_id: str, to_version: int | None = None, *, reason: str = "") -> PersonaVersion:
-        """Move ``production`` to ``to_version`` (default: the production before the current one); the
-        version is tagged with who rolled back, why and when."""
+        """Move ``production`` to ``to_version`` (default: the production before the current one: the latest
+        earlier version that was promoted and not rolled back from since); the version is tagged with who
+        rolled back, why and when, and the one production leaves with ``withdrawn_at``."""
         versions = self.history(user_id)
         if not versions:
             raise PersonaNotFoundError(f"user {user_id!r} has no persona versions; nothing to roll back")
@@ -169,7 +172,9 @@ class PersonaRegistry:
             earlier = [
                 v
                 for v in versions
-                if v.tags.get("promoted") == "true" and (current is None or v.version < current.version)
+                if v.tags.get("promoted") == "true"
+                and WITHDRAWN not in v.tags
+                and (current is None or v.version < current.version)
             ]
             if not earlier:
                 raise PersonaNotFoundError(
@@ -178,6 +183,11 @@ class PersonaRegistry:
             to_version = earlier[-1].version
         self.promote(user_id, to_version)
         name = prompt_name(user_id)
+        if current is not None and current.version != to_version:
+            self.client.set_prompt_version_tag(name, current.version, WITHDRAWN, str(int(time.time())))
+        target = next((v for v in versions if v.version == to_version), None)
+        if target is not None and WITHDRAWN in target.tags:  # production again
+            self.client.delete_prompt_version_tag(name, to_version, WITHDRAWN)
         self.client.set_prompt_version_tag(name, to_version, "rolled_back_by", getpass.getuser())
         self.client.set_prompt_version_tag(name, to_version, "rollback_reason", reason or "manual rollback")
         self.client.set_prompt_version_tag(name, to_version, "rolled_back_at", str(int(time.time())))

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from persona_dspy.compat.mlflow import get_artifact_repository
 from persona_dspy.redaction import redact
 from persona_dspy.results import CompileResult
-from persona_dspy.tracking.registry import PRODUCTION, PersonaRegistry, prompt_name
+from persona_dspy.tracking.registry import PRODUCTION, WITHDRAWN, PersonaRegistry, prompt_name
 from persona_dspy.tracking.store import STORE_ERRORS, MlflowStore
 
 
@@ -82,7 +82,8 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
             promote = result.promoted
             if promote:
                 current = registry.get(result.user_id, PRODUCTION)
-                if current is not None and current.text != result.production_persona:
+                # production already the candidate: an earlier attempt of this record promoted it and failed after
+                if current is not None and current.text not in (result.production_persona, result.candidate_persona):
                     promote = result.promoted = False  # the caller, the run and its artifacts all say kept
                     result.promotion_skipped = SKIPPED
                     client.set_tag(run_id, "promotion_skipped", SKIPPED)
@@ -106,12 +107,14 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
                 tags=version_tags,
                 experiment_id=exp_id,
             )
-            if version.tags.get("run_id") != run_id:  # the same text as the latest version: this run's now
-                if version.tags.get("promoted") == "true" and not promote:  # once production, stays so
-                    version_tags.pop("promoted")
+            # the same text as an earlier version: this run's now, unless that version was promoted and this
+            # run keeps it (its tags stay the evidence of the run that promoted it)
+            if version.tags.get("run_id") != run_id and (promote or version.tags.get("promoted") != "true"):
                 for key, value in version_tags.items():
                     if version.tags.get(key) != value:
                         client.set_prompt_version_tag(version.name, str(version.version), key, value)
+            if promote and WITHDRAWN in version.tags:  # production again after a rollback left it
+                client.delete_prompt_version_tag(version.name, str(version.version), WITHDRAWN)
             if promote:
                 registry.promote(result.user_id, version.version, exists=True)
             # one batch for everything the run shows; persona_version marks the run as recorded
@@ -139,7 +142,9 @@ def _mark_failed(client: MlflowClient, run_id: str) -> None:
 
 
 def last_compile(store: MlflowStore, user_id: str) -> dict[str, Any] | None:
-    """The user's latest recorded compile: ``optimizer``, ``data_watermark`` (as logged), ``data_digest``
+    """The user's last recorded compile, the one on the newest data (the highest data watermark, then data
+    count, then the latest start, among the 20 latest runs: a compile kept pending and synced after a newer
+    one does not count as the last): ``optimizer``, ``data_watermark`` (as logged), ``data_digest``
     and ``data_count`` (None when not recorded), ``recorded_at`` (unix time), ``params``
     (str values, as logged), ``persona_version``, ``promoted``, ``run_id``; None if never recorded."""
     exp_id = store.experiment_id()
@@ -150,21 +155,32 @@ def last_compile(store: MlflowStore, user_id: str) -> dict[str, Any] | None:
             order_by=["attributes.start_time DESC"],
             max_results=20,
         )
-    for run in runs:
+
+    def newest_data(run: Any) -> tuple[float, int, int]:
         tags = run.data.tags
-        if tags.get("user_id") == user_id and "persona_version" in tags:
-            return {
-                "run_id": run.info.run_id,
-                "optimizer": tags.get("optimizer"),
-                "data_watermark": tags.get("data_watermark"),
-                "data_digest": tags.get("data_digest"),
-                "data_count": int(tags["data_count"]) if tags.get("data_count", "").isdigit() else None,
-                "params": dict(run.data.params),
-                "persona_version": int(tags["persona_version"]),
-                "promoted": tags.get("promoted") == "true",
-                "recorded_at": (run.info.end_time or run.info.start_time) / 1000,
-            }
-    return None
+        try:
+            watermark = float(tags.get("data_watermark", "-inf"))
+        except ValueError:  # "None": a compile with no data
+            watermark = float("-inf")
+        count = int(tags["data_count"]) if tags.get("data_count", "").isdigit() else -1
+        return watermark, count, run.info.start_time
+
+    mine = [r for r in runs if r.data.tags.get("user_id") == user_id and "persona_version" in r.data.tags]
+    if not mine:
+        return None
+    run = max(mine, key=newest_data)
+    tags = run.data.tags
+    return {
+        "run_id": run.info.run_id,
+        "optimizer": tags.get("optimizer"),
+        "data_watermark": tags.get("data_watermark"),
+        "data_digest": tags.get("data_digest"),
+        "data_count": int(tags["data_count"]) if tags.get("data_count", "").isdigit() else None,
+        "params": dict(run.data.params),
+        "persona_version": int(tags["persona_version"]),
+        "promoted": tags.get("promoted") == "true",
+        "recorded_at": (run.info.end_time or run.info.start_time) / 1000,
+    }
 
 
 def discard_unfinished(store: MlflowStore, user_id: str) -> int:
