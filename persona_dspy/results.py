@@ -24,6 +24,7 @@ class CompileResult(BaseModel):
     """Everything a compile did, for tracking and for the fleet report."""
 
     user_id: str
+    task: str | None = Field(None, description="the task the persona was compiled for (its replays and gate)")
     optimizer: str = "PersonaOptimizer"
     params: dict[str, Any]
     initial_persona: str

@@ -417,7 +417,9 @@ def load_agent(
     the persona of ``alias`` (``"production"``, ``"candidate"``) or of a version number.
 
     ``task`` defaults to the task of the user's latest interaction. A user with no compiled persona
-    gets the default persona when asking for ``production`` (``agent.persona_version is None``).
+    gets the default persona when asking for ``production`` (``agent.persona_version is None``), and so
+    does a user of two tasks served the task their production persona was not compiled for (a version's
+    ``task`` tag; a user has one persona, compiled for the task of their latest interaction).
     Unknown user: ``UnknownUserError``; an alias or version the user does not have:
     ``PersonaNotFoundError``; a ``task`` of which the user has no interaction: ``ConfigurationError``.
     Reads only; no LM call.
@@ -443,6 +445,13 @@ def load_agent(
                 f"number); see `persona-dspy personas history {user_id}`."
             ) from exc
         version = None  # never compiled (or never promoted): the default persona
+    if version is not None and version.tags.get("task", spec.name) != spec.name:  # compiled for their other task
+        if alias != PRODUCTION:
+            raise ConfigurationError(
+                f"persona version {version.version} of user {user_id!r} was compiled for task "
+                f"{version.tags['task']!r}, not {spec.name!r}; serve it with that task"
+            )
+        version = None
     return ServedAgent(
         spec,
         user_id=user_id,

@@ -313,3 +313,25 @@ def test_an_unknown_id_in_a_due_fleet_fails_alone(memory, tracking):
     statuses, report = compile_now(["known", "nobody"], memory, tracking)
     assert [s.user_id for s in statuses] == ["known"]
     assert {u.user_id: u.status for u in report.users} == {"known": "promoted", "nobody": "failed"}
+
+
+def test_a_user_of_two_tasks_is_compiled_on_their_latest_task_and_served_the_other_by_default(memory, tracking):
+    def article(i: int) -> Interaction:
+        return Interaction(
+            user_id="both", id=f"a{i}", input=f"article: Dinner {i}", output="food & drink", timestamp=500.0 + i,
+            task="LaMP-2N",
+        )  # fmt: skip
+
+    history = [article(i) for i in range(3)] + [rating("both", i) for i in range(6)]
+    memory.add(history)
+    train, val = OPTIMIZER.split("both", history[::-1], task="movielens_rating")
+    assert [it.id for it in val + train] == [f"m{i}" for i in range(1, 6)]  # no article replayed or gated
+    _, report = compile_now(["both"], memory, tracking)
+    assert [u.status for u in report.users] == ["promoted"]
+    version = tracking.load_persona("both")
+    assert version.tags["task"] == "movielens_rating"
+    assert served("both", memory, tracking).persona_version == version.version
+    other = served("both", memory, tracking, task="LaMP-2N")
+    assert other.persona_version is None and other.persona == DEFAULT_PERSONA
+    with pytest.raises(ConfigurationError, match="compiled for task 'movielens_rating'"):
+        served("both", memory, tracking, task="LaMP-2N", alias=version.version)

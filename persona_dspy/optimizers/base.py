@@ -152,11 +152,12 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
     ) -> PersonaAgent:
         """Align ``student``'s persona on ``trainset`` and gate it against ``production`` (default: the
         student's own persona, i.e. the student is what serves today)."""
-        train, val = self.split(student.user_id, trainset, valset)
+        train, val = self.split(student.user_id, trainset, valset, task=student.task.name)
         started = time.perf_counter()
         production_text = production or student.persona
         result = CompileResult(
             user_id=student.user_id,
+            task=student.task.name,
             optimizer=self.name,
             params=self.params,
             initial_persona=student.persona,
@@ -198,12 +199,22 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
         return agent.persona
 
     def split(
-        self, user_id: str, trainset: Sequence[Interaction] | UserHistory, valset: Sequence[Interaction] | None = None
+        self,
+        user_id: str,
+        trainset: Sequence[Interaction] | UserHistory,
+        valset: Sequence[Interaction] | None = None,
+        *,
+        task: str | None = None,
     ) -> tuple[list[Interaction], list[Interaction]]:
-        """(latest ``n_recent`` interactions, the ``n_val`` just before them or ``valset``), in time order."""
+        """(latest ``n_recent`` interactions, the ``n_val`` just before them or ``valset``), in time order;
+        with ``task``, a trainset that mixes it with others keeps that task's only (a user of two tasks: the
+        other's answers are not this persona's)."""
         items = list(trainset.interactions if isinstance(trainset, UserHistory) else trainset)
         if not items:
             raise EmptyHistoryError(f"user {user_id!r} has an empty trainset; ingest interactions first")
+        mine = [it for it in items if it.task == task]
+        if mine and len(mine) < len(items):  # a user of two tasks; a trainset of none of the task's is taken as given
+            items = mine
         foreign = [it.id for it in items if it.user_id != user_id]
         if foreign:
             raise ConfigurationError(

@@ -206,9 +206,11 @@ class PersonaOptimizer(GatedPersonaOptimizer):
         if not self.ground or agent.memory is None:
             return []
         try:
-            return list(agent.memory.history(agent.user_id))
+            history = list(agent.memory.history(agent.user_id))
         except UnknownUserError:
             return []
+        mine = [it for it in history if it.task == agent.task.name]
+        return mine or history  # a user of two tasks: the facts of this one (none of it: the history as given)
 
     def facts(
         self,

@@ -29,7 +29,7 @@ def compile_id(result: CompileResult) -> str:
     """A deterministic id of one compile's outcome: a retried ``record`` finds its earlier run by it. What
     ``record`` itself sets on the result (``version``; ``promoted`` and ``promotion_skipped`` when it skips a
     promotion) is left out, so a retry of the same result object finds the same run."""
-    exclude = {"version", "promoted", "promotion_skipped"}
+    exclude = {"version", "promoted", "promotion_skipped"} | ({"task"} if result.task is None else set())
     return hashlib.sha256(result.model_dump_json(exclude=exclude).encode()).hexdigest()[:20]
 
 
@@ -99,6 +99,7 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
                 "promoted": str(promote).lower(),
                 "val_score_candidate": str(result.val_score_candidate),
                 "val_score_production": str(result.val_score_production),
+                **({"task": result.task} if result.task else {}),
             }
             version = registry.register(
                 result.user_id,
