@@ -308,7 +308,19 @@ def test_traced_compile_run_holds_the_lm_calls_as_traces(mlflow_uri, tmp_path):
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     traces = tracking.client.search_traces(locations=[tracking.experiment_id()], run_id=run_id)
     assert len(traces) >= 1
+    folders = [Path(t.info.tags["mlflow.artifactLocation"].removeprefix("file://")) for t in traces]
+    for folder in folders:  # the spans' file (prompts and answers), written by MLflow when the export finishes
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "traces.json").touch()
     assert tracking.forget("reg-u14")["traces"] == len(traces)
+    assert not any(p.is_file() for folder in folders if folder.exists() for p in folder.rglob("*"))
+
+
+def test_forget_finds_the_users_runs_in_every_experiment_of_the_store(mlflow_uri, tmp_path):
+    other = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri, experiment="elsewhere")
+    other.record(result("reg-exp", "mine", promoted=True))
+    here = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
+    assert here.forget("reg-exp")["runs"] == 1 and user_runs(other, "reg-exp", ViewType.ALL) == []
 
 
 def test_a_re_grounded_promotion_keeps_the_gated_text_next_to_the_served_one(tracking):
@@ -347,12 +359,29 @@ def test_a_kept_compile_of_the_production_text_leaves_the_promotion_evidence_alo
     assert version.tags["run_id"] == promoted_by and version.tags["val_score_candidate"] == "0.5"
 
 
-def test_a_record_whose_candidate_is_already_production_stays_promoted(local):
-    """An earlier attempt promoted it and failed after: the retry's promotion is the same alias move."""
-    v1 = local.record(result("reg-again", "first", promoted=True))
-    retry = result("reg-again", "first", promoted=True)
-    retry = retry.model_copy(update={"params": {**retry.params, "n_val": 9}})
-    assert local.record(retry) == v1 and retry.promoted and not retry.promotion_skipped
+def test_a_retried_record_that_had_promoted_before_failing_stays_promoted(local, monkeypatch):
+    from mlflow import MlflowClient
+
+    real = MlflowClient.log_batch
+    calls = iter([True])
+
+    def fails_once(self, *args, **kwargs):  # after the promotion: the run's batch of tags and metrics
+        if next(calls, False):
+            raise OSError("injected: the store went away after the promotion")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", fails_once)
+    first = result("reg-again", "first", promoted=True)
+    with pytest.raises(TrackingUnavailableError):
+        local.record(first)
+    assert local.load_persona("reg-again").text == "first"  # promoted before the failure
+    assert local.record(first) == 1 and first.promoted and not first.promotion_skipped
+    evidence = local.history("reg-again")[0].tags["run_id"]
+    other = result("reg-again", "first", promoted=True)  # another compile of the same text, gated against base
+    other = other.model_copy(update={"params": {**other.params, "n_val": 9}})
+    local.record(other)
+    assert not other.promoted and other.promotion_skipped  # not this record's retry
+    assert local.history("reg-again")[0].tags["run_id"] == evidence
 
 
 def test_the_last_compile_is_the_one_on_the_newest_data_not_the_latest_recorded(local):

@@ -82,8 +82,9 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
             promote = result.promoted
             if promote:
                 current = registry.get(result.user_id, PRODUCTION)
-                # production already the candidate: an earlier attempt of this record promoted it and failed after
-                if current is not None and current.text not in (result.production_persona, result.candidate_persona):
+                # production already this record's candidate: an earlier attempt of it promoted, then failed
+                retried = current is not None and current.tags.get("compile_id") == cid
+                if current is not None and current.text != result.production_persona and not retried:
                     promote = result.promoted = False  # the caller, the run and its artifacts all say kept
                     result.promotion_skipped = SKIPPED
                     client.set_tag(run_id, "promotion_skipped", SKIPPED)
