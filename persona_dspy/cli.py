@@ -525,9 +525,15 @@ def cmd_runs_compare(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     from persona_dspy.tracking import Tracking
 
-    synced = Tracking(_settings(args)).sync_pending()
+    tracking = Tracking(_settings(args))
+    synced = tracking.sync_pending()
     print(f"{len(synced)} pending compile(s) recorded" + "".join(f"\n  {u}: v{v}" for u, v in synced))
-    return 0
+    unreadable = tracking.pending_compiles.unreadable()
+    for path in unreadable:
+        print(
+            f"persona-dspy: warning: {path} is not a kept compile this version can read; move it away", file=sys.stderr
+        )
+    return 1 if unreadable else 0
 
 
 def cmd_memory_migrate(args: argparse.Namespace) -> int:

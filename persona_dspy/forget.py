@@ -90,6 +90,7 @@ def forget_user(settings: Settings, user_id: str, *, lm_cache_dir: Path | None =
     ``dspy_cache`` and ``textgrad_logs`` are cleared too when they are other folders.
     """
     from persona_dspy.memory import EpisodicMemory, SemanticMemory
+    from persona_dspy.memory.migrate import backup_path
     from persona_dspy.tracking import Tracking
     from persona_dspy.tracking.forget import forget_user as forget_tracked
 
@@ -117,10 +118,14 @@ def forget_user(settings: Settings, user_id: str, *, lm_cache_dir: Path | None =
             points = memory.forget(user_id)
         counts = {"points": points}
         folder = settings.qdrant_folder
-        if folder is not None and not settings.qdrant_location.startswith("local:"):  # a Qdrant Edge folder
+        if folder is not None and settings.qdrant_location.startswith("local:"):
+            _vacuum_local(folder)
+        elif folder is not None:  # a Qdrant Edge folder
             from persona_dspy.memory.compact import rewrite_shard
 
             counts["points kept in the rewritten shard"] = rewrite_shard(folder, settings.collection)
+        if folder is not None and (backup := backup_path(folder)).is_dir():  # `memory migrate` kept the old store
+            counts["points in the migrate backup"] = _forget_local(backup, settings.collection, user_id)
         return counts
 
     step("qdrant", qdrant)
@@ -136,6 +141,27 @@ def forget_user(settings: Settings, user_id: str, *, lm_cache_dir: Path | None =
         },
     )
     return report
+
+
+def _forget_local(folder: Path, collection: str, user_id: str) -> int:
+    """Delete the user's points from a local-mode Qdrant folder (``memory migrate``'s backup); returns how many."""
+    from persona_dspy.memory.client_engine import ClientEngine
+
+    engine = ClientEngine(collection, location=f"local:{folder}", local_path=str(folder))
+    try:
+        removed = engine.delete_user(user_id)
+    finally:
+        engine.close()
+    _vacuum_local(folder)
+    return removed
+
+
+def _vacuum_local(folder: Path) -> None:
+    """A local-mode store keeps its points in sqlite files, whose free pages keep a deleted row's bytes."""
+    from persona_dspy.tracking.forget import vacuum_sqlite
+
+    for db in sorted(folder.rglob("storage.sqlite")):
+        vacuum_sqlite(db)
 
 
 def _drop_journal_lines(folder: Path, user_id: str) -> int:

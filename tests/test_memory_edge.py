@@ -225,3 +225,23 @@ def test_legacy_local_folder_is_detected_and_migrated(
     capsys.readouterr()
     assert main(["memory", "migrate", str(folder)]) == 7  # StoreUnavailableError: nothing to migrate
     assert "is already a Qdrant Edge folder" in capsys.readouterr().err
+
+
+def test_forget_removes_the_user_from_the_migrate_backup_too(
+    tmp_path: Path, embedder: OnnxEmbedder, seed_store
+) -> None:
+    from persona_dspy.forget import forget_user
+
+    folder = tmp_path / "qdrant"
+    with EpisodicMemory(Settings(qdrant=f"local:{folder}"), embedder=embedder) as m:
+        m.add(items(40, users=4))
+    assert main(["memory", "migrate", str(folder)]) == 0
+    backup = folder.with_name("qdrant.local-backup")
+
+    def held(text: bytes) -> bool:
+        return any(text in p.read_bytes() for p in backup.rglob("*") if p.is_file())
+
+    assert held(b"of user 1") and held(b"of user 2")
+    report = forget_user(Settings(qdrant=str(folder), state_dir=seed_store(tmp_path / "state")), "u1")
+    assert report.complete and report.removed["qdrant"]["points in the migrate backup"] == 10
+    assert not held(b"of user 1") and held(b"of user 2")  # the others' episodes stay in the backup

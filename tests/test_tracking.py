@@ -296,6 +296,25 @@ def test_cli_sync_and_compare(mlflow_uri, tmp_path, monkeypatch, capsys):
     assert "1 pending compile(s) recorded" in out and "reg-u13" in out and "v1" in out
 
 
+def test_an_unreadable_pending_file_stops_neither_sync_nor_forget(mlflow_uri, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(TrackingUnavailableError):
+        Tracking(Settings(state_dir=tmp_path), tracking_uri="http://127.0.0.1:9/").record(
+            result("reg-u15", "kept", promoted=True)
+        )
+    pending = tmp_path / "pending"
+    (pending / "0000cut.json").write_text('{"user_id": "reg-u16", "cand')  # cut by a kill: reg-u16's
+    (pending / "0001other.json").write_text("not json")
+    common = ["--state-dir", str(tmp_path), "--mlflow-tracking-uri", mlflow_uri]
+    assert main(["sync", *common]) == 1
+    out, err = capsys.readouterr()
+    assert "1 pending compile(s) recorded" in out and "reg-u15" in out
+    assert "0000cut.json is not a kept compile" in err and "0001other.json" in err
+    tracking = Tracking(Settings(state_dir=tmp_path), tracking_uri=mlflow_uri)
+    assert tracking.pending_compiles.drop_user("reg-u16") == 1  # forget drops what names the user
+    assert [p.name for p in pending.glob("*.json")] == ["0001other.json"]
+
+
 # -- tracing ------------------------------------------------------------------------------------------
 def test_traced_compile_run_holds_the_lm_calls_as_traces(mlflow_uri, tmp_path):
     from dspy.utils.dummies import DummyLM
