@@ -150,8 +150,8 @@ def observe(
     Per user: an interaction already stored with the same content is skipped (idempotent), and so is one
     stored under the same id with the same content at another time (a retry: its id names it, and a
     time left out defaults to now); one stored with the same id but other content is a
-    ``MalformedInteractionError`` (observations are immutable: give it a new id); one older than the user's latest stored interaction is an
-    ``OutOfOrderObservationError``; an unknown user is an ``UnknownUserError`` (ingest first). The order
+    ``MalformedInteractionError`` (observations are immutable: give it a new id); one older than the
+    user's latest stored interaction is an ``OutOfOrderObservationError``; an unknown user is an ``UnknownUserError`` (ingest first). The order
     is checked against what is stored, not within the batch: one batch is stored as one, in any order
     (two calls with the same observations in descending time refuse the second). With ``tracking`` the
     result holds each user's status against ``policy``; when the tracking store fails after the write, the
