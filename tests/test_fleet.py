@@ -193,7 +193,7 @@ def test_new_data_or_new_params_recompile_only_what_changed(memory, tracking):
 
 
 def test_threads_keep_every_persona_and_run_with_its_own_user(memory, tracking):
-    users = [f"conc-{i:02d}" for i in range(50)]
+    users = [f"conc-{i:02d}" for i in range(24)]
     memory.add([it for u in users for it in history(u)])
     report = compile_users(
         users,
@@ -204,7 +204,7 @@ def test_threads_keep_every_persona_and_run_with_its_own_user(memory, tracking):
         workers=8,
         progress=False,
     )
-    assert report.counts()["promoted"] == 50, report.format()
+    assert report.counts()["promoted"] == 24, report.format()
     for u in users:
         production = tracking.load_persona(u, PRODUCTION)
         assert production.text.endswith(f"Written for user={u}.")

@@ -15,7 +15,7 @@ from persona_dspy import errors
 PACKAGE = Path(pd.__file__).parent
 
 LAYERS = [
-    {"errors", "config", "results", "compat", "redaction"},
+    {"errors", "config", "results", "compat", "redaction", "_values"},
     {"data", "lm"},
     {"signatures"},
     {"memory"},
