@@ -151,14 +151,20 @@ class PersonaRegistry:
             self._set_alias(name, CANDIDATE, latest.version)
         return latest
 
-    def promote(self, user_id: str, version: int, *, exists: bool = False) -> None:
-        """Move ``production`` to ``version`` (checked to exist unless the caller just registered it)."""
-        if not exists and self.get(user_id, version) is None:
-            raise PersonaNotFoundError(
-                f"user {user_id!r} has no persona version {version}; nothing was moved. "
-                f"See `persona-dspy personas history {user_id}`."
-            )
+    def promote(self, user_id: str, version: int, *, exists: bool = False, tags: dict[str, str] | None = None) -> None:
+        """Move ``production`` to ``version`` (checked to exist unless the caller just registered or read it,
+        and then passes its ``tags``); a version a rollback had left is production again (no ``withdrawn_at``)."""
+        if not exists:
+            found = self.get(user_id, version)
+            if found is None:
+                raise PersonaNotFoundError(
+                    f"user {user_id!r} has no persona version {version}; nothing was moved. "
+                    f"See `persona-dspy personas history {user_id}`."
+                )
+            tags = found.tags
         self._set_alias(prompt_name(user_id), PRODUCTION, version)
+        if tags and WITHDRAWN in tags:
+            self.client.delete_prompt_version_tag(prompt_name(user_id), version, WITHDRAWN)
 
     def rollback(self, user_id: str, to_version: int | None = None, *, reason: str = "") -> PersonaVersion:
         """Move ``production`` to ``to_version`` (default: the production before the current one: the latest
@@ -185,9 +191,6 @@ class PersonaRegistry:
         name = prompt_name(user_id)
         if current is not None and current.version != to_version:
             self.client.set_prompt_version_tag(name, current.version, WITHDRAWN, str(int(time.time())))
-        target = next((v for v in versions if v.version == to_version), None)
-        if target is not None and WITHDRAWN in target.tags:  # production again
-            self.client.delete_prompt_version_tag(name, to_version, WITHDRAWN)
         self.client.set_prompt_version_tag(name, to_version, "rolled_back_by", getpass.getuser())
         self.client.set_prompt_version_tag(name, to_version, "rollback_reason", reason or "manual rollback")
         self.client.set_prompt_version_tag(name, to_version, "rolled_back_at", str(int(time.time())))

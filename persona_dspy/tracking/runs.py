@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from persona_dspy.compat.mlflow import get_artifact_repository
 from persona_dspy.redaction import redact
 from persona_dspy.results import CompileResult
-from persona_dspy.tracking.registry import PRODUCTION, WITHDRAWN, PersonaRegistry, prompt_name
+from persona_dspy.tracking.registry import PRODUCTION, PersonaRegistry, prompt_name
 from persona_dspy.tracking.store import STORE_ERRORS, MlflowStore
 
 
@@ -115,10 +115,8 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
                 for key, value in version_tags.items():
                     if version.tags.get(key) != value:
                         client.set_prompt_version_tag(version.name, str(version.version), key, value)
-            if promote and WITHDRAWN in version.tags:  # production again after a rollback left it
-                client.delete_prompt_version_tag(version.name, str(version.version), WITHDRAWN)
             if promote:
-                registry.promote(result.user_id, version.version, exists=True)
+                registry.promote(result.user_id, version.version, exists=True, tags=version.tags)
             # one batch for everything the run shows; persona_version marks the run as recorded
             tags = {**_run_tags(result, cid), "persona_version": str(version.version), "promoted": str(promote).lower()}
             client.log_batch(
