@@ -16,7 +16,8 @@ and for ``persona+align`` the paired difference to every other method with its 9
 interval (the same users resampled together), on the users both methods ran; each other aligned arm
 (``persona+align:<options>``) gets the same against the non-aligned methods.
 
-Method specs: ``name[:key=value,...]``; ``k`` (episodes shown), ``chars`` (where an episode's text is cut) and ``mode=react`` (the agent chooses its
+Method specs: ``name[:key=value,...]``; ``k`` (episodes shown), ``chars`` (where an episode's text is cut), ``adapter=compact`` (the agent's
+prompt format, ``CompactAdapter``) and ``mode=react`` (the agent chooses its
 actions; e.g. ``persona:mode=react``, ``persona+align:mode=react,max_lm_calls=80``) for any method, optimizer options
 (``anchor``, ``critique``, ``ground``, ``trust_measured``, ``cues``, ``confusion``, ``label_rules``, ``recent``, ``candidates``, ``iterations``, ``n_recent``, ``n_val``, ``gate_replayed``, ``lean``, ``min_facts``) for ``persona+align``;
 ``persona+align:mode=react,reuse=1`` serves the persona that the stored ``persona+align`` run compiled for
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> None:
                     k = options.pop("k", args.k)
                     chars = options.pop("chars", MAX_EPISODE_CHARS)
                     mode = options.pop("mode", "pipeline")
+                    adapter = options.pop("adapter", "chat")
                     max_lm_calls = options.pop("max_lm_calls", args.max_lm_calls)
                     opt = {key: options.pop(key) for key in ("iterations", "n_recent", "n_val") if key in options}
                     recent = options.pop("recent", 0) if method == "trivial" else 0
@@ -222,6 +224,7 @@ def run(args: argparse.Namespace) -> None:
                         mode=mode,
                         recent=recent,
                         episode_chars=chars,
+                        adapter=adapter,
                         semantic_factory=profile_factory(memory, case, method),
                         progress=False,
                         keep_memory=True,  # the next method on this case embeds nothing

@@ -19,7 +19,7 @@ import dspy
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from persona_dspy.agent import Mode, PersonaAgent
+from persona_dspy.agent import AdapterName, Mode, PersonaAgent
 from persona_dspy.data.records import UserHistory
 from persona_dspy.errors import (
     BudgetExceededError,
@@ -199,6 +199,7 @@ def evaluate(
     recent: int = 0,
     episode_chars: int = MAX_EPISODE_CHARS,
     personas: Mapping[str, str] | None = None,
+    adapter: AdapterName = "chat",
 ) -> EvaluationReport:
     """Run ``method`` on every case; each case's past is ingested just before and forgotten after.
 
@@ -209,6 +210,7 @@ def evaluate(
     method's fixed ones; several LM calls per answer, so an aligning method needs a larger ``max_lm_calls``.
     ``recent=N``: ``trivial`` answers from the N latest past answers only (``trivial_answer``).
     ``episode_chars``: where a past interaction's text is cut in the agent's prompt.
+    ``adapter``: the agent's prompt format (``PersonaAgent``'s ``adapter``: ``"chat"`` or ``"compact"``).
     ``personas``: query id -> the persona that answers that case instead of the default (one compiled
     elsewhere, e.g. an aligned run's stored persona served in another ``mode``); not with an aligning method."""
     from persona_dspy.optimizers import usage_totals
@@ -252,6 +254,7 @@ def evaluate(
                     actions=_ACTIONS[method],
                     mode=mode,
                     episode_chars=episode_chars,
+                    adapter=adapter,
                 )
                 if personas and q.id in personas:
                     agent.persona = personas[q.id]
