@@ -64,6 +64,7 @@ MAIN = "persona+align"
 STATISTIC = "trivial:recent=20"
 """No LM: the median of the user's 20 latest ratings, the typical answer a rating persona anchors on."""
 DEFAULT_METHODS = "trivial,none,icl,rag,persona,persona+align"
+ADAPTERS = ("chat", "compact")
 INT_OPTIONS = {"k", "chars", "candidates", "iterations", "n_recent", "n_val", "recent", "max_lm_calls", "min_facts"}
 MODES = ("pipeline", "react")
 BOOL_OPTIONS = {
@@ -99,6 +100,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         elif key == "mode":
             if value not in MODES:
                 raise SystemExit(f"mode must be one of {', '.join(MODES)} (got {value!r} in {spec!r})")
+            options[key] = value
+        elif key == "adapter":
+            if value not in ADAPTERS:
+                raise SystemExit(f"adapter must be one of {', '.join(ADAPTERS)} (got {value!r} in {spec!r})")
             options[key] = value
         elif key in BOOL_OPTIONS:
             options[key] = value.lower() in ("1", "true", "yes")
@@ -475,15 +480,19 @@ def against_statistic(s: dict[str, Any], summaries: list[dict[str, Any]]) -> str
 def rerun_noise(summaries: list[dict[str, Any]]) -> list[str]:
     """How often the same prompt gets another answer in another run: where an aligned or GEPA compile was not
     promoted, its answer is the default persona's to the same prompt as the ``persona`` method's (the same
-    actions, episodes and memory), so every difference between the two is the embedded runtime's noise."""
+    actions, episodes, prompt format and memory), so every difference between the two is the embedded runtime's
+    noise. Each ``persona`` arm is paired with the arms of the same prompt options (``PROMPT_OPTIONS``)."""
     out = []
-    for plain in (s for s in summaries if s["spec"] == "persona"):
+    for plain in (s for s in summaries if parse_spec(s["spec"])[0] == "persona"):
+        options = parse_spec(plain["spec"])[1]
+        if set(options) - PROMPT_OPTIONS:
+            continue
         pairs = [
             (r["prediction"], plain["cases"][i]["prediction"])
             for s in summaries
             if s["dataset"] == plain["dataset"]
             and (aligned(s["spec"]) or s["spec"] == "gepa")
-            and not {"k", "chars", "mode"} & set(parse_spec(s["spec"])[1])  # the same prompt as `persona`'s
+            and _prompt_options(s["spec"]) == options  # the same prompt as this `persona` arm's
             for i, r in s["cases"].items()
             if i in plain["cases"] and not r.get("promoted")
         ]
@@ -491,11 +500,19 @@ def rerun_noise(summaries: list[dict[str, Any]]) -> list[str]:
             changed = sum(a != b for a, b in pairs)
             out.append(
                 f"- {plain['dataset']}: run-to-run noise: of {len(pairs)} answers an unpromoted compile served (the "
-                f"default persona, the same prompt as `persona`'s), {changed} ({100 * changed / len(pairs):.0f}%) "
-                "differ from `persona`'s answer (llama.cpp at temperature 0 is not deterministic across "
+                f"default persona, the same prompt as `{plain['spec']}`'s), {changed} ({100 * changed / len(pairs):.0f}%) "
+                f"differ from `{plain['spec']}`'s answer (llama.cpp at temperature 0 is not deterministic across "
                 "prompt-cache states): paired differences of a few users are within it."
             )
     return out
+
+
+PROMPT_OPTIONS = {"k", "chars", "mode", "adapter"}
+"""Spec options that change the agent's prompt for the same persona."""
+
+
+def _prompt_options(spec: str) -> dict[str, Any]:
+    return {k: v for k, v in parse_spec(spec)[1].items() if k in PROMPT_OPTIONS}
 
 
 def compile_checks(summaries: list[dict[str, Any]]) -> list[str]:

@@ -111,6 +111,9 @@ def test_an_arm_with_several_options_is_one_method_of_the_list():
     assert methods == ["trivial:recent=20", "persona+align:gate_replayed=1,n_val=1", "gepa"]
     assert parse_spec(methods[1]) == ("persona+align", {"gate_replayed": True, "n_val": 1})
     assert parse_spec("persona+align:mode=react,reuse=1") == ("persona+align", {"mode": "react", "reuse": True})
+    assert parse_spec("persona:adapter=compact") == ("persona", {"adapter": "compact"})
+    with pytest.raises(SystemExit, match="adapter must be one of chat, compact"):
+        parse_spec("persona:adapter=xml")
     with pytest.raises(SystemExit, match="serves the stored persona\\+align persona"):
         parse_spec("persona:mode=react,reuse=1")  # it would serve the aligned persona under another name
 
@@ -124,3 +127,7 @@ def test_run_to_run_noise_counts_unpromoted_answers_that_differ_from_the_same_pr
     (line,) = rerun_noise(summarize(data))
     assert "of 8 answers" in line and "2 (25%) differ" in line
     assert rerun_noise(summarize([r for r in data if r["spec"] != "persona"])) == []
+    data += [row("persona:adapter=compact", u, "3.0") for u in range(10)]  # another prompt format: its own pair
+    data += [row("persona+align:adapter=compact", u, "3.0" if u else "4.0", promoted=u >= 5) for u in range(10)]
+    plain, compact = rerun_noise(summarize(data))
+    assert plain == line and "of 5 answers" in compact and "1 (20%) differ from `persona:adapter=compact`" in compact
