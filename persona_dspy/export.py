@@ -7,7 +7,8 @@ prompt differently (a hand-written re-wording of this agent's prompt scored 3.3%
 the embedded model). So the three formats are not equally exact:
 
 - ``messages`` is **exact**, by construction: the chat for one task (``task_text`` required) is built
-  by the agent's own DSPy adapter (``dspy.settings.adapter``, by default ``ChatAdapter``) with
+  by the agent's own DSPy adapter (its ``adapter="compact"``, else ``dspy.settings.adapter``, by default
+  ``ChatAdapter``) with
   ``adapter.format(signature, demos, inputs)`` from the agent's predictor (its signature carries the
   persona as instructions), its demos and the inputs the agent computes for that task and ``before``
   (the compacted task, the profile and the retrieved episodes). It is, message for message, what the
@@ -79,7 +80,7 @@ def agent_messages(agent: PersonaAgent, task_text: str, before: float | None = N
         )
     predictor = agent.respond
     inputs = {"task": agent.task.compact(task_text), **agent.context(task_text, before)}
-    adapter = dspy.settings.adapter or dspy.ChatAdapter()
+    adapter = agent.adapter_settings().get("adapter") or dspy.settings.adapter or dspy.ChatAdapter()
     return adapter.format(predictor.signature, predictor.demos, inputs)
 
 

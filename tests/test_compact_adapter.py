@@ -10,6 +10,7 @@ from persona_dspy import Settings
 from persona_dspy.agent import PersonaAgent
 from persona_dspy.data import Interaction, UserHistory
 from persona_dspy.evaluation import evaluate
+from persona_dspy.export import agent_messages
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
 from persona_dspy.signatures import TASKS
@@ -93,6 +94,7 @@ def test_the_agent_answers_through_its_adapter_and_only_inside_its_call(memory):
     assert "film 7" in compact[-1]["content"]  # the history is there, bounded by time
     assert "[[ ## task ## ]]" in chat[-1]["content"]  # the other agent, and the settings, are untouched
     assert agent.deepcopy().adapter == "compact"
+    assert agent_messages(agent, "movie: film 9 genres: Drama", before=9.0) == compact  # the export is the call
     with pytest.raises(ValueError, match="adapter must be 'chat' or 'compact'"):
         PersonaAgent("movielens_rating", user_id="ann", adapter="xml")  # type: ignore[arg-type]
 
