@@ -109,6 +109,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             options[key] = value.lower() in ("1", "true", "yes")
         else:
             raise SystemExit(f"unknown option {key!r} in {spec!r}")
+    if "adapter" in options and (name == "trivial" or options.get("reuse") or options.get("mode") == "react"):
+        raise SystemExit(
+            f"adapter= is the agent's prompt format: not for trivial (no prompt), reuse=1 (it serves a persona "
+            f"compiled in the chat format) or mode=react (its calls keep the chat format) (got {spec!r})"
+        )
     if options.get("reuse") and name != MAIN:  # it serves the stored aligned persona: only under that name
         raise SystemExit(f"reuse=1 serves the stored {MAIN} persona: write {MAIN}:reuse=1,... (got {spec!r})")
     return name, options
@@ -370,6 +375,7 @@ def report(summaries: list[dict[str, Any]], note: str) -> None:
                 f"{'yes' if excludes else 'no'} |"
             )
     lines += ["", *verdict(summaries), "", *compile_checks(summaries), "", *rerun_noise(summaries)]
+    lines += ["", *format_pairs(summaries)]
     lines += ["", "![quality](benchmarks/results/quality.png)"]
     replace_section(ROOT / "BENCHMARKS.md", "## Quality (personalization methods on the dev sets)", "\n".join(lines))
 
@@ -491,7 +497,7 @@ def rerun_noise(summaries: list[dict[str, Any]]) -> list[str]:
             (r["prediction"], plain["cases"][i]["prediction"])
             for s in summaries
             if s["dataset"] == plain["dataset"]
-            and (aligned(s["spec"]) or s["spec"] == "gepa")
+            and (aligned(s["spec"]) or parse_spec(s["spec"])[0] == "gepa")
             and _prompt_options(s["spec"]) == options  # the same prompt as this `persona` arm's
             for i, r in s["cases"].items()
             if i in plain["cases"] and not r.get("promoted")
@@ -504,6 +510,55 @@ def rerun_noise(summaries: list[dict[str, Any]]) -> list[str]:
                 f"differ from `{plain['spec']}`'s answer (llama.cpp at temperature 0 is not deterministic across "
                 "prompt-cache states): paired differences of a few users are within it."
             )
+    return out
+
+
+def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
+    """Each ``adapter=compact`` arm against the same arm in DSPy's chat format (its spec without ``adapter``),
+    paired on the cases both ran: the metric's difference with its 95% paired-bootstrap interval, tokens and
+    seconds per case, and an aligned arm's tokens per compile."""
+    by_spec = {(s["dataset"], s["spec"]): s for s in summaries}
+    out = []
+    for s in sorted(summaries, key=lambda s: (s["dataset"], s["spec"])):
+        name, options = parse_spec(s["spec"])
+        if options.get("adapter") != "compact":
+            continue
+        rest = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in options.items() if k != "adapter")
+        chat = by_spec.get((s["dataset"], f"{name}:{rest}" if rest else name))
+        common = sorted(set(s["gold"]) & set(chat["gold"])) if chat else []
+        if chat is None or len(common) < 5:
+            continue
+        key = "mae" if s["kind"] == "rating" else "accuracy"
+        diff = paired_metric_diff(
+            key,
+            [s["gold"][i] for i in common],
+            [s["pred"][i] for i in common],
+            [chat["pred"][i] for i in common],
+            **s["kw"],
+        )
+
+        def cost(summary: dict[str, Any], common: list[str] = common) -> str:
+            rows = [summary["cases"][i] for i in common]
+            text = f"{_mean(r['tokens'] for r in rows):.0f} tokens, {_mean(r['seconds'] for r in rows):.0f} s per case"
+            compiled = [r["compile"] for r in rows if aligned(summary["spec"]) and not not_compiled(r)]
+            if compiled:
+                text += (
+                    f", {_mean(c.get('tokens', 0) for c in compiled):.0f} tokens per compile ({len(compiled)} compiled)"
+                )
+            return text
+
+        better = diff[2] < 0 if key == "mae" else diff[1] > 0
+        worse = diff[1] > 0 if key == "mae" else diff[2] < 0
+        out.append(
+            f"- {s['dataset']}: `{s['spec']}` vs `{chat['spec']}` on {len(common)} cases: {key} "
+            f"{metric_on(s, common, key):.3f} vs {metric_on(chat, common, key):.3f}, difference {diff[0]:+.3f} "
+            f"[{diff[1]:.3f}, {diff[2]:.3f}] ({'better' if better else 'worse' if worse else 'not shown better or worse'}); "
+            f"cost {cost(s)} vs {cost(chat)}."
+        )
+    if out:
+        out.insert(
+            0, "Prompt format: each `adapter=compact` arm against the same arm in DSPy's chat format, same cases:"
+        )
     return out
 
 

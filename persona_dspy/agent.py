@@ -59,6 +59,8 @@ class PersonaAgent(dspy.Module):
         super().__init__()
         if adapter not in ("chat", "compact"):
             raise ValueError(f"adapter must be 'chat' or 'compact', not {adapter!r}")
+        if adapter == "compact" and mode == "react":
+            raise ValueError("adapter='compact' formats one-answer calls; a react agent's calls are not (use 'chat')")
         self.adapter = adapter
         if episode_chars < MIN_EPISODE_CHARS:
             raise ValueError(f"episode_chars must be >= {MIN_EPISODE_CHARS} (got {episode_chars})")

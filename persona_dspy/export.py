@@ -30,7 +30,6 @@ An agent asked "now" (``before=None``) re-distills a stale profile before it ans
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import dspy
@@ -41,13 +40,13 @@ from persona_dspy.errors import ConfigurationError
 from persona_dspy.memory.episodic import EpisodicMemory
 from persona_dspy.optimizers.prompts import decompose
 from persona_dspy.serving import ServedAgent, load_agent
+from persona_dspy.signatures.compact import answer_text
 from persona_dspy.signatures.tasks import TaskSpec
 from persona_dspy.tracking.registry import PRODUCTION
 from persona_dspy.tracking.tracker import Tracking
 
 ExportFormat = Literal["text", "json", "messages"]
 FORMATS: tuple[str, ...] = ("text", "json", "messages")
-_MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]")
 
 
 def _desc(agent: ServedAgent, field: str) -> str:
@@ -82,19 +81,6 @@ def agent_messages(agent: PersonaAgent, task_text: str, before: float | None = N
     inputs = {"task": agent.task.compact(task_text), **agent.context(task_text, before)}
     adapter = agent.adapter_settings().get("adapter") or dspy.settings.adapter or dspy.ChatAdapter()
     return adapter.format(predictor.signature, predictor.demos, inputs)
-
-
-def answer_text(reply: str | None, field: str = "answer") -> str | None:
-    """The ``field`` section of a reply in DSPy's chat format (``[[ ## answer ## ]]`` ... up to the next
-    marker); a reply without markers is taken whole, and a reply with markers but no ``field`` gives
-    the text before its first marker. None stays None."""
-    if reply is None:
-        return None
-    parts = _MARKER.split(reply)  # [before, name, body, name, body, ...]
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name == field:
-            return body.strip()
-    return parts[0].strip()
 
 
 def parse_reply(task: TaskSpec, reply: str | None) -> str | None:

@@ -69,6 +69,12 @@ def test_the_answer_is_the_whole_reply_and_stray_markers_or_a_label_are_dropped(
     assert adapter.parse(MOVIE, " 3.5\n") == {"answer": "3.5"}
     assert adapter.parse(MOVIE, "[[ ## answer ## ]]\n4.0\n\n[[ ## completed ## ]]") == {"answer": "4.0"}
     assert adapter.parse(MOVIE, "Answer: food & drink") == {"answer": "food & drink"}
+    assert adapter.parse(
+        MOVIE, "[[ ## reasoning ## ]]\nThey gave 5.\n\n[[ ## answer ## ]]\n3\n\n[[ ## completed ## ]]"
+    ) == {"answer": "3"}  # the answer's section only, as ChatAdapter reads it
+    assert adapter.parse(MOVIE, "[[ ## answer ## ]]\npolitics\n\n[[ ## completed ## ]]\n(not sports)") == {
+        "answer": "politics"
+    }
     with pytest.raises(AdapterParseError, match="empty answer"):
         adapter.parse(MOVIE, "  [[ ## completed ## ]] ")
 
@@ -97,6 +103,8 @@ def test_the_agent_answers_through_its_adapter_and_only_inside_its_call(memory):
     assert agent_messages(agent, "movie: film 9 genres: Drama", before=9.0) == compact  # the export is the call
     with pytest.raises(ValueError, match="adapter must be 'chat' or 'compact'"):
         PersonaAgent("movielens_rating", user_id="ann", adapter="xml")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a react agent's calls are not"):
+        PersonaAgent("movielens_rating", user_id="ann", adapter="compact", mode="react")
 
 
 def test_an_aligned_compact_compile_never_shows_the_held_out_answer_and_never_uses_the_markers(memory):

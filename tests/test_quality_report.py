@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quality import compile_checks, parse_spec, recheck, rerun_noise, split_methods, summarize, verdict
+from quality import compile_checks, format_pairs, parse_spec, recheck, rerun_noise, split_methods, summarize, verdict
 
 from persona_dspy.optimizers import prompts
 from persona_dspy.signatures import DEFAULT_PERSONA
@@ -114,6 +114,13 @@ def test_an_arm_with_several_options_is_one_method_of_the_list():
     assert parse_spec("persona:adapter=compact") == ("persona", {"adapter": "compact"})
     with pytest.raises(SystemExit, match="adapter must be one of chat, compact"):
         parse_spec("persona:adapter=xml")
+    for spec in (
+        "trivial:adapter=compact",
+        "persona+align:adapter=compact,reuse=1",
+        "persona:mode=react,adapter=compact",
+    ):
+        with pytest.raises(SystemExit, match="adapter= is the agent's prompt format"):
+            parse_spec(spec)
     with pytest.raises(SystemExit, match="serves the stored persona\\+align persona"):
         parse_spec("persona:mode=react,reuse=1")  # it would serve the aligned persona under another name
 
@@ -131,3 +138,21 @@ def test_run_to_run_noise_counts_unpromoted_answers_that_differ_from_the_same_pr
     data += [row("persona+align:adapter=compact", u, "3.0" if u else "4.0", promoted=u >= 5) for u in range(10)]
     plain, compact = rerun_noise(summarize(data))
     assert plain == line and "of 5 answers" in compact and "1 (20%) differ from `persona:adapter=compact`" in compact
+
+
+def test_a_compact_arm_is_paired_with_the_same_arm_in_the_chat_format_on_the_cases_both_ran():
+    data = [row("persona+align:n_val=1", u, "3.0", promoted=False) for u in range(12)]
+    data += [
+        row("persona+align:adapter=compact,n_val=1", u, "4.0" if u < 8 else "3.0", promoted=u < 8) for u in range(10)
+    ]
+    for r in data:
+        r["tokens"] = 700 if "compact" in r["spec"] else 1000
+        r["compile"]["tokens"] = r["tokens"] - 100
+    data += [row("persona", u, "4.0") for u in range(10)]  # no compact arm of its own: no line
+    title, line = format_pairs(summarize(data))
+    assert title.startswith("Prompt format")
+    assert line.startswith(
+        "- movielens: `persona+align:adapter=compact,n_val=1` vs `persona+align:n_val=1` on 10 cases"
+    )
+    assert "mae 0.200 vs 1.000, difference -0.800" in line and "(better)" in line
+    assert "600 tokens per compile (10 compiled)" in line and "900 tokens per compile (10 compiled)" in line

@@ -10,7 +10,8 @@ output, a rating or a label, so the protocol is most of what it pays for:
 - answer: the value alone.
 
 The same information, about a third fewer tokens per call and ~15 fewer to generate. A signature with
-several outputs, a typed output or tool calls (``dspy.ReAct``) is formatted by ``ChatAdapter`` as before.
+several outputs or a typed output is formatted by ``ChatAdapter`` as before (a ReAct agent, whose calls are
+all of that kind, refuses the compact format: it would save nothing).
 """
 
 from __future__ import annotations
@@ -21,7 +22,20 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-_MARKER = re.compile(r"\[\[\s*##\s*\w+\s*##\s*\]\]")
+_MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]")
+
+
+def answer_text(reply: str | None, field: str = "answer") -> str | None:
+    """The ``field`` section of a reply in DSPy's chat format (``[[ ## answer ## ]]`` ... up to the next
+    marker); a reply without markers is taken whole, and a reply with markers but no ``field`` gives
+    the text before its first marker. None stays None."""
+    if reply is None:
+        return None
+    parts = _MARKER.split(reply)  # [before, name, body, name, body, ...]
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name == field:
+            return body.strip()
+    return parts[0].strip()
 
 
 def _compact(signature: type[dspy.Signature]) -> bool:
@@ -79,7 +93,7 @@ class CompactAdapter(dspy.ChatAdapter):
         if not _compact(signature):
             return super().parse(signature, completion)
         (name,) = signature.output_fields
-        text = _MARKER.sub(" ", completion).strip()
+        text = answer_text(completion, name) or ""  # a reply that wrote the chat markers anyway: its answer
         text = re.sub(rf"^\s*{re.escape(name)}\s*:\s*", "", text, flags=re.IGNORECASE).strip()
         if not text:
             raise AdapterParseError(
