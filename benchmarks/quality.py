@@ -405,7 +405,9 @@ def verdict(summaries: list[dict[str, Any]]) -> list[str]:
         if not others:
             continue
         on_common = {o["spec"]: metric_on(o, sorted(set(s["gold"]) & set(o["gold"])), key) for o in others}
-        best = (min if lower else max)(others, key=lambda o: on_common[o["spec"]])
+        # the best is the one the aligned arm fares worst against, each on the cases both ran (methods run on
+        # different cases are compared through their paired differences, not their metrics on different cases)
+        best = (max if lower else min)(others, key=lambda o: s["paired"][o["spec"]][1][0])
         n, diff = s["paired"][best["spec"]]
         best_value = on_common[best["spec"]]
         rel = (-diff[0] if lower else diff[0]) / best_value if best_value else float("nan")

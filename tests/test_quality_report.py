@@ -156,3 +156,13 @@ def test_a_compact_arm_is_paired_with_the_same_arm_in_the_chat_format_on_the_cas
     )
     assert "mae 0.200 vs 1.000, difference -0.800" in line and "(better)" in line
     assert "600 tokens per compile (10 compiled)" in line and "900 tokens per compile (10 compiled)" in line
+
+
+def test_the_best_method_is_the_one_the_aligned_arm_fares_worst_against_on_the_cases_both_ran():
+    """`none` ran only on the 10 users where the aligned arm is 2 stars off, and is 1 off there (MAE 1.0 on
+    10); `trivial` is half a star off everywhere (0.5 on 20). Their MAEs are on different users: what counts
+    is how the aligned arm fares against each on the users both ran, 1.0 worse than `none`, 0.5 than `trivial`."""
+    data = [row("persona+align", u, "4.0" if u < 10 else "2.0", promoted=u < 10) for u in range(20)]
+    data += [row("trivial", u, "3.5") for u in range(20)] + [row("none", u, "3.0") for u in range(10, 20)]
+    target = next(line for line in verdict(summarize(data)) if line.startswith("- movielens: `persona+align`"))
+    assert "(`none`) 1.000 on the same 10 users" in target and "target NOT met" in target
