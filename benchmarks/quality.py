@@ -515,18 +515,23 @@ def rerun_noise(summaries: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _arm(spec: str, drop: str = "") -> tuple[str, frozenset]:
+    """A spec as (method, its options but ``drop``), whatever order the options were written in."""
+    name, options = parse_spec(spec)
+    return name, frozenset((k, v) for k, v in options.items() if k != drop)
+
+
 def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
     """Each ``adapter=compact`` arm against the same arm in DSPy's chat format (its spec without ``adapter``),
     paired on the cases both ran: the metric's difference with its 95% paired-bootstrap interval, tokens and
     seconds per case, and an aligned arm's tokens per compile."""
-    by_spec = {(s["dataset"], s["spec"]): s for s in summaries}
+    by_arm = {(s["dataset"], *_arm(s["spec"])): s for s in summaries}
     out = []
     for s in sorted(summaries, key=lambda s: (s["dataset"], s["spec"])):
         name, options = parse_spec(s["spec"])
         if options.get("adapter") != "compact":
             continue
-        rest = ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in options.items() if k != "adapter")
-        chat = by_spec.get((s["dataset"], f"{name}:{rest}" if rest else name))
+        chat = by_arm.get((s["dataset"], name, _arm(s["spec"], drop="adapter")[1]))
         common = sorted(set(s["gold"]) & set(chat["gold"])) if chat else []
         if chat is None or len(common) < 5:
             continue
