@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
@@ -21,6 +22,25 @@ AdapterName = Literal["chat", "compact"]
 PIPELINE_ACTIONS = ("read_profile", "answer_statistics", "recall_episodes")
 MIN_EPISODE_CHARS = 20
 """An episode cut shorter than this would cut the answers of a label task (``style & beauty``)."""
+
+
+AGENT_STATE = "persona_agent"
+"""The key of the agent's settings in a saved state (``PersonaAgent.dump_state``)."""
+
+
+def agent_kwargs(settings: Mapping[str, str]) -> dict[str, Any]:
+    """``PersonaAgent`` keyword arguments from recorded ``settings`` (``PersonaAgent.settings()``, or the
+    ``agent.*`` tags of a persona version); keys it does not know are ignored, missing ones left out."""
+    kwargs: dict[str, Any] = {}
+    for key in ("adapter", "mode"):
+        if settings.get(key):
+            kwargs[key] = settings[key]
+    for key in ("k", "episode_chars"):
+        if str(settings.get(key, "")).isdigit():
+            kwargs[key] = int(settings[key])
+    if "actions" in settings:
+        kwargs["actions"] = tuple(a for a in str(settings["actions"]).split(",") if a)
+    return kwargs
 
 
 class PersonaAgent(dspy.Module):
@@ -104,6 +124,40 @@ class PersonaAgent(dspy.Module):
             raise ValueError("a persona must be non-empty text")
         for name, predictor in self.named_predictors():
             predictor.signature = predictor.signature.with_instructions(text.strip() + self._suffixes[name])
+
+    def settings(self) -> dict[str, str]:
+        """What, besides the persona, shapes this agent's prompt: ``adapter``, ``mode``, ``k``,
+        ``episode_chars`` and ``actions``, as strings. A compile records them (``CompileResult.agent``)
+        and ``load_agent`` serves a persona with the settings it was gated with; ``save`` keeps them."""
+        return {
+            "adapter": self.adapter,
+            "mode": self.mode,
+            "k": str(self.k),
+            "episode_chars": str(self.episode_chars),
+            "actions": ",".join(self.actions),
+        }
+
+    def dump_state(self, json_mode: bool = True) -> dict:
+        return {**super().dump_state(json_mode=json_mode), AGENT_STATE: self.settings()}
+
+    def load_state(self, state: dict, *, allow_unsafe_lm_state: bool = False) -> PersonaAgent:
+        """Load the persona and, from a state ``save`` wrote since settings were saved, the agent's
+        settings (``adapter``, ``k``, ``episode_chars``, ``actions``); a state of the other ``mode`` is
+        refused (its predictors differ)."""
+        state = dict(state)
+        saved = state.pop(AGENT_STATE, None)
+        if saved is not None:
+            if saved.get("mode", self.mode) != self.mode:
+                raise ValueError(
+                    f"this state was saved from a mode={saved['mode']!r} agent; load it into "
+                    f"PersonaAgent(..., mode={saved['mode']!r}) (this one is mode={self.mode!r})"
+                )
+            checked = PersonaAgent(self.task, user_id=self.user_id, **agent_kwargs(saved))  # validates them
+        super().load_state(state, allow_unsafe_lm_state=allow_unsafe_lm_state)
+        if saved is not None:
+            self.adapter, self.k = checked.adapter, checked.k
+            self.episode_chars, self.actions = checked.episode_chars, checked.actions
+        return self
 
     def adapter_settings(self) -> dict[str, dspy.Adapter]:
         """``dspy.context`` settings of this agent's ``adapter`` (none for ``"chat"``: the configured one)."""

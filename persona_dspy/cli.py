@@ -678,7 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("text", type=task_text, help="the task text")
     ask.add_argument("--alias", default="production", help="alias or version number (default: production)")
     ask.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
-    ask.add_argument("--k", type=positive, default=4, help="episodes retrieved")
+    ask.add_argument(
+        "--k",
+        type=positive,
+        default=None,
+        help="episodes retrieved (default: the k the persona was compiled with, else 4)",
+    )
     ask.add_argument("--json", action="store_true", help="print the answer, version and evidence as JSON")
     ask.set_defaults(func=cmd_ask)
 

@@ -40,7 +40,7 @@ from persona_dspy.errors import ConfigurationError
 from persona_dspy.memory.episodic import EpisodicMemory
 from persona_dspy.optimizers.prompts import decompose
 from persona_dspy.serving import ServedAgent, load_agent
-from persona_dspy.signatures.compact import answer_text
+from persona_dspy.signatures.compact import answer_text, field_desc
 from persona_dspy.signatures.tasks import TaskSpec
 from persona_dspy.tracking.registry import PRODUCTION
 from persona_dspy.tracking.tracker import Tracking
@@ -50,7 +50,7 @@ FORMATS: tuple[str, ...] = ("text", "json", "messages")
 
 
 def _desc(agent: ServedAgent, field: str) -> str:
-    return str(agent.task.signature.fields[field].json_schema_extra.get("desc", "")).strip()
+    return field_desc(agent.task.signature.fields[field])
 
 
 def output_contract(agent: ServedAgent) -> str:

@@ -20,6 +20,7 @@ from persona_dspy.data.records import data_digest
 from persona_dspy.errors import EmptyHistoryError
 from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.results import CompileResult
+from persona_dspy.tracking.runs import agent_settings
 
 if TYPE_CHECKING:
     from persona_dspy.data.records import Interaction
@@ -52,16 +53,24 @@ class Alignment:
 
 
 def unchanged_since_last_compile(
-    last: dict[str, Any] | None, optimizer: GatedPersonaOptimizer, watermark: float, digest: str | None = None
+    last: dict[str, Any] | None,
+    optimizer: GatedPersonaOptimizer,
+    watermark: float,
+    digest: str | None = None,
+    agent: dict[str, str] | None = None,
 ) -> bool:
     """True when the last recorded compile used the same optimizer, params and data watermark
     (compared as MLflow logged them: strings) and, given a ``digest`` (``data_digest`` of the history),
     the same data: an older interaction added or one rewritten since leaves the watermark as it was. A
     compile recorded before digests were (no ``data_digest`` tag) is compared on its watermark alone, so
-    an upgrade does not recompile every user once."""
+    an upgrade does not recompile every user once. Given ``agent`` (the student's ``PersonaAgent.settings()``),
+    a compile recorded with other agent settings (another adapter, k, ...) is not unchanged either."""
     if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
         return False
     if digest is not None and last.get("data_digest") not in (None, digest):
+        return False
+    recorded = agent_settings(last["params"])
+    if agent is not None and recorded and recorded != agent:
         return False
     return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
 
@@ -118,12 +127,13 @@ def align_user(
         if discard_unfinished:
             tracking.discard_unfinished(user_id)
         last = tracking.last_compile(user_id) if skip_unchanged else None
-        if last is not None and unchanged_since_last_compile(last, optimizer, watermark, digest):
+        settings = (student or PersonaAgent(history[-1].task, user_id=user_id)).settings()
+        if last is not None and unchanged_since_last_compile(last, optimizer, watermark, digest, settings):
             timings["tracking"] = time.perf_counter() - mark
             outcome = "promoted" if last["promoted"] else "kept"
             return done(
                 "skipped",
-                f"unchanged since its last compile (same data and optimizer params): "
+                f"unchanged since its last compile (same data, optimizer params and agent settings): "
                 f"v{last['persona_version']} {outcome}, run {last['run_id']}",
             )
         production = tracking.production_persona(user_id)

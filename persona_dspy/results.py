@@ -27,6 +27,12 @@ class CompileResult(BaseModel):
     task: str | None = Field(None, description="the task the persona was compiled for (its replays and gate)")
     optimizer: str = "PersonaOptimizer"
     params: dict[str, Any]
+    agent: dict[str, str] = Field(
+        default_factory=dict,
+        description="the settings of the agent the persona was replayed and gated with (``PersonaAgent.settings()``: "
+        "adapter, mode, k, episode_chars, actions); recorded as ``agent.*`` params and persona-version tags, "
+        "which ``load_agent`` serves it with",
+    )
     initial_persona: str
     candidate_persona: str
     gated_persona: str | None = Field(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dspy
 from pydantic import BaseModel, Field
 
-from persona_dspy.agent import PersonaAgent
+from persona_dspy.agent import PersonaAgent, agent_kwargs
 from persona_dspy.config import Settings
 from persona_dspy.data.records import Interaction, data_digest, user_ids
 from persona_dspy.errors import (
@@ -47,6 +47,7 @@ from persona_dspy.memory.episodic import EpisodicMemory, validate_batch
 from persona_dspy.memory.semantic import SemanticMemory
 from persona_dspy.signatures.tasks import TaskSpec, get_task
 from persona_dspy.tracking.registry import CANDIDATE, PRODUCTION
+from persona_dspy.tracking.runs import agent_settings
 from persona_dspy.tracking.tracker import Tracking
 
 if TYPE_CHECKING:
@@ -411,7 +412,7 @@ def load_agent(
     memory: EpisodicMemory | None = None,
     tracking: Tracking | None = None,
     policy: RealignPolicy | None = None,
-    k: int = 4,
+    k: int | None = None,
 ) -> ServedAgent:
     """The agent serving ``user_id``: episodic memory, semantic profile (``<state_dir>/profiles``) and
     the persona of ``alias`` (``"production"``, ``"candidate"``) or of a version number.
@@ -422,7 +423,9 @@ def load_agent(
     ``task`` tag; a user has one persona, compiled for the task of their latest interaction).
     Unknown user: ``UnknownUserError``; an alias or version the user does not have:
     ``PersonaNotFoundError``; a ``task`` of which the user has no interaction: ``ConfigurationError``.
-    Reads only; no LM call.
+    The agent has the settings the persona was compiled and gated with (the version's ``agent.*`` tags:
+    adapter, mode, k, episode_chars, actions; ``PersonaAgent`` defaults for a version recorded before
+    them); ``k`` overrides the recorded one. Reads only; no LM call.
     """
     settings = settings or (
         memory.settings if memory is not None else tracking.settings if tracking is not None else Settings()
@@ -452,6 +455,9 @@ def load_agent(
                 f"{version.tags['task']!r}, not {spec.name!r}; serve it with that task"
             )
         version = None
+    agent = agent_kwargs(agent_settings(version.tags)) if version is not None else {}
+    if k is not None:
+        agent["k"] = k
     return ServedAgent(
         spec,
         user_id=user_id,
@@ -462,7 +468,7 @@ def load_agent(
         memory=memory,
         semantic=SemanticMemory(memory, settings.state_dir / "profiles", task=spec),
         persona=version.text if version else None,
-        k=k,
+        **agent,
     )
 
 

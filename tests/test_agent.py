@@ -10,7 +10,7 @@ import dspy
 import pytest
 
 from persona_dspy import Settings
-from persona_dspy.agent import PersonaAgent
+from persona_dspy.agent import AGENT_STATE, PersonaAgent
 from persona_dspy.data import Interaction
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.memory import EpisodicMemory
@@ -56,6 +56,25 @@ def test_persona_round_trips_through_save_and_load(memory, tmp_path):
     fresh = PersonaAgent("LaMP-2N", user_id="ann", memory=memory)
     fresh.load(tmp_path / "ann.json")
     assert fresh.persona == "Ann loves sports."
+
+
+def test_the_agent_settings_round_trip_through_save_and_load(memory, tmp_path):
+    a = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, adapter="compact", k=6, actions=("recent_interactions",))
+    a.save(tmp_path / "ann.json")
+    fresh = PersonaAgent("LaMP-2N", user_id="ann", memory=memory)
+    fresh.load(tmp_path / "ann.json")
+    assert fresh.settings() == a.settings() and fresh.adapter == "compact" and fresh.k == 6
+    react = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, mode="react")
+    with pytest.raises(ValueError, match="mode='pipeline'"):
+        react.load(tmp_path / "ann.json")
+    assert react.persona == DEFAULT_PERSONA  # nothing was loaded
+
+
+def test_a_state_saved_before_settings_loads_the_persona_alone(memory):
+    a = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, persona="Ann loves sports.")
+    state = {k: v for k, v in a.dump_state().items() if k != AGENT_STATE}
+    fresh = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, k=7).load_state(state)
+    assert fresh.persona == "Ann loves sports." and fresh.k == 7
 
 
 @pytest.mark.parametrize("mode", ["pipeline", "react"])

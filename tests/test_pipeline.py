@@ -184,3 +184,27 @@ def test_the_optimizer_base_is_abstract_and_takes_no_tracking():
         GatedPersonaOptimizer()
     with pytest.raises(TypeError, match="tracking"):
         PersonaOptimizer(tracking=None)
+
+
+def test_a_persona_is_recorded_and_served_with_the_agent_settings_it_was_gated_with(memory, tracking):
+    """A persona gated in the compact format with k=6 is served so (``load_agent``), and a student with
+    other settings is compiled again rather than skipped as unchanged."""
+    from persona_dspy.serving import load_agent
+
+    memory.add(harsh_history("dana").interactions)
+    optimizer = PersonaOptimizer(n_recent=3, iterations=1, n_val=2)
+    compact = PersonaAgent("movielens_rating", user_id="dana", memory=memory, adapter="compact", k=6)
+    with dspy.context(lm=ScriptedLM(rule)):
+        first = align_user("dana", optimizer, memory=memory, tracking=tracking, student=compact)
+        again = align_user("dana", optimizer, memory=memory, tracking=tracking, student=compact)
+        chat = align_user("dana", optimizer, memory=memory, tracking=tracking)
+    assert first.status == "promoted" and first.result.agent["adapter"] == "compact"
+    version = tracking.load_persona("dana")
+    assert version.tags["agent.adapter"] == "compact" and version.tags["agent.k"] == "6"
+    run = tracking.store.client.get_run(version.tags["run_id"])
+    assert run.data.params["agent.adapter"] == "compact" and run.data.params["agent.mode"] == "pipeline"
+    assert again.status == "skipped" and "agent settings" in again.reason
+    assert chat.status != "skipped" and chat.result.agent["adapter"] == "chat"
+    served = load_agent("dana", memory=memory, tracking=tracking, alias=first.version)
+    assert (served.adapter, served.k, served.persona) == ("compact", 6, version.text)
+    assert load_agent("dana", memory=memory, tracking=tracking, alias=first.version, k=2).k == 2

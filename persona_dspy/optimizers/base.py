@@ -160,6 +160,7 @@ class GatedPersonaOptimizer(Teleprompter, ABC):
             task=student.task.name,
             optimizer=self.name,
             params=self.params,
+            agent=student.settings(),
             initial_persona=student.persona,
             candidate_persona=student.persona,
             production_persona=production_text,

@@ -43,8 +43,9 @@ def _compact(signature: type[dspy.Signature]) -> bool:
     return len(outputs) == 1 and outputs[0].annotation is str
 
 
-def _desc(field: Any) -> str:
-    desc = (field.json_schema_extra or {}).get("desc", "")
+def field_desc(field: Any) -> str:
+    """A signature field's ``desc`` ("" for DSPy's ``${name}`` placeholder)."""
+    desc = str((field.json_schema_extra or {}).get("desc", "")).strip()
     return "" if not desc or desc.startswith("${") else desc
 
 
@@ -59,8 +60,8 @@ class CompactAdapter(dspy.ChatAdapter):
             return super().format_system_message(signature)
         ((name, out),) = signature.output_fields.items()
         lines = [signature.instructions.strip(), "", "Inputs:"]
-        lines += [f"- {k}: {_desc(v) or k}" for k, v in signature.input_fields.items()]
-        lines.append(f"Reply with the {name} alone: {_desc(out) or name}.")
+        lines += [f"- {k}: {field_desc(v) or k}" for k, v in signature.input_fields.items()]
+        lines.append(f"Reply with the {name} alone: {field_desc(out) or name}.")
         return "\n".join(lines)
 
     def format_user_message_content(

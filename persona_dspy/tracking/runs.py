@@ -24,12 +24,15 @@ from persona_dspy.results import CompileResult
 from persona_dspy.tracking.registry import PRODUCTION, PersonaRegistry, prompt_name
 from persona_dspy.tracking.store import STORE_ERRORS, MlflowStore
 
+AGENT_PREFIX = "agent."
+
 
 def compile_id(result: CompileResult) -> str:
     """A deterministic id of one compile's outcome: a retried ``record`` finds its earlier run by it. What
     ``record`` itself sets on the result (``version``; ``promoted`` and ``promotion_skipped`` when it skips a
     promotion) is left out, so a retry of the same result object finds the same run."""
     exclude = {"version", "promoted", "promotion_skipped"} | ({"task"} if result.task is None else set())
+    exclude |= set() if result.agent else {"agent"}  # the id of a result recorded before settings were
     return hashlib.sha256(result.model_dump_json(exclude=exclude).encode()).hexdigest()[:20]
 
 
@@ -101,6 +104,7 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
                 "val_score_candidate": str(result.val_score_candidate),
                 "val_score_production": str(result.val_score_production),
                 **({"task": result.task} if result.task else {}),
+                **agent_tags(result.agent),
             }
             version = registry.register(
                 result.user_id,
@@ -204,6 +208,16 @@ def _finished_run(client: MlflowClient, exp_id: str, user_id: str, cid: str) -> 
     return None
 
 
+def agent_tags(settings: dict[str, str]) -> dict[str, str]:
+    """The agent's settings as ``agent.<name>`` params and persona-version tags (``agent_settings`` reads them)."""
+    return {f"{AGENT_PREFIX}{k}": v for k, v in settings.items()}
+
+
+def agent_settings(tags: dict[str, str]) -> dict[str, str]:
+    """The agent settings recorded with a compile's params or a persona version's tags (``agent_tags``)."""
+    return {k[len(AGENT_PREFIX) :]: v for k, v in tags.items() if k.startswith(AGENT_PREFIX)}
+
+
 def _run_tags(result: CompileResult, cid: str) -> dict[str, str]:
     return {
         **user_tags(result.user_id),
@@ -222,6 +236,7 @@ def _params(result: CompileResult) -> list[Param]:
     params = {
         "optimizer": result.optimizer,
         **result.params,
+        **agent_tags(result.agent),
         "data_watermark": result.data_watermark,
         "val_ids": ",".join(result.val_ids),
     }
