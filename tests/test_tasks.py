@@ -24,7 +24,19 @@ def test_lamp2n_labels_are_validated(raw, parsed):
     assert TASKS["LaMP-2N"].parse(raw) == parsed
 
 
-@pytest.mark.parametrize("raw, parsed", [("4", "4.0"), ("3.7 stars", "3.5"), ("9", "5.0"), ("zero", None)])
+@pytest.mark.parametrize(
+    "raw, parsed",
+    [
+        ("4", "4.0"),
+        ("3.7 stars", "3.5"),
+        ("9", "5.0"),
+        ("zero", None),
+        ("On a scale of 1 to 5, I'd say 4", "4.0"),  # the scale's numbers are not the rating
+        ("4/5", "4.0"),
+        ("2.5 out of 5", "2.5"),
+        ("On a scale from 0.5-5: 3", "3.0"),
+    ],
+)
 def test_movielens_ratings_are_parsed_and_clipped(raw, parsed):
     assert TASKS["movielens_rating"].parse(raw) == parsed
 

@@ -53,6 +53,12 @@ LAMP2N_LABELS = (
 )
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_SCALE_WORDS = re.compile(
+    r"\bscale\s+(?:of\s+|from\s+)?-?\d+(?:\.\d+)?\s*(?:to|-)\s*-?\d+(?:\.\d+)?"  # "on a scale of 1 to 5"
+    r"|(?:/|\bout\s+of\s+)\s*\d+(?:\.\d+)?",  # "4/5", "4 out of 5"
+    re.IGNORECASE,
+)
+"""Numbers of a reply that name the scale, not the rating: the rating is the first number left."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -141,7 +147,7 @@ class TaskSpec:
             maximal = [h for h in hits if not any(h != o and h.lower() in o.lower() for o in hits)]
             return maximal[0] if len(maximal) == 1 else None
         if self.kind == "rating":
-            m = _NUMBER.search(text)
+            m = _NUMBER.search(_SCALE_WORDS.sub(" ", text)) or _NUMBER.search(text)
             if not m:
                 return None
             lo, hi = self.scale
