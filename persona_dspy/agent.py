@@ -30,14 +30,18 @@ AGENT_STATE = "persona_agent"
 
 def agent_kwargs(settings: Mapping[str, str]) -> dict[str, Any]:
     """``PersonaAgent`` keyword arguments from recorded ``settings`` (``PersonaAgent.settings()``, or the
-    ``agent.*`` tags of a persona version); keys it does not know are ignored, missing ones left out."""
+    ``agent.*`` tags of a persona version); keys it does not know are ignored, missing ones left out. A
+    count that is not a positive whole number: ``ValueError`` naming it (the constructor checks the rest)."""
     kwargs: dict[str, Any] = {}
     for key in ("adapter", "mode"):
-        if settings.get(key):
-            kwargs[key] = settings[key]
-    for key in ("k", "episode_chars"):
-        if str(settings.get(key, "")).isdigit():
-            kwargs[key] = int(settings[key])
+        if key in settings:
+            kwargs[key] = str(settings[key])
+    for key in ("k", "episode_chars", "max_iters"):
+        if key in settings:
+            value = str(settings[key])
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{key} must be a positive whole number, not {value!r}")
+            kwargs[key] = int(value)
     if "actions" in settings:
         kwargs["actions"] = tuple(a for a in str(settings["actions"]).split(",") if a)
     return kwargs
@@ -127,7 +131,7 @@ class PersonaAgent(dspy.Module):
 
     def settings(self) -> dict[str, str]:
         """What, besides the persona, shapes this agent's prompt: ``adapter``, ``mode``, ``k``,
-        ``episode_chars`` and ``actions``, as strings. A compile records them (``CompileResult.agent``)
+        ``episode_chars``, ``actions`` (and a react agent's ``max_iters``), as strings. A compile records them (``CompileResult.agent``)
         and ``load_agent`` serves a persona with the settings it was gated with; ``save`` keeps them."""
         return {
             "adapter": self.adapter,
@@ -135,6 +139,7 @@ class PersonaAgent(dspy.Module):
             "k": str(self.k),
             "episode_chars": str(self.episode_chars),
             "actions": ",".join(self.actions),
+            **({"max_iters": str(self.respond.max_iters)} if self.mode == "react" else {}),
         }
 
     def dump_state(self, json_mode: bool = True) -> dict:
@@ -146,17 +151,23 @@ class PersonaAgent(dspy.Module):
         refused (its predictors differ)."""
         state = dict(state)
         saved = state.pop(AGENT_STATE, None)
+        if saved is not None and not isinstance(saved, Mapping):
+            raise ValueError(
+                f"the state's {AGENT_STATE!r} entry must be the agent's settings (a mapping), not {saved!r}"
+            )
         if saved is not None:
             if saved.get("mode", self.mode) != self.mode:
                 raise ValueError(
                     f"this state was saved from a mode={saved['mode']!r} agent; load it into "
                     f"PersonaAgent(..., mode={saved['mode']!r}) (this one is mode={self.mode!r})"
                 )
-            checked = PersonaAgent(self.task, user_id=self.user_id, **agent_kwargs(saved))  # validates them
+            checked = PersonaAgent(self.task, user_id=self.user_id, **{**agent_kwargs(saved), "mode": self.mode})
         super().load_state(state, allow_unsafe_lm_state=allow_unsafe_lm_state)
         if saved is not None:
             self.adapter, self.k = checked.adapter, checked.k
             self.episode_chars, self.actions = checked.episode_chars, checked.actions
+            if self.mode == "react":
+                self.respond.max_iters = checked.respond.max_iters
         return self
 
     def adapter_settings(self) -> dict[str, dspy.Adapter]:

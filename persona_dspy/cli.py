@@ -369,6 +369,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         agent = load_agent(args.user, args.task, settings=settings, alias=args.alias, memory=memory, k=args.k)
         with dspy.context(lm=build_lm(settings)):
             prediction = agent(task=args.text)
+    chosen = "(a react agent: the evidence is what its actions returned)"
+    profile, history = prediction.get("profile", chosen), prediction.get("history", chosen)
     answer = {
         "user_id": args.user,
         "task": agent.task.name,
@@ -377,7 +379,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         "raw_answer": prediction.raw_answer,
         "persona_version": agent.persona_version,
         "alias": agent.alias,
-        "evidence": {"profile": prediction.profile, "episodes": prediction.history},
+        "evidence": {"profile": profile, "episodes": history},
     }
     if args.json:
         print(json.dumps(answer, indent=1, ensure_ascii=False))
@@ -385,7 +387,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     version = f"v{agent.persona_version}" if agent.persona_version else "none (default persona, never compiled)"
     shown = prediction.answer if prediction.valid else f"(no valid answer; the LM said {prediction.raw_answer!r})"
     print(f"answer: {shown}\npersona: {version} ({agent.alias})")
-    print(f"profile used:\n{prediction.profile}\nepisodes used:\n{prediction.history}")
+    print(f"profile used:\n{profile}\nepisodes used:\n{history}")
     return 0
 
 

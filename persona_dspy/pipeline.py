@@ -64,7 +64,8 @@ def unchanged_since_last_compile(
     the same data: an older interaction added or one rewritten since leaves the watermark as it was. A
     compile recorded before digests were (no ``data_digest`` tag) is compared on its watermark alone, so
     an upgrade does not recompile every user once. Given ``agent`` (the student's ``PersonaAgent.settings()``),
-    a compile recorded with other agent settings (another adapter, k, ...) is not unchanged either."""
+    a compile recorded with other agent settings (another adapter, k, ...) is not unchanged either (one
+    recorded before settings were is compared without them)."""
     if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
         return False
     if digest is not None and last.get("data_digest") not in (None, digest):

@@ -455,21 +455,31 @@ def load_agent(
                 f"{version.tags['task']!r}, not {spec.name!r}; serve it with that task"
             )
         version = None
-    agent = agent_kwargs(agent_settings(version.tags)) if version is not None else {}
-    if k is not None:
-        agent["k"] = k
-    return ServedAgent(
-        spec,
-        user_id=user_id,
-        tracking=tracking,
-        policy=policy,
-        persona_version=version.version if version else None,
-        alias=str(alias),
-        memory=memory,
-        semantic=SemanticMemory(memory, settings.state_dir / "profiles", task=spec),
-        persona=version.text if version else None,
-        **agent,
-    )
+    recorded = agent_settings(version.tags) if version is not None else {}
+    try:
+        agent = agent_kwargs(recorded)
+        if k is not None:
+            agent["k"] = k
+        return ServedAgent(
+            spec,
+            user_id=user_id,
+            tracking=tracking,
+            policy=policy,
+            persona_version=version.version if version else None,
+            alias=str(alias),
+            memory=memory,
+            semantic=SemanticMemory(memory, settings.state_dir / "profiles", task=spec),
+            persona=version.text if version else None,
+            **agent,
+        )
+    except ValueError as exc:
+        if not recorded or version is None:
+            raise
+        tags = ", ".join(f"agent.{key}={value!r}" for key, value in recorded.items())
+        raise ConfigurationError(
+            f"persona version {version.version} of user {user_id!r} has agent settings it cannot be served with "
+            f"({exc}; its tags: {tags}); fix the tag in the MLflow UI or serve another version (--alias)"
+        ) from exc
 
 
 __all__ = [

@@ -70,6 +70,22 @@ def test_the_agent_settings_round_trip_through_save_and_load(memory, tmp_path):
     assert react.persona == DEFAULT_PERSONA  # nothing was loaded
 
 
+@pytest.mark.parametrize(
+    "saved, match",
+    [
+        ("compact", "must be the agent's settings"),
+        ({"adapter": "compact"}, "one-answer calls"),  # a react agent cannot take the compact format
+        ({"k": "0"}, "k must be a positive whole number"),
+    ],
+)
+def test_a_malformed_saved_settings_entry_is_refused_and_loads_nothing(memory, saved, match):
+    react = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, mode="react")
+    state = {**PersonaAgent("LaMP-2N", user_id="ann", mode="react", persona="new").dump_state(), AGENT_STATE: saved}
+    with pytest.raises(ValueError, match=match):
+        react.load_state(state)
+    assert react.persona == DEFAULT_PERSONA and react.adapter == "chat"
+
+
 def test_a_state_saved_before_settings_loads_the_persona_alone(memory):
     a = PersonaAgent("LaMP-2N", user_id="ann", memory=memory, persona="Ann loves sports.")
     state = {k: v for k, v in a.dump_state().items() if k != AGENT_STATE}

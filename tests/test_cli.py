@@ -306,3 +306,68 @@ def test_forget_on_a_missing_state_dir_with_an_empty_qdrant_creates_nothing(tmp_
     missing = tmp_path / "nope"
     code, err = run(["forget", "u", "--qdrant", ":memory:", "--state-dir", str(missing)], capsys)
     assert code == BAD and "does not exist" in err and not missing.exists()
+
+
+def _record_with_agent(tmp_path, user: str, agent: dict[str, str]) -> int:
+    """Record a promoted compile of ``user`` gated with the agent ``settings`` (a real sqlite store)."""
+    from persona_dspy.config import Settings
+    from persona_dspy.results import CompileResult
+    from persona_dspy.signatures import DEFAULT_PERSONA
+    from persona_dspy.tracking import Tracking
+
+    result = CompileResult(
+        user_id=user,
+        task="movielens_rating",
+        params={},
+        agent=agent,
+        initial_persona=DEFAULT_PERSONA,
+        candidate_persona="Rates films harshly.",
+        production_persona=DEFAULT_PERSONA,
+        promoted=True,
+    )
+    return Tracking(Settings(state_dir=tmp_path)).record(result)
+
+
+def _ingest_ana(tmp_path) -> None:
+    data = tmp_path / "ana.jsonl"
+    data.write_text(
+        "".join(
+            f'{{"user_id": "ana", "id": "a{i}", "input": "movie: Film {i}", "output": "4.0", "timestamp": {i}, '
+            '"task": "movielens_rating"}\n'
+            for i in range(4)
+        )
+    )
+    assert main(["ingest", str(data), "--state-dir", str(tmp_path)]) == 0
+
+
+def test_ask_serves_a_react_persona_in_react_mode(tmp_path, monkeypatch, capsys, seed_store):
+    import json
+
+    import persona_dspy.lm as lm_module
+    from persona_dspy.lm.scripted import ScriptedLM
+
+    from scripted import react_rule
+
+    seed_store(tmp_path)
+    _ingest_ana(tmp_path)
+    settings = {"adapter": "chat", "mode": "react", "k": "4", "episode_chars": "220", "actions": "", "max_iters": "3"}
+    _record_with_agent(tmp_path, "ana", settings)
+    lm = ScriptedLM(react_rule("recent_interactions", {}, lambda system: "2.0"))
+    monkeypatch.setattr(lm_module, "build_lm", lambda settings: lm)
+    capsys.readouterr()
+    assert main(["ask", "ana", "movie: Heat", "--state-dir", str(tmp_path), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["answer"] == "2.0" and answer["persona_version"] == 1
+    assert "react agent" in answer["evidence"]["profile"]
+    assert any("next_tool_name" in str(prompt) for prompt in lm.prompts)  # it answered as a react agent
+
+
+def test_a_hand_edited_agent_tag_is_a_configuration_error_naming_the_version(tmp_path, capsys, seed_store):
+    seed_store(tmp_path)
+    _ingest_ana(tmp_path)
+    version = _record_with_agent(tmp_path, "ana", {"adapter": "Compact", "mode": "pipeline", "k": "4"})
+    code, err = run(["ask", "ana", "movie: Heat", "--state-dir", str(tmp_path)], capsys)
+    assert code == EXIT_CODES["ConfigurationError"], err
+    last = err.strip().splitlines()[-1]
+    assert f"persona version {version} of user 'ana'" in last and "agent.adapter='Compact'" in last
+    assert "Traceback" not in err

@@ -409,3 +409,27 @@ def test_the_last_compile_is_the_one_on_the_newest_data_not_the_latest_recorded(
     stale = result("reg-late", "stale", promoted=False, production="newer")  # kept pending, synced late
     local.record(stale.model_copy(update={"data_watermark": 1000.0}))
     assert float(local.last_compile("reg-late")["data_watermark"]) == 5000.0
+
+
+def test_a_version_recorded_again_without_agent_settings_loses_the_earlier_ones(tracking):
+    """A compile kept from before settings were recorded (``agent`` empty) promotes a text an earlier
+    compile registered with settings: the version then holds no settings it was not gated with."""
+    from persona_dspy.results import CompileResult
+
+    def result(agent: dict[str, str], production: str) -> CompileResult:
+        return CompileResult(
+            user_id="tia",
+            task="movielens_rating",
+            params={"n": 1 if agent else 2},
+            agent=agent,
+            initial_persona=production,
+            candidate_persona="Rates films harshly.",
+            production_persona=production,
+            promoted=True,
+        )
+
+    first = tracking.record(result({"adapter": "compact", "k": "6"}, "Default."))
+    assert tracking.load_persona("tia").tags["agent.adapter"] == "compact"
+    again = tracking.record(result({}, "Rates films harshly."))
+    tags = tracking.load_persona("tia").tags
+    assert again == first and not any(key.startswith("agent.") for key in tags)

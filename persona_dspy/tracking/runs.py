@@ -119,6 +119,9 @@ def record_run(store: MlflowStore, result: CompileResult, cid: str, *, open_run_
                 for key, value in version_tags.items():
                     if version.tags.get(key) != value:
                         client.set_prompt_version_tag(version.name, str(version.version), key, value)
+                for key in set(agent_tags(agent_settings(version.tags))) - set(version_tags):  # not this run's
+                    client.delete_prompt_version_tag(version.name, str(version.version), key)
+                    version.tags.pop(key)
             if promote:
                 registry.promote(result.user_id, version.version, exists=True, tags=version.tags)
             # one batch for everything the run shows; persona_version marks the run as recorded
