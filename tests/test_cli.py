@@ -209,15 +209,7 @@ def test_ask_with_an_unreachable_lm_is_one_lm_output_error_line(tmp_path, monkey
     seed_store(tmp_path)
     from persona_dspy.tracking.server import free_port
 
-    data = tmp_path / "ana.jsonl"
-    data.write_text(
-        "".join(
-            f'{{"user_id": "ana", "id": "a{i}", "input": "movie: Film {i}", "output": "4.0", "timestamp": {i}, '
-            '"task": "movielens_rating"}\n'
-            for i in range(4)
-        )
-    )
-    assert main(["ingest", str(data), "--state-dir", str(tmp_path)]) == 0
+    _ingest_ana(tmp_path)
     monkeypatch.setenv("PERSONA_DSPY_API_BASE", f"http://127.0.0.1:{free_port()}/v1")  # nothing listens
     monkeypatch.setenv("PERSONA_DSPY_API_KEY", "x")
     monkeypatch.setenv("PERSONA_DSPY_LM_NUM_RETRIES", "0")
