@@ -131,8 +131,9 @@ class PersonaAgent(dspy.Module):
 
     def settings(self) -> dict[str, str]:
         """What, besides the persona, shapes this agent's prompt: ``adapter``, ``mode``, ``k``,
-        ``episode_chars``, ``actions`` (and a react agent's ``max_iters``), as strings. A compile records them (``CompileResult.agent``)
-        and ``load_agent`` serves a persona with the settings it was gated with; ``save`` keeps them."""
+        ``episode_chars``, ``actions`` (and a react agent's ``max_iters``), as strings. A compile records
+        them (``CompileResult.agent``), ``load_agent`` serves a persona with the settings it was gated
+        with, and ``save`` keeps them."""
         return {
             "adapter": self.adapter,
             "mode": self.mode,
@@ -147,8 +148,8 @@ class PersonaAgent(dspy.Module):
 
     def load_state(self, state: dict, *, allow_unsafe_lm_state: bool = False) -> PersonaAgent:
         """Load the persona and, from a state ``save`` wrote since settings were saved, the agent's
-        settings (``adapter``, ``k``, ``episode_chars``, ``actions``); a state of the other ``mode`` is
-        refused (its predictors differ)."""
+        settings (``adapter``, ``k``, ``episode_chars``, ``actions``, ``max_iters``); a state of the other
+        ``mode`` is refused (its predictors differ), and so is one whose settings are invalid (nothing loaded)."""
         state = dict(state)
         saved = state.pop(AGENT_STATE, None)
         if saved is not None and not isinstance(saved, Mapping):
