@@ -122,14 +122,18 @@ def align_user(
     digest = data_digest(history)
     timings["memory"] += time.perf_counter() - started
 
+    if student is None:
+        student = PersonaAgent(history[-1].task, user_id=user_id, memory=view)
+    else:
+        student = student.deepcopy()
+        student.memory = view
     production = None
     if tracking is not None:
         mark = time.perf_counter()
         if discard_unfinished:
             tracking.discard_unfinished(user_id)
         last = tracking.last_compile(user_id) if skip_unchanged else None
-        settings = (student or PersonaAgent(history[-1].task, user_id=user_id)).settings()
-        if last is not None and unchanged_since_last_compile(last, optimizer, watermark, digest, settings):
+        if last is not None and unchanged_since_last_compile(last, optimizer, watermark, digest, student.settings()):
             timings["tracking"] = time.perf_counter() - mark
             outcome = "promoted" if last["promoted"] else "kept"
             return done(
@@ -140,13 +144,8 @@ def align_user(
         production = tracking.production_persona(user_id)
         timings["tracking"] = time.perf_counter() - mark
 
-    if student is None:
-        student = PersonaAgent(history[-1].task, user_id=user_id, memory=view, persona=production)
-    else:
-        student = student.deepcopy()
-        student.memory = view
-        if production is not None:
-            student.persona = production
+    if production is not None:
+        student.persona = production
 
     with tracking.compile_run(user_id) if tracking is not None else nullcontext():
         mark = time.perf_counter()
