@@ -532,6 +532,8 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
         if options.get("adapter") != "compact":
             continue
         chat = by_arm.get((s["dataset"], name, _arm(s["spec"], drop="adapter")[1]))
+        if chat is not None and chat["spec"] == MAIN:
+            chat = with_derived_default(chat)
         common = sorted(set(s["gold"]) & set(chat["gold"])) if chat else []
         if chat is None or len(common) < 5:
             continue
@@ -545,7 +547,9 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
         )
 
         def cost(summary: dict[str, Any], common: list[str] = common) -> str:
-            rows = [summary["cases"][i] for i in common]
+            rows = [summary["cases"][i] for i in common if i in summary["cases"]]
+            if not rows:
+                return "not recorded"
             text = f"{_mean(r['tokens'] for r in rows):.0f} tokens, {_mean(r['seconds'] for r in rows):.0f} s per case"
             compiled = [r["compile"] for r in rows if aligned(summary["spec"]) and not not_compiled(r)]
             if compiled:
@@ -556,8 +560,14 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
 
         better = diff[2] < 0 if key == "mae" else diff[1] > 0
         worse = diff[1] > 0 if key == "mae" else diff[2] < 0
+        derived = sum(chat["cases"].get(i, {}).get("spec", chat["spec"]) != chat["spec"] for i in common)
+        on = f"{len(common)} cases" + (
+            f" (on {derived} of them `{MAIN}` is derived from its strict-gate compile, BENCHMARKS *Gate rule*)"
+            if derived
+            else ""
+        )
         out.append(
-            f"- {s['dataset']}: `{s['spec']}` vs `{chat['spec']}` on {len(common)} cases: {key} "
+            f"- {s['dataset']}: `{s['spec']}` vs `{chat['spec']}` on {on}: {key} "
             f"{metric_on(s, common, key):.3f} vs {metric_on(chat, common, key):.3f}, difference {diff[0]:+.3f} "
             f"[{diff[1]:.3f}, {diff[2]:.3f}] ({'better' if better else 'worse' if worse else 'not shown better or worse'}); "
             f"cost {cost(s)} vs {cost(chat)}."
@@ -567,6 +577,32 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
             0, "Prompt format: each `adapter=compact` arm against the same arm in DSPy's chat format, same cases:"
         )
     return out
+
+
+def with_derived_default(main: dict[str, Any]) -> dict[str, Any]:
+    """``MAIN``'s summary with its answers extended to the users it ran on only as the strict gate, re-decided
+    with today's gate (``gate_rule.default_answers``, the derivation the report's *Gate rule* section uses):
+    a flipped user not answered yet stays out. A derived user's costs are its strict-gate compile's (the same
+    replays, loss, step and gate answers; a flipped user's one extra answer is not counted)."""
+    from gate_rule import default_answers, stored_by_spec, strict_spec  # gate_rule imports this module
+
+    task = get_task(next(iter(main["cases"].values()))["task"])
+    answers, _ = default_answers(main["dataset"])
+    gold = {r["case_id"]: r["truth"] for r in stored() if r["dataset"] == main["dataset"]}
+    extra = {i: a for i, a in answers.items() if i not in main["pred"] and i in gold}
+    if not extra:
+        return main
+    parse = (
+        (lambda a: None if task.parse(a) is None else float(task.parse(a))) if main["kind"] == "rating" else task.parse
+    )
+    truth = (lambda g: float(task.parse(g))) if main["kind"] == "rating" else task.parse
+    strict = stored_by_spec(main["dataset"]).get(strict_spec(main["dataset"]), {})
+    return {
+        **main,
+        "cases": {**{i: strict[i] for i in extra if i in strict}, **main["cases"]},
+        "gold": {**main["gold"], **{i: truth(gold[i]) for i in extra}},
+        "pred": {**main["pred"], **{i: parse(a) for i, a in extra.items()}},
+    }
 
 
 PROMPT_OPTIONS = {"k", "chars", "mode", "adapter"}
