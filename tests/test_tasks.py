@@ -35,6 +35,12 @@ def test_lamp2n_labels_are_validated(raw, parsed):
         ("4/5", "4.0"),
         ("2.5 out of 5", "2.5"),
         ("On a scale from 0.5-5: 3", "3.0"),
+        ("On a scale from 1 to 5 where 5 is best: 4", "4.0"),
+        ("1-5 scale: 4", "4.0"),
+        ("On a 5-point scale, 2", "2.0"),
+        ("Rating (from 1 to 5): 3.5", "3.5"),
+        ("between 3 and 4", "3.0"),  # nothing left but the range: its first number, as before
+        ("4, where 1 means awful", "4.0"),
     ],
 )
 def test_movielens_ratings_are_parsed_and_clipped(raw, parsed):

@@ -53,9 +53,14 @@ LAMP2N_LABELS = (
 )
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_N = r"-?\d+(?:\.\d+)?"
 _SCALE_WORDS = re.compile(
-    r"\bscale\s+(?:of\s+|from\s+)?-?\d+(?:\.\d+)?\s*(?:to|-)\s*-?\d+(?:\.\d+)?"  # "on a scale of 1 to 5"
-    r"|(?:/|\bout\s+of\s+)\s*\d+(?:\.\d+)?",  # "4/5", "4 out of 5"
+    rf"\bscale\s+(?:of\s+|from\s+)?{_N}\s*(?:to|-)\s*{_N}"  # "on a scale of 1 to 5"
+    rf"|\b(?:from|between)\s+{_N}\s*(?:to|and|-)\s*{_N}"  # "(from 1 to 5)"
+    rf"|{_N}\s*(?:to|-)\s*{_N}[\s-]*(?:star\s+|point\s+)?scale"  # "1-5 scale"
+    rf"|\b\d+(?:\.\d+)?[\s-]*(?:star|point)\s+scale"  # "a 5-point scale"
+    rf"|\bwhere\s+{_N}\s+(?:is|=|means)\s+(?:the\s+)?\w+"  # "where 5 is best"
+    rf"|(?:/|\bout\s+of\s+)\s*\d+(?:\.\d+)?",  # "4/5", "4 out of 5"
     re.IGNORECASE,
 )
 """Numbers of a reply that name the scale, not the rating: the rating is the first number left."""
