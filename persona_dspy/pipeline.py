@@ -52,6 +52,18 @@ class Alignment:
         return self.result.version if self.result is not None else None
 
 
+LEGACY_AGENT = {
+    "adapter": "chat",
+    "mode": "pipeline",
+    "k": "4",
+    "episode_chars": "220",
+    "actions": "read_profile,answer_statistics,recall_episodes",
+}
+"""``PersonaAgent``'s default settings when compiles began recording them (``agent.*`` params): what a compile
+recorded before then is compared as. Frozen: a later change of the defaults must not make those compiles
+look like the new defaults."""
+
+
 def unchanged_since_last_compile(
     last: dict[str, Any] | None,
     optimizer: GatedPersonaOptimizer,
@@ -64,14 +76,15 @@ def unchanged_since_last_compile(
     the same data: an older interaction added or one rewritten since leaves the watermark as it was. A
     compile recorded before digests were (no ``data_digest`` tag) is compared on its watermark alone, so
     an upgrade does not recompile every user once. Given ``agent`` (the student's ``PersonaAgent.settings()``),
-    a compile recorded with other agent settings (another adapter, k, ...) is not unchanged either (one
-    recorded before settings were is compared without them)."""
+    a compile recorded with other agent settings (another adapter, k, ...) is not unchanged either; one
+    recorded before settings were is taken to have had ``PersonaAgent``'s defaults of that time
+    (``LEGACY_AGENT``), so a default student is not recompiled by the upgrade and any other one is."""
     if last is None or last.get("optimizer") != optimizer.name or last.get("data_watermark") != str(watermark):
         return False
     if digest is not None and last.get("data_digest") not in (None, digest):
         return False
-    recorded = agent_settings(last["params"])
-    if agent is not None and recorded and recorded != agent:
+    recorded = agent_settings(last["params"]) or LEGACY_AGENT
+    if agent is not None and recorded != agent:
         return False
     return all(last["params"].get(k) == str(v)[:6000] for k, v in optimizer.params.items())
 

@@ -208,3 +208,21 @@ def test_a_persona_is_recorded_and_served_with_the_agent_settings_it_was_gated_w
     served = load_agent("dana", memory=memory, tracking=tracking, alias=first.version)
     assert (served.adapter, served.k, served.persona) == ("compact", 6, version.text)
     assert load_agent("dana", memory=memory, tracking=tracking, alias=first.version, k=2).k == 2
+
+
+def test_a_compile_recorded_before_agent_settings_counts_as_the_defaults_of_that_time():
+    """A compile without ``agent.*`` params (recorded before settings were) is unchanged for a default
+    student and changed for any other: a user moved to the compact format after the upgrade is compiled."""
+    from persona_dspy.pipeline import LEGACY_AGENT, unchanged_since_last_compile
+
+    optimizer = PersonaOptimizer(n_recent=3, iterations=1, n_val=2)
+    params = {k: str(v)[:6000] for k, v in optimizer.params.items()}
+    last = {"optimizer": optimizer.name, "data_watermark": "5.0", "params": params}
+    default = PersonaAgent("movielens_rating", user_id="u", adapter="chat", k=4).settings()  # the defaults then
+    compact = PersonaAgent("movielens_rating", user_id="u", adapter="compact").settings()
+    assert default == LEGACY_AGENT
+    assert unchanged_since_last_compile(last, optimizer, 5.0, agent=default)
+    assert not unchanged_since_last_compile(last, optimizer, 5.0, agent=compact)
+    recorded = {**params, **{f"agent.{k}": v for k, v in compact.items()}}
+    assert unchanged_since_last_compile({**last, "params": recorded}, optimizer, 5.0, agent=compact)
+    assert not unchanged_since_last_compile({**last, "params": recorded}, optimizer, 5.0, agent=default)
