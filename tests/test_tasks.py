@@ -39,8 +39,16 @@ def test_lamp2n_labels_are_validated(raw, parsed):
         ("1-5 scale: 4", "4.0"),
         ("On a 5-point scale, 2", "2.0"),
         ("Rating (from 1 to 5): 3.5", "3.5"),
-        ("between 3 and 4", "3.0"),  # nothing left but the range: its first number, as before
+        ("Rating (1-5): 4", "4.0"),
+        ("On a 1\u20135 scale, 3", "3.0"),
+        ("On a scale where 1 is awful and 5 is great, 4", "4.0"),
+        ("where 1 is the lowest and 5 the highest: 4", "4.0"),
         ("4, where 1 means awful", "4.0"),
+        # a range that does not span the scale is the answer, not the scale: its first number
+        ("between 3 and 4", "3.0"),
+        ("Between 3 and 4 stars (based on 12 similar movies)", "3.0"),
+        ("From 3 to 4 - the user rated 7 comedies", "3.0"),
+        ("A film where 4 is fair given its 1995 release", "4.0"),
     ],
 )
 def test_movielens_ratings_are_parsed_and_clipped(raw, parsed):

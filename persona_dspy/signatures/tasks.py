@@ -52,18 +52,23 @@ LAMP2N_LABELS = (
     "food & drink",
 )
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _N = r"-?\d+(?:\.\d+)?"
+_NUMBER = re.compile(_N)
+_TO = r"\s*(?:to|-|\u2013)\s*"
+_ANCHOR = r"(?:the\s+)?(?:best|worst|highest|lowest|top|excellent|awful|great|terrible|perfect|poor|max(?:imum)?|min(?:imum)?)"
 _SCALE_WORDS = re.compile(
-    rf"\bscale\s+(?:of\s+|from\s+)?{_N}\s*(?:to|-)\s*{_N}"  # "on a scale of 1 to 5"
-    rf"|\b(?:from|between)\s+{_N}\s*(?:to|and|-)\s*{_N}"  # "(from 1 to 5)"
-    rf"|{_N}\s*(?:to|-)\s*{_N}[\s-]*(?:star\s+|point\s+)?scale"  # "1-5 scale"
+    rf"\bscale\s+(?:of\s+|from\s+)?{_N}{_TO}{_N}"  # "on a scale of 1 to 5"
+    rf"|{_N}{_TO}{_N}[\s-]*(?:star\s+|point\s+)?scale"  # "a 1-5 scale"
     rf"|\b\d+(?:\.\d+)?[\s-]*(?:star|point)\s+scale"  # "a 5-point scale"
-    rf"|\bwhere\s+{_N}\s+(?:is|=|means)\s+(?:the\s+)?\w+"  # "where 5 is best"
+    rf"|\bwhere\s+{_N}\s+(?:is|=|means)\s+{_ANCHOR}(?:,?\s*and\s+{_N}\s+(?:(?:is|=|means)\s+)?{_ANCHOR})?"  # "where 5 is best"
     rf"|(?:/|\bout\s+of\s+)\s*\d+(?:\.\d+)?",  # "4/5", "4 out of 5"
     re.IGNORECASE,
 )
 """Numbers of a reply that name the scale, not the rating: the rating is the first number left."""
+_RANGE = re.compile(
+    rf"\bbetween\s+({_N})\s*(?:and|to|-|\u2013)\s*({_N})|(?:\bfrom\s+)?({_N}){_TO}({_N})", re.IGNORECASE
+)
+"""A range ("between 1 and 5", "(1-5)"): the scale when it spans it, else the reply's answer ("3-4")."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -152,10 +157,16 @@ class TaskSpec:
             maximal = [h for h in hits if not any(h != o and h.lower() in o.lower() for o in hits)]
             return maximal[0] if len(maximal) == 1 else None
         if self.kind == "rating":
-            m = _NUMBER.search(_SCALE_WORDS.sub(" ", text)) or _NUMBER.search(text)
+            lo, hi = self.scale
+
+            def scale_range(m: re.Match[str]) -> str:
+                low, high = (float(g) for g in m.groups() if g is not None)
+                return " " if low <= max(lo, 1.0) and high >= hi else m.group()
+
+            rest = _RANGE.sub(scale_range, _SCALE_WORDS.sub(" ", text))
+            m = _NUMBER.search(rest) or _NUMBER.search(text)
             if not m:
                 return None
-            lo, hi = self.scale
             value = min(hi, max(lo, float(m.group())))
             value = round(value / self.step) * self.step
             return f"{value:.1f}" if self.step < 1 else str(int(value))
