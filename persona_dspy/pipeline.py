@@ -20,7 +20,7 @@ from persona_dspy.data.records import data_digest
 from persona_dspy.errors import EmptyHistoryError
 from persona_dspy.memory.protocol import MemoryReader
 from persona_dspy.results import CompileResult
-from persona_dspy.tracking.runs import agent_settings
+from persona_dspy.tracking.runs import LEGACY_AGENT, agent_settings
 
 if TYPE_CHECKING:
     from persona_dspy.data.records import Interaction
@@ -50,18 +50,6 @@ class Alignment:
     @property
     def version(self) -> int | None:
         return self.result.version if self.result is not None else None
-
-
-LEGACY_AGENT = {
-    "adapter": "chat",
-    "mode": "pipeline",
-    "k": "4",
-    "episode_chars": "220",
-    "actions": "read_profile,answer_statistics,recall_episodes",
-}
-"""``PersonaAgent``'s default settings when compiles began recording them (``agent.*`` params): what a compile
-recorded before then is compared as. Frozen: a later change of the defaults must not make those compiles
-look like the new defaults."""
 
 
 def unchanged_since_last_compile(
@@ -178,4 +166,4 @@ def align_user(
     return done("promoted" if result.promoted else "kept", reason, agent=agent, result=result)
 
 
-__all__ = ["Alignment", "align_user", "unchanged_since_last_compile"]
+__all__ = ["LEGACY_AGENT", "Alignment", "align_user", "unchanged_since_last_compile"]

@@ -47,7 +47,7 @@ from persona_dspy.memory.episodic import EpisodicMemory, validate_batch
 from persona_dspy.memory.semantic import SemanticMemory
 from persona_dspy.signatures.tasks import TaskSpec, get_task
 from persona_dspy.tracking.registry import CANDIDATE, PRODUCTION
-from persona_dspy.tracking.runs import agent_settings
+from persona_dspy.tracking.runs import LEGACY_AGENT, agent_settings
 from persona_dspy.tracking.tracker import Tracking
 
 if TYPE_CHECKING:
@@ -424,8 +424,8 @@ def load_agent(
     Unknown user: ``UnknownUserError``; an alias or version the user does not have:
     ``PersonaNotFoundError``; a ``task`` of which the user has no interaction: ``ConfigurationError``.
     The agent has the settings the persona was compiled and gated with (the version's ``agent.*`` tags:
-    adapter, mode, k, episode_chars, actions; ``PersonaAgent`` defaults for a version recorded before
-    them); ``k`` overrides the recorded one. Reads only; no LM call.
+    adapter, mode, k, episode_chars, actions; for a version recorded before them, the defaults of that
+    time, ``LEGACY_AGENT``); ``k`` overrides the recorded one. Reads only; no LM call.
     """
     settings = settings or (
         memory.settings if memory is not None else tracking.settings if tracking is not None else Settings()
@@ -455,7 +455,7 @@ def load_agent(
                 f"{version.tags['task']!r}, not {spec.name!r}; serve it with that task"
             )
         version = None
-    recorded = agent_settings(version.tags) if version is not None else {}
+    recorded = (agent_settings(version.tags) or LEGACY_AGENT) if version is not None else {}
     try:
         agent = agent_kwargs(recorded)
         if k is not None:

@@ -363,3 +363,24 @@ def test_a_hand_edited_agent_tag_is_a_configuration_error_naming_the_version(tmp
     last = err.strip().splitlines()[-1]
     assert f"persona version {version} of user 'ana'" in last and "agent.adapter='Compact'" in last
     assert "Traceback" not in err
+
+
+def test_a_persona_recorded_before_agent_settings_is_served_with_the_settings_of_that_time(
+    tmp_path, monkeypatch, seed_store
+):
+    """A version without ``agent.*`` tags was gated with ``LEGACY_AGENT`` (the defaults then), not with
+    whatever ``PersonaAgent``'s defaults are now."""
+    from persona_dspy import serving
+    from persona_dspy.config import Settings
+    from persona_dspy.memory import EpisodicMemory
+    from persona_dspy.tracking import Tracking
+
+    seed_store(tmp_path)
+    _ingest_ana(tmp_path)
+    _record_with_agent(tmp_path, "ana", {})
+    monkeypatch.setattr(serving, "LEGACY_AGENT", {**serving.LEGACY_AGENT, "k": "6", "adapter": "compact"})
+    settings = Settings(state_dir=tmp_path)
+    with EpisodicMemory(settings=settings) as memory:
+        agent = serving.load_agent("ana", memory=memory, tracking=Tracking(settings))
+        assert (agent.persona_version, agent.k, agent.adapter) == (1, 6, "compact")
+        assert serving.load_agent("ana", memory=memory, tracking=Tracking(settings), k=2).k == 2

@@ -218,7 +218,13 @@ def test_a_compile_recorded_before_agent_settings_counts_as_the_defaults_of_that
     optimizer = PersonaOptimizer(n_recent=3, iterations=1, n_val=2)
     params = {k: str(v)[:6000] for k, v in optimizer.params.items()}
     last = {"optimizer": optimizer.name, "data_watermark": "5.0", "params": params}
-    default = PersonaAgent("movielens_rating", user_id="u", adapter="chat", k=4).settings()  # the defaults then
+    then = {
+        "adapter": "chat",
+        "k": 4,
+        "episode_chars": 220,
+        "actions": ("read_profile", "answer_statistics", "recall_episodes"),
+    }
+    default = PersonaAgent("movielens_rating", user_id="u", **then).settings()  # the defaults then
     compact = PersonaAgent("movielens_rating", user_id="u", adapter="compact").settings()
     assert default == LEGACY_AGENT
     assert unchanged_since_last_compile(last, optimizer, 5.0, agent=default)

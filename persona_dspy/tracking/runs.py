@@ -216,6 +216,18 @@ def agent_tags(settings: dict[str, str]) -> dict[str, str]:
     return {f"{AGENT_PREFIX}{k}": v for k, v in settings.items()}
 
 
+LEGACY_AGENT = {
+    "adapter": "chat",
+    "mode": "pipeline",
+    "k": "4",
+    "episode_chars": "220",
+    "actions": "read_profile,answer_statistics,recall_episodes",
+}
+"""``PersonaAgent``'s default settings when compiles began recording them (``agent.*`` params): what a compile
+from before then (and the persona version it recorded) is compared and served with. Frozen: a later change of
+the defaults must not make those compiles look like the new defaults."""
+
+
 def agent_settings(tags: dict[str, str]) -> dict[str, str]:
     """The agent settings recorded with a compile's params or a persona version's tags (``agent_tags``)."""
     return {k[len(AGENT_PREFIX) :]: v for k, v in tags.items() if k.startswith(AGENT_PREFIX)}
