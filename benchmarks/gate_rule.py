@@ -298,13 +298,16 @@ LEAN_MIN = {"movielens": 16, "amazon": 8}
 """Fewer users reached than this on a data set: no verdict."""
 
 
-def default_answers(dataset: str) -> tuple[dict[str, Any], list[str]]:
+def default_answers(
+    dataset: str, by_spec: dict[str, dict[str, dict]] | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """``persona+align``'s answer per case, and the cases it cannot give yet. A direct row of the default
     method wins (it is the method as it runs today); on the users run only with the strict gate, the stored
     compile re-decided with today's gate (``report_combined``'s derivation), the flipped users' answers read
-    from ``OUT``: a flipped user not answered there yet is returned as missing, never silently dropped."""
+    from ``OUT``: a flipped user not answered there yet is returned as missing, never silently dropped.
+    ``by_spec``: ``dataset``'s rows as ``stored_by_spec`` gives them (default: read them)."""
     trust = PersonaOptimizer(n_recent=3, n_val=4, trust_measured=True, confusion=False)  # as the stored rows ran
-    by_spec = stored_by_spec(dataset)
+    by_spec = stored_by_spec(dataset) if by_spec is None else by_spec
     answered = {r["case_id"]: r for r in map(json.loads, OUT.read_text().splitlines())} if OUT.exists() else {}
     out = {i: r["prediction"] for i, r in by_spec.get(ARM, {}).items()}
     missing = []

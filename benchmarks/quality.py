@@ -273,11 +273,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         task = get_task(next(iter(cases.values()))["task"])
         metric_names = ("mae", "rmse") if task.kind == "rating" else ("accuracy", "macro_f1")
         ids = sorted(cases)
-        gold = [cases[i]["truth"] for i in ids]
-        pred = [task.parse(cases[i]["prediction"]) for i in ids]
+        value = task_value(task)
         kw = {"scale": task.scale} if task.kind == "rating" else {"labels": task.labels}
-        gold_v = [float(task.parse(g)) for g in gold] if task.kind == "rating" else [task.parse(g) for g in gold]
-        pred_v = [float(p) if p is not None else None for p in pred] if task.kind == "rating" else pred
+        gold_v = [value(cases[i]["truth"]) for i in ids]
+        pred_v = [value(cases[i]["prediction"]) for i in ids]
         summary = {
             "dataset": dataset,
             "spec": spec,
@@ -318,6 +317,13 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
             )
     return out
+
+
+def task_value(task: Any) -> Any:
+    """How the report reads an answer of ``task``: a rating as a float, a label as the label (None: invalid)."""
+    if task.kind != "rating":
+        return task.parse
+    return lambda answer: None if (parsed := task.parse(answer)) is None else float(parsed)
 
 
 def aligned(spec: str) -> bool:
@@ -533,8 +539,9 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
             continue
         chat = by_arm.get((s["dataset"], name, _arm(s["spec"], drop="adapter")[1]))
         if chat is not None and chat["spec"] == MAIN:
-            chat = with_derived_default(chat)
+            chat = with_derived_default(chat, summaries)
         common = sorted(set(s["gold"]) & set(chat["gold"])) if chat else []
+        missing = sorted(set(s["gold"]) & set(chat.get("missing", ()))) if chat else []
         if chat is None or len(common) < 5:
             continue
         key = "mae" if s["kind"] == "rating" else "accuracy"
@@ -566,6 +573,11 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
             if derived
             else ""
         )
+        if missing:
+            on += (
+                f"; {len(missing)} more users left out: the re-decided gate promotes their compile and "
+                "`benchmarks/gate_rule.py` has not answered with it yet"
+            )
         out.append(
             f"- {s['dataset']}: `{s['spec']}` vs `{chat['spec']}` on {on}: {key} "
             f"{metric_on(s, common, key):.3f} vs {metric_on(chat, common, key):.3f}, difference {diff[0]:+.3f} "
@@ -579,29 +591,28 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def with_derived_default(main: dict[str, Any]) -> dict[str, Any]:
+def with_derived_default(main: dict[str, Any], summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """``MAIN``'s summary with its answers extended to the users it ran on only as the strict gate, re-decided
-    with today's gate (``gate_rule.default_answers``, the derivation the report's *Gate rule* section uses):
-    a flipped user not answered yet stays out. A derived user's costs are its strict-gate compile's (the same
-    replays, loss, step and gate answers; a flipped user's one extra answer is not counted)."""
-    from gate_rule import default_answers, stored_by_spec, strict_spec  # gate_rule imports this module
+    with today's gate (``gate_rule.default_answers`` on ``summaries``' rows, the derivation the report's *Gate
+    rule* section uses). A derived user's costs are its strict-gate compile's (the same replays, loss, step and
+    gate answers; a flipped user's one extra answer is not counted). The users whose re-decision flips but whose
+    answer ``gate_rule`` has not stored yet cannot be derived: they are left out and listed under ``"missing"``."""
+    from gate_rule import default_answers, strict_spec  # gate_rule imports this module
 
-    task = get_task(next(iter(main["cases"].values()))["task"])
-    answers, _ = default_answers(main["dataset"])
-    gold = {r["case_id"]: r["truth"] for r in stored() if r["dataset"] == main["dataset"]}
-    extra = {i: a for i, a in answers.items() if i not in main["pred"] and i in gold}
-    if not extra:
+    dataset = main["dataset"]
+    by_spec = {s["spec"]: s["cases"] for s in summaries if s["dataset"] == dataset}
+    strict = next((s for s in summaries if s["dataset"] == dataset and s["spec"] == strict_spec(dataset)), None)
+    if strict is None:
         return main
-    parse = (
-        (lambda a: None if task.parse(a) is None else float(task.parse(a))) if main["kind"] == "rating" else task.parse
-    )
-    truth = (lambda g: float(task.parse(g))) if main["kind"] == "rating" else task.parse
-    strict = stored_by_spec(main["dataset"]).get(strict_spec(main["dataset"]), {})
+    answers, missing = default_answers(dataset, by_spec)
+    extra = {i: a for i, a in answers.items() if i not in main["pred"] and i in strict["gold"]}
+    parse = task_value(get_task(next(iter(strict["cases"].values()))["task"]))
     return {
         **main,
-        "cases": {**{i: strict[i] for i in extra if i in strict}, **main["cases"]},
-        "gold": {**main["gold"], **{i: truth(gold[i]) for i in extra}},
+        "cases": {**{i: strict["cases"][i] for i in extra}, **main["cases"]},
+        "gold": {**main["gold"], **{i: strict["gold"][i] for i in extra}},
         "pred": {**main["pred"], **{i: parse(a) for i, a in extra.items()}},
+        "missing": sorted(set(missing) - set(main["pred"])),
     }
 
 

@@ -158,6 +158,33 @@ def test_a_compact_arm_is_paired_with_the_same_arm_in_the_chat_format_on_the_cas
     assert "600 tokens per compile (10 compiled)" in line and "900 tokens per compile (10 compiled)" in line
 
 
+def test_the_compact_default_is_paired_with_the_chat_default_derived_from_its_strict_gate_compiles(
+    tmp_path, monkeypatch
+):
+    """Where `persona+align` ran only as the strict gate, its answer is derived as BENCHMARKS *Gate rule* does:
+    the stored answer unless today's gate flips the decision, then the answer `gate_rule.py` stored for it; a
+    flipped user it has not answered is left out, and said so. A derived user's cost is its strict compile's."""
+    import json
+
+    import gate_rule
+
+    tie = {"reason": "(1 better, 1 worse", "val_score_candidate": 0.5, "val_score_production": 0.5, "rewritten": False}
+    data = [row("persona+align", u, "4.0", promoted=True) for u in range(10, 15)]  # run directly
+    strict = [row("persona+align:trust_measured=0", u, "4.0" if u < 6 else "3.0", promoted=u < 6) for u in range(10)]
+    for r in strict:
+        r["compile"].update(tie if r["case_id"] in ("q6", "q7") else {})  # today's gate promotes these two
+        r["compile"]["tokens"] = 5000
+    out = tmp_path / "gate_rule_cases.jsonl"
+    out.write_text(json.dumps({"case_id": "q6", "prediction": "4.0"}) + "\n")  # q7 not answered yet
+    monkeypatch.setattr(gate_rule, "OUT", out)
+    data += strict + [row("persona+align:adapter=compact", u, "4.0", promoted=True) for u in range(15)]
+    _, line = format_pairs(summarize(data))
+    assert line.startswith("- movielens: `persona+align:adapter=compact` vs `persona+align` on 14 cases (on 9 of them")
+    assert "1 more users left out" in line
+    assert "mae 0.000 vs 0.143" in line  # q8 and q9 keep the strict gate's 3.0; q6 is served its flipped answer
+    assert "vs 0 tokens, 0 s per case, 5714 tokens per compile (14 compiled)" in line  # (9 x 5000 + 5 x 7000) / 14
+
+
 def test_the_best_method_is_the_one_the_aligned_arm_fares_worst_against_on_the_cases_both_ran():
     """`none` ran only on the 10 users where the aligned arm is 2 stars off, and is 1 off there (MAE 1.0 on
     10); `trivial` is half a star off everywhere (0.5 on 20). Their MAEs are on different users: what counts
