@@ -718,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json", "messages"],
         default="text",
         help="text/json: a readable system prompt (json: its parts); messages: exactly the chat the agent sends "
-        "for --task-text (built by its DSPy adapter; the reply follows the [[ ## answer ## ]] marker)",
+        "for --task-text (built by its DSPy adapter; in the chat format the reply follows the [[ ## answer ## ]] "
+        "marker, in the compact format it is the answer alone)",
     )
     export.add_argument("--task", help="task name (default: the task of the user's latest interaction)")
     export.add_argument("--task-text", help="the task the chat is for (--format messages; its episodes are retrieved)")
