@@ -108,6 +108,24 @@ def errors(rows: list[Row], predict: Predictor, lo: float, hi: float, step: floa
     return np.array(out)
 
 
+def spread(rows: list[Row], lo: float, hi: float, step: float) -> tuple[float, float, int]:
+    """How far a constant per user can get on the user's own latest ``RECENT_N`` past ratings: the mean absolute
+    error of their median chosen in hindsight (the best constant for those very ratings), and of each one
+    predicted by the median of the others (rounded to the scale), averaged per user, then over users with at
+    least 2 such ratings. No held-out case is used: it bounds any predictor that states one number per user."""
+    hindsight, others = [], []
+    for r in rows:
+        past = sorted(r["profile"], key=lambda p: p.get("timestamp", p.get("time", 0)))
+        y = [float(p["rating"]) for p in past][-RECENT_N:]
+        if len(y) < 2:
+            continue
+        m = st.median(y)
+        hindsight.append(sum(abs(v - m) for v in y) / len(y))
+        loo = [min(hi, max(lo, round(st.median(y[:j] + y[j + 1 :]) / step) * step)) for j in range(len(y))]
+        others.append(sum(abs(p - v) for p, v in zip(loo, y, strict=True)) / len(y))
+    return float(np.mean(hindsight)), float(np.mean(others)), len(hindsight)
+
+
 def none_answers() -> str:
     """How many MovieLens users ``none`` (no persona) answered 4.0, from the stored *Quality* cases."""
     path = ROOT / "benchmarks" / "results" / "quality_cases.jsonl"
@@ -226,6 +244,24 @@ def main() -> None:
                 )
                 results[name][label]["test"] = {part: float(e[t].mean()) for part, t in TEST.items()}
             lines.append(row)
+        best, loo, n = spread(rows, lo, hi, step)
+        results[name]["spread"] = {"hindsight_median": best, "median_of_the_others": loo, "users": n}
+        median = results[name].get(MEDIAN20, {}).get("mae")
+        target = (
+            f" The recent median scores {median:.3f} on the held-out ratings: 10% better is {0.9 * median:.3f}, "
+            + ("below even the constant chosen in hindsight." if 0.9 * median < best else "above that floor.")
+            if median is not None
+            else ""
+        )
+        lines += [
+            "",
+            (
+                f"The floor of a constant per user ({n} users with 2 or more past ratings): on each user's "
+                f"{RECENT_N} latest past ratings, their median chosen in hindsight misses them by {best:.3f} on "
+                f"average, and each one predicted by the median of the others by {loo:.3f}. A method that states "
+                f"one number per user does about as well as the second; doing better needs the item.{target}"
+            ),
+        ]
         lines.append("")
     lines += label_section(results)
     lines.append(
