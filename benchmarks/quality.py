@@ -381,7 +381,7 @@ def report(summaries: list[dict[str, Any]], note: str) -> None:
                 f"{'yes' if excludes else 'no'} |"
             )
     lines += ["", *verdict(summaries), "", *compile_checks(summaries), "", *rerun_noise(summaries)]
-    lines += ["", *format_pairs(summaries)]
+    lines += ["", *format_pairs(summaries), "", *compact_rule(summaries)]
     lines += ["", "![quality](benchmarks/results/quality.png)"]
     replace_section(ROOT / "BENCHMARKS.md", "## Quality (personalization methods on the dev sets)", "\n".join(lines))
 
@@ -589,6 +589,80 @@ def format_pairs(summaries: list[dict[str, Any]]) -> list[str]:
             0, "Prompt format: each `adapter=compact` arm against the same arm in DSPy's chat format, same cases:"
         )
     return out
+
+
+COMPACT = "adapter=compact"
+COMPACT_RULE_SETS = ("amazon", "lamp2n", "movielens")
+
+
+def compact_rule(summaries: list[dict[str, Any]]) -> list[str]:
+    """The pre-registered rule for the agent's default prompt format (commit b9fcee2, before any compact run):
+    compact becomes the default only if on every data set run in full (1) ``persona+align:adapter=compact``
+    scores no worse than ``persona+align`` on the same users, (2) its tokens per compile are lower, and (3)
+    ``persona:adapter=compact`` scores no worse than ``persona`` (point estimates). Per data set, each
+    criterion on the cases run so far, and whether both compact arms have run on every case."""
+    out = []
+    verdicts = []
+    for dataset in COMPACT_RULE_SETS:
+        mine = {s["spec"]: s for s in summaries if s["dataset"] == dataset}
+        arms = [mine.get(f"{MAIN}:{COMPACT}"), mine.get(MAIN), mine.get(f"persona:{COMPACT}"), mine.get("persona")]
+        if any(a is None for a in arms):
+            out.append(f"- {dataset}: not run (an arm is missing).")
+            verdicts.append(None)
+            continue
+        aligned_c, main, persona_c, persona = arms
+        main = with_derived_default(main, summaries)
+        cases = max(s["n"] for s in mine.values())
+        lower = aligned_c["kind"] == "rating"
+        key = "mae" if lower else "accuracy"
+
+        def no_worse(a: dict[str, Any], b: dict[str, Any], key: str = key, lower: bool = lower) -> tuple[bool, str]:
+            common = sorted(set(a["gold"]) & set(b["gold"]))
+            x, y = metric_on(a, common, key), metric_on(b, common, key)
+            return (x <= y if lower else x >= y), f"{key} {x:.3f} vs {y:.3f} on {len(common)}"
+
+        one, one_text = no_worse(aligned_c, main)
+        common = sorted(set(aligned_c["gold"]) & set(main["gold"]))
+
+        def per_compile(s: dict[str, Any], common: list[str] = common) -> float:
+            rows = [s["cases"][i] for i in common if i in s["cases"] and not not_compiled(s["cases"][i])]
+            return _mean(r["compile"].get("tokens", 0) for r in rows)
+
+        two = per_compile(aligned_c) < per_compile(main)
+        three, three_text = no_worse(persona_c, persona)
+        full = aligned_c["n"] >= cases and persona_c["n"] >= cases
+        holds = one and two and three
+        verdicts.append(holds if full else None)
+        out.append(
+            f"- {dataset}: (1) {one_text} ({'holds' if one else 'fails'}); (2) {per_compile(aligned_c):,.0f} vs "
+            f"{per_compile(main):,.0f} tokens per compile ({'holds' if two else 'fails'}); (3) {three_text} "
+            f"({'holds' if three else 'fails'}); "
+            + (
+                "run in full."
+                if full
+                else f"**not run in full**: the aligned compact arm on {aligned_c['n']} of {cases} cases."
+            )
+        )
+    if not out:
+        return []
+    if all(v is True for v in verdicts):
+        verdict = "every data set has run in full and passes: compact becomes the default."
+    elif any(v is False for v in verdicts):
+        verdict = "a data set run in full fails a criterion: compact stays an option."
+    else:
+        verdict = "not every data set has run in full: no verdict yet, the default stays chat."
+    return [
+        (
+            "The pre-registered rule for the default prompt format (fixed before any compact run): compact becomes the "
+            "default only if on every data set run in full (1) `persona+align:adapter=compact` scores no worse than "
+            "`persona+align` on the same users, (2) with fewer tokens per compile, and (3) `persona:adapter=compact` "
+            "no worse than `persona` (point estimates; `persona+align` derived where it ran as the strict gate):"
+        ),
+        "",
+        *out,
+        "",
+        f"Verdict: {verdict}",
+    ]
 
 
 def with_derived_default(main: dict[str, Any], summaries: list[dict[str, Any]]) -> dict[str, Any]:

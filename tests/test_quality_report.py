@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quality import compile_checks, format_pairs, parse_spec, recheck, rerun_noise, split_methods, summarize, verdict
+from quality import (
+    compact_rule,
+    compile_checks,
+    format_pairs,
+    parse_spec,
+    recheck,
+    rerun_noise,
+    split_methods,
+    summarize,
+    verdict,
+)
 
 from persona_dspy.optimizers import prompts
 from persona_dspy.signatures import DEFAULT_PERSONA
@@ -183,6 +193,30 @@ def test_the_compact_default_is_paired_with_the_chat_default_derived_from_its_st
     assert "1 more users left out" in line
     assert "mae 0.000 vs 0.143" in line  # q8 and q9 keep the strict gate's 3.0; q6 is served its flipped answer
     assert "vs 0 tokens, 0 s per case, 5714 tokens per compile (14 compiled)" in line  # (9 x 5000 + 5 x 7000) / 14
+
+
+def test_the_compact_rule_decides_only_on_data_sets_run_in_full(monkeypatch):
+    import quality
+
+    def arms(compact_answer: str, users: int) -> list[dict]:
+        data = [row("persona+align", u, "3.0", promoted=False) for u in range(10)]
+        data += [row("persona", u, "3.0") for u in range(10)]
+        data += [row("persona:adapter=compact", u, compact_answer) for u in range(10)]
+        data += [row("persona+align:adapter=compact", u, compact_answer, promoted=True) for u in range(users)]
+        for r in data:
+            if "compile" in r:
+                r["compile"]["tokens"] = 600 if "compact" in r["spec"] else 900
+        return data
+
+    monkeypatch.setattr(quality, "COMPACT_RULE_SETS", ("movielens",))
+    *lines, verdict = compact_rule(summarize(arms("4.0", 6)))  # closer to the truth 4.0, but 6 of 10 users
+    assert "(1) mae 0.000 vs 1.000 on 6 (holds)" in lines[-2] and "600 vs 900 tokens per compile (holds)" in lines[-2]
+    assert "not run in full**: the aligned compact arm on 6 of 10 cases" in lines[-2]
+    assert verdict.endswith("no verdict yet, the default stays chat.")
+    assert compact_rule(summarize(arms("4.0", 10)))[-1].endswith("compact becomes the default.")
+    *lines, verdict = compact_rule(summarize(arms("1.0", 10)))  # further from the truth: (1) and (3) fail
+    assert "(1) mae 3.000 vs 1.000 on 10 (fails)" in lines[-2] and "(3) mae 3.000 vs 1.000 on 10 (fails)" in lines[-2]
+    assert verdict.endswith("compact stays an option.")
 
 
 def test_the_best_method_is_the_one_the_aligned_arm_fares_worst_against_on_the_cases_both_ran():
