@@ -599,8 +599,9 @@ def compact_rule(summaries: list[dict[str, Any]]) -> list[str]:
     """The pre-registered rule for the agent's default prompt format (commit b9fcee2, before any compact run):
     compact becomes the default only if on every data set run in full (1) ``persona+align:adapter=compact``
     scores no worse than ``persona+align`` on the same users, (2) its tokens per compile are lower, and (3)
-    ``persona:adapter=compact`` scores no worse than ``persona`` (point estimates). Per data set, each
-    criterion on the cases run so far, and whether both compact arms have run on every case."""
+    ``persona:adapter=compact`` scores no worse than ``persona`` (point estimates). Read as: all of
+    ``COMPACT_RULE_SETS``, each with both compact arms on every case of the data set. Per data set, each
+    criterion on the cases run so far; (2) on the cases both aligned arms compiled (none: no verdict)."""
     out = []
     verdicts = []
     for dataset in COMPACT_RULE_SETS:
@@ -612,7 +613,7 @@ def compact_rule(summaries: list[dict[str, Any]]) -> list[str]:
             continue
         aligned_c, main, persona_c, persona = arms
         main = with_derived_default(main, summaries)
-        cases = max(s["n"] for s in mine.values())
+        cases = data_set_cases(dataset, summaries)
         lower = aligned_c["kind"] == "rating"
         key = "mae" if lower else "accuracy"
 
@@ -622,29 +623,31 @@ def compact_rule(summaries: list[dict[str, Any]]) -> list[str]:
             return (x <= y if lower else x >= y), f"{key} {x:.3f} vs {y:.3f} on {len(common)}"
 
         one, one_text = no_worse(aligned_c, main)
-        common = sorted(set(aligned_c["gold"]) & set(main["gold"]))
-
-        def per_compile(s: dict[str, Any], common: list[str] = common) -> float:
-            rows = [s["cases"][i] for i in common if i in s["cases"] and not not_compiled(s["cases"][i])]
-            return _mean(r["compile"].get("tokens", 0) for r in rows)
-
-        two = per_compile(aligned_c) < per_compile(main)
+        compiled = [
+            i
+            for i in sorted(set(aligned_c["gold"]) & set(main["gold"]))
+            if not not_compiled(aligned_c["cases"][i]) and i in main["cases"] and not not_compiled(main["cases"][i])
+        ]
+        tokens = [_mean(s["cases"][i]["compile"].get("tokens", 0) for i in compiled) for s in (aligned_c, main)]
+        two: bool | None = tokens[0] < tokens[1] if compiled else None
         three, three_text = no_worse(persona_c, persona)
-        full = aligned_c["n"] >= cases and persona_c["n"] >= cases
-        holds = one and two and three
-        verdicts.append(holds if full else None)
-        out.append(
-            f"- {dataset}: (1) {one_text} ({'holds' if one else 'fails'}); (2) {per_compile(aligned_c):,.0f} vs "
-            f"{per_compile(main):,.0f} tokens per compile ({'holds' if two else 'fails'}); (3) {three_text} "
-            f"({'holds' if three else 'fails'}); "
-            + (
-                "run in full."
-                if full
-                else f"**not run in full**: the aligned compact arm on {aligned_c['n']} of {cases} cases."
-            )
+        short = [
+            f"`{s['spec']}` on {len(set(s['gold']) & cases)} of {len(cases)} cases"
+            for s in (aligned_c, persona_c)
+            if not cases <= set(s["gold"])
+        ]
+        verdicts.append(None if short or two is None else one and two and three)
+        two_text = (
+            f"{tokens[0]:,.0f} vs {tokens[1]:,.0f} tokens per compile on the {len(compiled)} both compiled "
+            f"({'holds' if two else 'fails'})"
+            if two is not None
+            else "no case compiled by both: no verdict"
         )
-    if not out:
-        return []
+        out.append(
+            f"- {dataset}: (1) {one_text} ({'holds' if one else 'fails'}); (2) {two_text}; (3) {three_text} "
+            f"({'holds' if three else 'fails'}); "
+            + ("run in full." if not short else f"**not run in full**: {', '.join(short)}.")
+        )
     if all(v is True for v in verdicts):
         verdict = "every data set has run in full and passes: compact becomes the default."
     elif any(v is False for v in verdicts):
@@ -653,16 +656,26 @@ def compact_rule(summaries: list[dict[str, Any]]) -> list[str]:
         verdict = "not every data set has run in full: no verdict yet, the default stays chat."
     return [
         (
-            "The pre-registered rule for the default prompt format (fixed before any compact run): compact becomes the "
-            "default only if on every data set run in full (1) `persona+align:adapter=compact` scores no worse than "
-            "`persona+align` on the same users, (2) with fewer tokens per compile, and (3) `persona:adapter=compact` "
-            "no worse than `persona` (point estimates; `persona+align` derived where it ran as the strict gate):"
+            "The pre-registered rule for the default prompt format (fixed before any compact run): compact becomes "
+            "the default only if on every data set run in full (1) `persona+align:adapter=compact` scores no worse "
+            "than `persona+align` on the same users, (2) with fewer tokens per compile, and (3) "
+            "`persona:adapter=compact` no worse than `persona` (point estimates; `persona+align` derived where it "
+            f"ran as the strict gate). Read as: {', '.join(COMPACT_RULE_SETS)}, each with both compact arms on "
+            "every case; a data set run in full that fails decides at once."
         ),
         "",
         *out,
         "",
         f"Verdict: {verdict}",
     ]
+
+
+def data_set_cases(dataset: str, summaries: list[dict[str, Any]]) -> set[str]:
+    """The case ids of ``dataset``: its dev file's (``load_cases``, every user), or when the file is absent here,
+    every case any stored method ran on."""
+    if DATASETS[dataset].exists():
+        return {c.query.id for c in load_cases(dataset, 10**9) if c.query is not None}
+    return {i for s in summaries if s["dataset"] == dataset for i in s["gold"]}
 
 
 def with_derived_default(main: dict[str, Any], summaries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -195,28 +195,63 @@ def test_the_compact_default_is_paired_with_the_chat_default_derived_from_its_st
     assert "vs 0 tokens, 0 s per case, 5714 tokens per compile (14 compiled)" in line  # (9 x 5000 + 5 x 7000) / 14
 
 
-def test_the_compact_rule_decides_only_on_data_sets_run_in_full(monkeypatch):
+def _compact_arms(compact_answer: str, users: int, persona_users: int = 10, dataset: str = "movielens") -> list[dict]:
+    """The four arms of the compact rule: chat arms 1 star off on 10 users, compact arms answering
+    ``compact_answer`` (the truth is 4.0), the aligned one on ``users``, the other on ``persona_users``."""
+    data = [row("persona+align", u, "3.0", promoted=False) for u in range(10)]
+    data += [row("persona", u, "3.0") for u in range(10)]
+    data += [row("persona:adapter=compact", u, compact_answer) for u in range(persona_users)]
+    data += [row("persona+align:adapter=compact", u, compact_answer, promoted=True) for u in range(users)]
+    for r in data:
+        r["dataset"] = dataset
+        if "compile" in r:
+            r["compile"]["tokens"] = 600 if "compact" in r["spec"] else 900
+    return data
+
+
+@pytest.fixture
+def rule_sets(monkeypatch, tmp_path):
+    """The compact rule over the given data sets, whose dev files are absent (their cases: every stored one)."""
     import quality
 
-    def arms(compact_answer: str, users: int) -> list[dict]:
-        data = [row("persona+align", u, "3.0", promoted=False) for u in range(10)]
-        data += [row("persona", u, "3.0") for u in range(10)]
-        data += [row("persona:adapter=compact", u, compact_answer) for u in range(10)]
-        data += [row("persona+align:adapter=compact", u, compact_answer, promoted=True) for u in range(users)]
-        for r in data:
-            if "compile" in r:
-                r["compile"]["tokens"] = 600 if "compact" in r["spec"] else 900
-        return data
+    def use(*names: str) -> None:
+        monkeypatch.setattr(quality, "COMPACT_RULE_SETS", names)
+        monkeypatch.setattr(quality, "DATASETS", {n: tmp_path / f"{n}.jsonl" for n in names})
 
-    monkeypatch.setattr(quality, "COMPACT_RULE_SETS", ("movielens",))
-    *lines, verdict = compact_rule(summarize(arms("4.0", 6)))  # closer to the truth 4.0, but 6 of 10 users
-    assert "(1) mae 0.000 vs 1.000 on 6 (holds)" in lines[-2] and "600 vs 900 tokens per compile (holds)" in lines[-2]
-    assert "not run in full**: the aligned compact arm on 6 of 10 cases" in lines[-2]
+    return use
+
+
+def test_the_compact_rule_decides_only_on_data_sets_run_in_full(rule_sets):
+    rule_sets("movielens")
+    *lines, verdict = compact_rule(summarize(_compact_arms("4.0", 6)))  # closer to the truth, but 6 of 10 users
+    assert "(1) mae 0.000 vs 1.000 on 6 (holds)" in lines[-2]
+    assert "600 vs 900 tokens per compile on the 6 both compiled (holds)" in lines[-2]
+    assert "not run in full**: `persona+align:adapter=compact` on 6 of 10 cases." in lines[-2]
     assert verdict.endswith("no verdict yet, the default stays chat.")
-    assert compact_rule(summarize(arms("4.0", 10)))[-1].endswith("compact becomes the default.")
-    *lines, verdict = compact_rule(summarize(arms("1.0", 10)))  # further from the truth: (1) and (3) fail
+    assert compact_rule(summarize(_compact_arms("4.0", 10)))[-1].endswith("compact becomes the default.")
+    short = compact_rule(summarize(_compact_arms("4.0", 10, persona_users=7)))
+    assert "not run in full**: `persona:adapter=compact` on 7 of 10 cases." in short[-3]  # the short arm is named
+    *lines, verdict = compact_rule(summarize(_compact_arms("1.0", 10)))  # further from the truth: (1) and (3) fail
     assert "(1) mae 3.000 vs 1.000 on 10 (fails)" in lines[-2] and "(3) mae 3.000 vs 1.000 on 10 (fails)" in lines[-2]
     assert verdict.endswith("compact stays an option.")
+
+
+def test_the_compact_rule_needs_every_data_set_and_evidence_of_cost(rule_sets):
+    rule_sets("movielens", "amazon")
+    passing, partial = _compact_arms("4.0", 10), _compact_arms("4.0", 6, dataset="amazon")
+    lines = compact_rule(summarize(passing + partial))
+    assert lines[-1].endswith("no verdict yet, the default stays chat.")  # amazon has not run in full
+    failing = _compact_arms("1.0", 10, dataset="amazon")
+    assert compact_rule(summarize(passing + failing))[-1].endswith("compact stays an option.")
+    assert "- amazon: not run (an arm is missing)." in compact_rule(summarize(passing))
+    for r in passing:  # no compile to compare: (2) has no evidence, so no verdict
+        if "compile" in r:
+            r["compile"]["stopped"] = "not compiled: too few interactions"
+    rule_sets("movielens")
+    *lines, verdict = compact_rule(summarize(passing))
+    assert "(2) no case compiled by both: no verdict" in lines[-2] and verdict.endswith(
+        "no verdict yet, the default stays chat."
+    )
 
 
 def test_the_best_method_is_the_one_the_aligned_arm_fares_worst_against_on_the_cases_both_ran():
