@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import textgrad as tg
 
@@ -23,3 +25,24 @@ def test_the_update_prompt_carries_the_variable_its_feedback_and_the_constraints
     assert isinstance(prompt, str)
     for text in ("For this user, be brief.", "answer lower", "At most 400 characters.", "<IMPROVED_VARIABLE>"):
         assert text in prompt
+
+
+def test_the_optimizers_textgrad_comes_without_litellm_and_openai_which_still_load_when_asked_for():
+    """The stand-in for ``textgrad.engine_experimental`` (compat/textgrad.py) in a new interpreter: nothing
+    of litellm or openai is imported with the optimizer, and every way to reach those engines still works."""
+    code = (
+        "import sys\n"
+        "from persona_dspy.optimizers import textgrad_ops\n"
+        "print(sorted(m for m in ('textgrad', 'litellm', 'openai') if m in sys.modules))\n"
+        "import textgrad as tg\n"
+        "import textgrad.engine_experimental.openai as openai_engine\n"  # a module beside the stand-in
+        "from textgrad.engine_experimental import OpenAIEngine\n"  # a name of the package
+        "engine = tg.get_engine('experimental:some-model', cache=False)\n"  # builds the real LiteLLMEngine
+        "from textgrad.engine_experimental.litellm import LiteLLMEngine\n"
+        "from textgrad.engine_experimental.base import EngineLM\n"
+        "print(type(engine) is LiteLLMEngine, OpenAIEngine is openai_engine.OpenAIEngine,\n"
+        "      issubclass(LiteLLMEngine, EngineLM) and issubclass(OpenAIEngine, EngineLM))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["['textgrad']", "True", "True", "True"]

@@ -13,8 +13,8 @@ from typing import Any
 import dspy
 from dspy.clients.backend_selection import CLIENT_KEYS
 from dspy.lm15 import request_from_openai_chat
-from textgrad.engine import EngineLM
 
+from persona_dspy.compat.textgrad import EngineLM
 from persona_dspy.errors import ConfigurationError, LMOutputError
 
 # Execution controls DSPy owns; they are not generation options of a Request.

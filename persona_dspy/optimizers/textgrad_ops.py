@@ -16,11 +16,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-import textgrad as tg
-from textgrad.autograd.function import BackwardContext, Function
-from textgrad.engine import EngineLM
-
-from persona_dspy.compat.textgrad import update_prompt
+from persona_dspy.compat.textgrad import BackwardContext, EngineLM, Function, tg, update_prompt
 from persona_dspy.data.records import Interaction
 from persona_dspy.optimizers import prompts
 from persona_dspy.optimizers.grounding import noun_of, with_article
