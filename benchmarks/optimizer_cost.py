@@ -35,8 +35,7 @@ from _report import replace_section
 
 def naive_iteration(agent: PersonaAgent, train, persona_text: str) -> str:
     """One stock TextGrad iteration (BlackboxLLM + TextLoss per interaction, sum, backward, TGD)."""
-    import textgrad as tg
-
+    from persona_dspy.compat.textgrad import tg
     from persona_dspy.lm.textgrad_engine import DSPyEngine
 
     engine = DSPyEngine()
