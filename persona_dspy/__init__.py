@@ -81,7 +81,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``name``'s module on first use (textgrad, mlflow and qdrant take seconds to import)."""
+    """Import ``name``'s module on first use (mlflow and qdrant take seconds to import)."""
     if name not in _LAZY:
         raise AttributeError(f"module 'persona_dspy' has no attribute {name!r}")
     import importlib

@@ -1,7 +1,7 @@
 """The one LM setting: the embedded llama.cpp model by default, any LiteLLM model string otherwise.
 
-``DSPyEngine`` (TextGrad over a ``dspy.LM``) is importable from here lazily: textgrad takes seconds
-to import and only the optimizer needs it.
+``DSPyEngine`` (TextGrad over a ``dspy.LM``) is importable from here lazily: only the optimizer needs
+textgrad.
 """
 
 from __future__ import annotations

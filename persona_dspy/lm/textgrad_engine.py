@@ -2,7 +2,7 @@
 
 Routing TextGrad's forward and backward calls through DSPy keeps one LM setting, one response
 cache, one history and one ``dspy.track_usage()`` count for the agent and the optimizer alike.
-Imports textgrad (seconds): import this module only where the optimizer runs.
+Imports textgrad (through ``compat.textgrad``): import this module only where the optimizer runs.
 """
 
 from __future__ import annotations
