@@ -83,13 +83,14 @@ def _defer_experimental_engines() -> types.ModuleType | None:
 
 
 _deferred = _defer_experimental_engines()
-
-import textgrad as tg
-from textgrad.autograd.function import BackwardContext, Function
-from textgrad.engine import EngineLM
-
-if _deferred is not None:  # textgrad.engine has taken its LiteLLMEngine: the real litellm module loads if asked for
-    sys.modules.pop(f"{_EXPERIMENTAL}.litellm", None)
+try:
+    import textgrad as tg
+    from textgrad.autograd.function import BackwardContext, Function
+    from textgrad.engine import EngineLM
+finally:  # textgrad.engine has taken its LiteLLMEngine (or failed): the real litellm module loads if asked for
+    if _deferred is not None:
+        sys.modules.pop(f"{_EXPERIMENTAL}.litellm", None)
+if _deferred is not None:
     tg.engine_experimental = _deferred
 
 __all__ = ["BackwardContext", "EngineLM", "Function", "tg", "update_prompt"]
