@@ -150,7 +150,7 @@ NOT_THE_CLIS |= {"--methods", "--datasets"}
 
 def test_every_readme_command_parses_with_the_cli_as_written(tmp_path, monkeypatch):
     """Every alternative of every command parses, whole flag names only (no abbreviations), and the files a
-    command names exist (the CLI checks them as it parses; "../shared/..." is inside tmp_path)."""
+    command names exist in a temp dir (the CLI checks them as it parses)."""
     cwd = tmp_path / "cwd"
     (cwd / PLACEHOLDERS["FOLDER"]).mkdir(parents=True)
     monkeypatch.chdir(cwd)
