@@ -21,13 +21,12 @@ import pytest
 import persona_dspy
 import persona_dspy.lm
 from persona_dspy.cli import build_parser
-from persona_dspy.data import Interaction
 from persona_dspy.evaluation import METHODS
 from persona_dspy.lm.scripted import ScriptedLM
 from persona_dspy.optimizers import prompts
 from persona_dspy.signatures.tasks import TASKS
 
-from scripted import rule
+from scripted import ratings, rule
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -41,22 +40,6 @@ def readme_rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
     if prompts.prompt_kind(messages) is None and "`reply`" in messages[0]["content"]:
         return {"reply": "Sure, Friday works."}
     return rule(messages)
-
-
-def later_ratings(user_id: str, n: int) -> list[Interaction]:
-    """``n`` interactions of ``user_id`` from the last minute: with the one block 2 observes, the user is due."""
-    now = time.time()
-    return [
-        Interaction(
-            user_id=user_id,
-            id=f"readme-{i}",
-            input=f"movie: Later Film {i} (2020) genres: Drama",
-            output="4.0",
-            timestamp=now - 60 + i,
-            task="movielens_rating",
-        )
-        for i in range(n)
-    ]
 
 
 @pytest.fixture
@@ -77,7 +60,7 @@ def test_the_readmes_python_examples_run_as_written(tmp_path, monkeypatch, seed_
     try:
         for i, block in enumerate(code, 1):
             if i == 2:  # 4 new ratings since block 1's compile: block 2's observe makes the user due
-                namespace["memory"].add(later_ratings(namespace["user"].user_id, 4))
+                namespace["memory"].add(ratings(namespace["user"].user_id, 4, start=time.time() - 60, rating="4.0"))
             try:
                 exec(compile(block, f"README.md python block {i}", "exec"), namespace)  # noqa: S102 (the README's code)
             except Exception as error:  # noqa: BLE001 (the block's own error, named)
