@@ -31,8 +31,10 @@ from scripted import ratings, rule
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+def fenced(language: str, text: str | None = None) -> list[str]:
+    """The bodies of README.md's ```language blocks, in order."""
+    pattern = rf"^```{language}\n(.*?)^```"
+    return re.findall(pattern, README.read_text() if text is None else text, flags=re.MULTILINE | re.DOTALL)
 
 
 def readme_rule(messages: list[dict[str, str]]) -> str | dict[str, str]:
@@ -52,7 +54,7 @@ def readme_lm(monkeypatch):
 
 
 def test_the_readmes_python_examples_run_as_written(tmp_path, monkeypatch, seed_store, capsys, readme_lm):
-    code = blocks()
+    code = fenced("python")
     assert len(code) == 4, "the README's examples changed: update this test's description"
     seed_store(tmp_path)
     monkeypatch.setenv("PERSONA_DSPY_STATE_DIR", str(tmp_path))
@@ -88,7 +90,7 @@ def readme_commands() -> list[tuple[str, bool]]:
     text = README.read_text()
     lines = [
         (line.split("persona-dspy", 1)[1], False)
-        for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+        for block in fenced("bash", text)
         for line in block.splitlines()
         if "persona-dspy" in line
     ]
@@ -97,7 +99,7 @@ def readme_commands() -> list[tuple[str, bool]]:
 
 
 PLACEHOLDERS = {"FILE": "data.jsonl", "FOLDER": "folder"}
-"""What a README placeholder stands for in ``as_argv`` (any other, e.g. ``USER`` or ``T``: ``1``)."""
+"""What a README placeholder stands for in ``as_argvs`` (any other, e.g. ``USER`` or ``T``: ``1``)."""
 
 
 def as_argvs(command: str) -> list[list[str]]:
