@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
+from persona_dspy.config import DEFAULT_K
 from persona_dspy.errors import LMOutputError, PersonaDSPyError
 from persona_dspy.signatures.compact import CompactAdapter
 from persona_dspy.signatures.tasks import DEFAULT_PERSONA, MAX_EPISODE_CHARS, TaskSpec, get_task
@@ -73,7 +74,7 @@ class PersonaAgent(dspy.Module):
         memory: MemoryReader | None = None,
         semantic: SemanticMemory | None = None,
         persona: str | None = None,
-        k: int = 4,
+        k: int = DEFAULT_K,
         mode: Mode = "pipeline",
         max_iters: int = 4,
         actions: tuple[str, ...] = PIPELINE_ACTIONS,

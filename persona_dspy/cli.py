@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from persona_dspy.config import Settings
+from persona_dspy.config import DEFAULT_K, Settings
 from persona_dspy.errors import ConfigurationError, PersonaDSPyError
 from persona_dspy.redaction import redact, redact_logs
 
@@ -613,7 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", required=True, help="none, icl, rag, profile, persona, persona+align, gepa, trivial"
     )
     evaluate.add_argument("--users", type=positive, help="only the first K users")
-    evaluate.add_argument("--k", type=positive, default=4, help="episodes in the prompt (icl, rag, persona)")
+    evaluate.add_argument(
+        "--k",
+        type=positive,
+        default=DEFAULT_K,
+        help=f"episodes in the prompt (icl, rag, persona; default: {DEFAULT_K})",
+    )
     evaluate.add_argument("--n-recent", type=positive, default=3)
     evaluate.add_argument("--iterations", type=positive, default=1)
     evaluate.add_argument(
@@ -684,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--k",
         type=positive,
         default=None,
-        help="episodes retrieved (default: the k the persona was compiled with, else 4)",
+        help=f"episodes retrieved (default: the k the persona was compiled with, else {DEFAULT_K})",
     )
     ask.add_argument("--json", action="store_true", help="print the answer, version and evidence as JSON")
     ask.set_defaults(func=cmd_ask)

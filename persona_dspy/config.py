@@ -17,6 +17,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_LM = "embedded/qwen2.5-coder-1.5b-instruct-q4_k_m"
+DEFAULT_K = 8
+"""Episodes an agent shows by default: what the quality benchmark measured (its sweep kept 8 over 16)."""
 
 
 def default_state_dir() -> Path:

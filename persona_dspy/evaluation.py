@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from persona_dspy.agent import AdapterName, Mode, PersonaAgent
+from persona_dspy.config import DEFAULT_K
 from persona_dspy.data.records import UserHistory
 from persona_dspy.errors import (
     BudgetExceededError,
@@ -187,7 +188,7 @@ def evaluate(
     memory: Any,
     lm: dspy.BaseLM | None,
     semantic_factory: Callable[[], Any] | None = None,
-    k: int = 4,
+    k: int = DEFAULT_K,
     n_recent: int = 3,
     iterations: int = 1,
     n_val: int = 4,
