@@ -167,3 +167,16 @@ def test_every_option_the_readme_names_is_the_clis():
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text()))
     assert named - options - NOT_THE_CLIS == set()
     assert NOT_THE_CLIS <= named  # an option no longer named leaves the list
+
+
+def test_the_readmes_interaction_lines_are_what_ingest_reads(tmp_path):
+    """Each line of the README's ```json blocks loads as an interaction of a known task, its answer within
+    the task's contract (``ingest``'s own checks)."""
+    from persona_dspy.data.loaders import load_interactions
+    from persona_dspy.signatures.tasks import record_problem
+
+    lines = [line for block in fenced("json") for line in block.splitlines() if line.strip()]
+    assert lines, "the README shows no interaction line"
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert len(load_interactions(path, check=record_problem)) == len(lines)
