@@ -3,7 +3,8 @@
     python benchmarks/determinism.py [--users 20]    # about 30 s per user; rewrites BENCHMARKS.md's section
 
 For each of the first ``--users`` MovieLens users, the ``persona`` method's prompt for the held-out query (the
-default persona, the 4 episodes memory recalls before it) is answered twice in a row: first right after another
+default persona, the episodes memory recalls before it: 4 when the section was measured, the agent's
+default ``k`` now) is answered twice in a row: first right after another
 user's prompt (the single slot's cache holds only the instructions both share), then right after itself (the
 cache holds all of it). An answer that differs between the two is the run-to-run noise the quality benchmark
 sees between arms (``quality.py``'s "run-to-run noise" line). The same again with the prompt cache off
