@@ -689,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--k",
         type=positive,
         default=None,
-        help=f"episodes retrieved (default: the k the persona was compiled with, else {DEFAULT_K})",
+        help=f"episodes retrieved (default: the k the persona was compiled with; {DEFAULT_K} for a user never compiled)",
     )
     ask.add_argument("--json", action="store_true", help="print the answer, version and evidence as JSON")
     ask.set_defaults(func=cmd_ask)
