@@ -38,6 +38,7 @@ from typing import Any
 
 import persona_dspy  # noqa: F401  (environment guards first)
 from persona_dspy import Settings
+from persona_dspy.config import DEFAULT_K
 from persona_dspy.data import UserHistory, load_shared
 from persona_dspy.evaluation import METHODS, evaluate, metrics
 from persona_dspy.lm import build_lm
@@ -777,7 +778,7 @@ def main() -> None:
         default=0,
         help="skip the first START of those cases (an arm on users a choice was not made on)",
     )
-    parser.add_argument("--k", type=int, default=8, help="episodes shown (icl, rag, persona)")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="episodes shown (icl, rag, persona)")
     parser.add_argument("--n-recent", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=1)
     parser.add_argument("--n-val", type=int, default=4)
